@@ -1,0 +1,206 @@
+"""Orbax checkpoints: training state with its data position and config, and plain weights.
+
+A training checkpoint is one Orbax step directory with two items:
+``state`` (step, params, optimiser state; arrays restored straight into the
+current mesh's shardings, so a run saved on 8 devices resumes on 4) and
+``meta`` (JSON: the full config, the model config, the data stream identity).
+Orbax writes each step to a temporary directory and renames it when complete,
+so a crash (even ``kill -9`` during an async save) leaves either a whole step
+or a temporary directory, which is ignored and removed at the next start.
+
+A weights checkpoint (``save_params``: converted OpenAI / Hugging Face weights,
+or the best fine-tuned model) has items ``params`` and ``meta``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from gpt1_jax.model import ModelConfig
+
+# Model fields that change parameter shapes or meaning: a checkpoint that
+# differs in any of them cannot be loaded into the current model.
+SHAPE_FIELDS = ("vocab_size", "n_ctx", "n_embd", "n_head", "n_layer", "architecture", "lstm_units",
+                "vocab_pad_multiple", "scan_layers")
+
+
+class CheckpointError(RuntimeError):
+  pass
+
+
+def model_config_to_dict(cfg: ModelConfig) -> dict:
+  return dataclasses.asdict(cfg)
+
+
+def model_config_from_dict(d: dict) -> ModelConfig:
+  known = {f.name for f in dataclasses.fields(ModelConfig)}
+  return ModelConfig(**{k: v for k, v in d.items() if k in known})
+
+
+def config_diff(saved: dict, current: dict, keys=SHAPE_FIELDS) -> list[str]:
+  defaults = model_config_to_dict(ModelConfig())
+  out = []
+  for k in keys:
+    a, b = saved.get(k, defaults.get(k)), current.get(k, defaults.get(k))
+    if a != b:
+      out.append(f"  model.{k}: checkpoint {a!r} != config {b!r}")
+  return out
+
+
+def _tmp_dirs(directory: str) -> list[str]:
+  if not os.path.isdir(directory):
+    return []
+  return sorted(n for n in os.listdir(directory) if "orbax-checkpoint-tmp" in n)
+
+
+def _to_numpy_args(metadata_tree):
+  return jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata_tree)
+
+
+class Checkpoints:
+  """The run's ``CheckpointManager``: periodic async saves, keep-last-K, permanent every M."""
+
+  def __init__(self, directory: str, *, keep: int = 3, keep_period: int | None = None,
+               async_save: bool = True):
+    self.directory = os.path.abspath(directory) if "://" not in directory else directory
+    partial = _tmp_dirs(self.directory)
+    if partial and jax.process_index() == 0:
+      logging.warning("ignoring and removing incomplete checkpoint(s) in %s (a run was interrupted while "
+                      "saving): %s", self.directory, ", ".join(partial))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, keep_period=keep_period or None, create=True, cleanup_tmp_directories=True,
+        enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: dict, meta: dict, *, force: bool = False) -> bool:
+    # A previous async save that failed surfaces here rather than being lost.
+    self.manager.check_for_errors()
+    return self.manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=force)
+
+  def read_meta(self, step: int) -> dict:
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001 - re-raised with the path
+      raise CheckpointError(f"checkpoint {self.step_dir(step)}: cannot read its metadata ({type(e).__name__}: "
+                            f"{e})") from e
+    return dict(out["meta"])
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def restore(self, step: int, abstract_state: dict) -> dict:
+    """Restores ``state`` into the shardings carried by ``abstract_state`` (ShapeDtypeStructs)."""
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"checkpoint {self.step_dir(step)} is corrupt or incomplete "
+                            f"({type(e).__name__}: {str(e)[:500]})") from e
+    return out["state"]
+
+  def restore_latest(self, abstract_state: dict, current_model: dict, *, allow_fallback: bool = False):
+    """Latest complete, compatible checkpoint -> ``(state, meta, step)``; ``(None, None, None)`` if none.
+
+    A checkpoint whose model config differs in shape is refused with a diff.
+    A corrupt one stops the run unless ``allow_fallback``, in which case the
+    previous step is tried (and the loss of the interval is logged).
+    """
+    steps = self.all_steps()
+    for i, step in enumerate(reversed(steps)):
+      try:
+        meta = self.read_meta(step)
+        diff = config_diff(meta.get("model", {}), current_model)
+        if diff:
+          raise ValueError(f"checkpoint {self.step_dir(step)} was trained with another model; refusing to "
+                           f"resume:\n" + "\n".join(diff) + "\nuse a new --workdir, or the same model config")
+        state = self.restore(step, abstract_state)
+        if i:
+          logging.warning("resumed from step %d, the newest good checkpoint: newer steps were unreadable", step)
+        return state, meta, step
+      except CheckpointError as e:
+        if not allow_fallback:
+          raise CheckpointError(f"{e}\nset --config.checkpoint.allow_fallback=True to resume from the previous "
+                                f"checkpoint instead (steps present: {steps})") from e
+        logging.error("%s; falling back to the previous checkpoint", e)
+    return None, None, None
+
+  def wait(self):
+    self.manager.wait_until_finished()
+    self.manager.check_for_errors()
+
+  def close(self):
+    self.wait()
+    self.manager.close()
+
+
+def save_params(directory: str, model_config: ModelConfig, params, *, extra_meta: dict | None = None) -> None:
+  """Writes weights (host or device arrays) as a checkpoint that ``load_params`` and ``init.from`` read."""
+  meta = {"kind": "params", "model": model_config_to_dict(model_config), **(extra_meta or {})}
+  mngr = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
+      max_to_keep=1, create=True, enable_async_checkpointing=False), item_names=("params", "meta"))
+  step = (mngr.latest_step() or 0) + 1 if mngr.latest_step() is not None else 0
+  mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)),
+            force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+
+
+def load_params(directory: str, step: int | None = None) -> tuple[ModelConfig, Any]:
+  """``(ModelConfig, params as numpy)`` from a weights checkpoint or a training run.
+
+  ``directory`` may be a ``save_params`` directory, a training run's
+  ``checkpoints/`` directory, or its workdir. Only the parameters are read.
+  """
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint directory at {directory}")
+  if os.path.isdir(os.path.join(directory, "checkpoints")):
+    directory = os.path.join(directory, "checkpoints")
+  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no complete checkpoint in {directory}")
+  step_dir = os.path.join(directory, str(step))
+  items = set(os.listdir(step_dir))
+  try:
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    item = "params" if "params" in items else "state" if "state" in items else None
+    if item is None:
+      raise CheckpointError(f"{step_dir} has neither 'params' nor 'state' (found {sorted(items)})")
+    reader = ocp.PyTreeCheckpointer()
+    tree = reader.metadata(os.path.join(step_dir, item)).item_metadata.tree
+    # A training state holds the optimiser moments too: read only the params.
+    wanted = tree if item == "params" else {"params": tree["params"]}
+    out = reader.restore(os.path.join(step_dir, item), args=ocp.args.PyTreeRestore(
+        item=wanted, restore_args=_to_numpy_args(wanted), partial_restore=item == "state"))
+    params = out if item == "params" else out["params"]
+  except CheckpointError:
+    raise
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f"checkpoint {step_dir} is corrupt or unreadable ({type(e).__name__}: "
+                          f"{str(e)[:500]})") from e
+  finally:
+    mngr.close()
+  return model_config_from_dict(meta["model"]), params
+
+
+def write_json(path: str, obj: Any):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
