@@ -1,0 +1,105 @@
+"""Metrics out: ``metrics.jsonl``, TensorBoard events and a progress line. Process 0 only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import jax
+
+
+class MetricWriter:
+  """One JSON object per logged step in ``workdir/metrics.jsonl`` plus TensorBoard scalars.
+
+  On resume, lines for steps after the restored checkpoint are dropped first:
+  they were written by the interrupted run and will be written again, so the
+  file ends up exactly as an uninterrupted run's.
+  """
+
+  def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True):
+    self.active = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if not self.active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._truncate_after(resume_step)
+    if tensorboard:
+      from gpt1_jax.data import tf  # TF already imported by the pipelines; keeps GPU hidden from it
+      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+  def _truncate_after(self, step: int):
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    kept = []
+    for line in lines:
+      try:
+        if json.loads(line)["step"] <= step:
+          kept.append(line)
+      except (json.JSONDecodeError, KeyError):
+        continue  # a line cut by a crash mid-write
+    if len(kept) != len(lines):
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(kept)
+      os.replace(tmp, self.path)
+
+  def write(self, step: int, scalars: dict):
+    if not self.active:
+      return
+    clean = {k: (float(v) if not isinstance(v, (int, str)) else v) for k, v in scalars.items()}
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": int(step), **clean}, sort_keys=True) + "\n")
+    if self._tb is not None:
+      from gpt1_jax.data import tf
+      with self._tb.as_default(step=int(step)):
+        for k, v in clean.items():
+          if isinstance(v, (int, float)) and math.isfinite(v):
+            tf.summary.scalar(k, v)
+      self._tb.flush()
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Progress:
+  """The periodic progress line (and a tqdm bar when attached to a terminal)."""
+
+  def __init__(self, total_steps: int, start_step: int):
+    self.total, self.start = total_steps, start_step
+    self.t0 = time.perf_counter()
+    self.bar = None
+    if jax.process_index() == 0 and sys.stderr.isatty():
+      from tqdm import tqdm
+      self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+  def update(self, step: int, scalars: dict):
+    if jax.process_index() != 0:
+      return
+    done = step - self.start
+    elapsed = time.perf_counter() - self.t0
+    eta = elapsed / max(done, 1) * (self.total - step)
+    parts = [f"step {step}/{self.total}"]
+    for key, fmt in (("train/loss", "loss {:.4f}"), ("train/lr", "lr {:.3g}"), ("train/grad_norm", "gnorm {:.3f}"),
+                     ("perf/tokens_per_sec", "{:,.0f} tok/s"), ("perf/mfu", "MFU {:.1%}")):
+      if key in scalars and scalars[key] is not None and math.isfinite(scalars[key]):
+        parts.append(fmt.format(scalars[key]))
+    parts.append(f"ETA {eta / 60:.1f} min")
+    line = " | ".join(parts)
+    if self.bar is not None:
+      self.bar.n = step
+      self.bar.set_postfix_str(line.split(" | ", 1)[-1])
+      self.bar.refresh()
+    else:
+      logging.info(line)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
