@@ -1,0 +1,79 @@
+"""Pretraining configs: ``--config=configs/pretrain.py:gpt1`` (the paper) or ``:tiny`` (the CPU demo).
+
+Override any key on the command line, e.g. ``--config.train.num_steps=1000``;
+the config is locked, so a misspelt key is an error.
+"""
+
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # gpt1_jax.model.ModelConfig fields; the defaults are GPT-1 as released.
+  c.model = ml_collections.ConfigDict(dict(
+      vocab_size=40481, n_ctx=512, n_embd=768, n_head=12, n_layer=12,
+      embd_pdrop=0.1, attn_pdrop=0.1, resid_pdrop=0.1, layer_norm_epsilon=1e-5, initializer_range=0.02,
+      activation="gelu_tanh", dtype="float32", param_dtype="float32", attention="xla", remat="none",
+      scan_layers=False, vocab_pad_multiple=128, architecture="transformer", lstm_units=2048))
+
+  c.task = ml_collections.ConfigDict(dict(name="lm"))
+
+  c.data = ml_collections.ConfigDict(dict(
+      dir="",  # output of `python -m gpt1_jax.data.prepare`
+      seq_len=0,  # 0: model.n_ctx
+      check_tokenizer=True,  # the manifest's tokenizer fingerprint must match GPT1Tokenizer's
+  ))
+
+  # Section 4.1: Adam, max lr 2.5e-4, linear warmup over 2000 updates then
+  # cosine annealing to 0, minibatches of 64 x 512 tokens, modified L2 w = 0.01.
+  c.train = ml_collections.ConfigDict(dict(
+      num_steps=100_000, batch_size=64, grad_accum_steps=1,
+      learning_rate=2.5e-4, warmup_steps=2000, warmup_fraction=0.0, schedule="cosine",
+      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=1.0,
+      on_nonfinite="stop",  # or "skip": keep the old state for that step and count it
+      num_epochs=0.0,
+  ))
+
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000, keep=3, keep_period=0, every_minutes=0.0, async_save=True, allow_fallback=False))
+  c.log = ml_collections.ConfigDict(dict(every_steps=50, tensorboard=True, measure_peak=True,
+                                         peak_flops_per_device=0.0))
+  c.eval = ml_collections.ConfigDict(dict(every_steps=1000, batch_size=0))  # 0: train.batch_size
+
+  # Mesh (data, fsdp, tensor); -1 fills the devices. dcn_* multiply across TPU slices.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
+  c.mesh.rules = ml_collections.FieldReference(None, field_type=tuple)  # None: gpt1_jax.sharding.DEFAULT_RULES
+
+  c.init = ml_collections.ConfigDict({"from": "none"})
+  c.debug = ml_collections.ConfigDict(dict(nan_at_step=-1))  # fault injection (tests only)
+  return c
+
+
+def gpt1() -> ml_collections.ConfigDict:
+  return base()
+
+
+def tiny() -> ml_collections.ConfigDict:
+  """Small enough to learn real English on 2 CPU cores in a few minutes.
+
+  With GPT-1's 40k vocabulary the tied output layer (40,481 x n_embd) is most
+  of a small model's compute, so width stays small and depth is cheap.
+  """
+  c = base()
+  c.model.update(n_ctx=64, n_embd=128, n_head=4, n_layer=4, embd_pdrop=0.1, attn_pdrop=0.1, resid_pdrop=0.1,
+                 vocab_pad_multiple=128)
+  c.data.dir = "workdirs/demo/data"
+  c.train.update(num_steps=600, batch_size=32, learning_rate=2e-3, warmup_steps=60)
+  c.checkpoint.update(every_steps=200, keep=2)
+  c.log.every_steps=20
+  c.eval.update(every_steps=200, batch_size=64)
+  return c
+
+
+def get_config(arg: str = "gpt1") -> ml_collections.ConfigDict:
+  variants = {"gpt1": gpt1, "tiny": tiny}
+  if arg not in variants:
+    raise ValueError(f"configs/pretrain.py:{arg}: unknown variant; choose one of {sorted(variants)}")
+  return variants[arg]()
