@@ -1,0 +1,63 @@
+"""Fine-tuning configs, one variant per GPT-1 task: ``--config=configs/finetune.py:sst2``.
+
+Paper defaults (Section 4.1): lr 6.25e-5, batch 32, 3 epochs, linear warmup over
+0.2% of training then linear decay to 0, classifier dropout 0.1, lambda = 0.5.
+``init.from``: a gpt1_jax checkpoint or run directory, ``openai:DIR`` (the
+original release), ``hf:PATH`` (a Hugging Face ``openai-gpt`` save) or ``none``
+(the "no pre-training" ablation). ``task.lm_coef=0`` is the "no auxiliary LM" ablation.
+``task.source``: a directory of the official files (``train.tsv``, ``dev.tsv``...)
+or ``tfds`` / ``tfds:DATA_DIR``.
+
+The ``*_tiny`` variants fit the tiny pretrained model of the demo on CPU.
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+# Loaded by path so the config works from any working directory.
+_spec = importlib.util.spec_from_file_location("_gpt1_pretrain_config",
+                                               os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py"))
+pretrain = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pretrain)
+
+# name -> (default local source, max_len). RACE and Story Cloze need long contexts.
+TASKS = {
+    "sst2": ("data/sst2", 0), "cola": ("data/cola", 0), "mnli": ("tfds", 0), "snli": ("tfds", 0),
+    "qnli": ("tfds", 0), "rte": ("data/rte", 0), "scitail": ("tfds", 0), "mrpc": ("tfds", 0),
+    "qqp": ("tfds", 0), "stsb": ("data/stsb", 0), "race": ("tfds", 0), "story_cloze": ("tfds", 0),
+}
+
+
+def finetune(task: str) -> ml_collections.ConfigDict:
+  c = pretrain.base()
+  source, max_len = TASKS[task]
+  c.task = ml_collections.ConfigDict(dict(
+      name=task, source=source, train_split="train", eval_split="dev", max_len=max_len,
+      lm_coef=0.5, clf_pdrop=0.1, skip_malformed=False, max_train_examples=0))
+  c.train.update(num_steps=0, num_epochs=3.0, batch_size=32, learning_rate=6.25e-5, warmup_steps=0,
+                 warmup_fraction=0.002, schedule="linear")
+  c.checkpoint.update(every_steps=500, keep=2)
+  c.log.every_steps = 50
+  c.eval.update(every_steps=500, batch_size=0)
+  c.init = ml_collections.ConfigDict({"from": "none"})
+  return c
+
+
+def tiny(task: str) -> ml_collections.ConfigDict:
+  c = finetune(task)
+  c.model = pretrain.tiny().model
+  c.task.max_len = c.model.n_ctx
+  c.train.update(batch_size=32, learning_rate=1e-3, num_epochs=3.0)
+  c.checkpoint.every_steps = 100
+  c.log.every_steps = 10
+  c.eval.update(every_steps=0, batch_size=64)
+  return c
+
+
+def get_config(arg: str = "sst2") -> ml_collections.ConfigDict:
+  name = arg[:-5] if arg.endswith("_tiny") else arg
+  if name not in TASKS:
+    raise ValueError(f"configs/finetune.py:{arg}: unknown task; choose one of {sorted(TASKS)} (or NAME_tiny)")
+  return tiny(name) if arg.endswith("_tiny") else finetune(name)
