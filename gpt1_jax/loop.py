@@ -97,6 +97,8 @@ class Job:
   tokens_per_example: int
   task: Any = None
   eval_examples: Any = None
+  eval_split: str = ""
+  eval_labels: Any = None
 
 
 def lm_job(config, model_cfg: ModelConfig) -> Job:
@@ -129,17 +131,17 @@ def task_job(config, model_cfg: ModelConfig) -> Job:
   from gpt1_jax.tokenizer import GPT1Tokenizer
   tc = config.task
   task = tasks.get_task(tc.name)
-  tok = GPT1Tokenizer()
+  tok = transforms.memoized(GPT1Tokenizer())
   skip = bool(tc.get("skip_malformed", False))
-  train_ex = tasks.load_split(task, tc.get("train_split", "train"), tc.source, skip_malformed=skip)
-  eval_ex = tasks.load_split(task, tc.get("eval_split", "dev"), tc.source, skip_malformed=skip)
+  train_ex = tasks.load_split(task, tc.get("train_split", "train"), tc.source, skip_malformed=skip).examples
+  eval_split = tc.get("eval_split", "dev")
+  eval_ex = tasks.load_split(task, eval_split, tc.source, skip_malformed=skip).examples
   if tc.get("max_train_examples", 0):
     train_ex = train_ex[:int(tc.max_train_examples)]
-  max_len = min(int(tc.get("max_len", 0) or model_cfg.n_ctx), model_cfg.n_ctx)
-  train_arr = transforms.encode_examples(task, train_ex, tok, max_len)
-  eval_arr = transforms.encode_examples(task, eval_ex, tok, max_len)
-  seq_len = max(train_arr["input_ids"].shape[-1], eval_arr["input_ids"].shape[-1])
-  train_arr, eval_arr = (transforms.pad_to_length(a, seq_len, tok.pad_id) for a in (train_arr, eval_arr))
+  cap = min(int(tc.get("max_len", 0) or model_cfg.n_ctx), model_cfg.n_ctx)
+  seq_len = transforms.fit_length(task, tok, train_ex, eval_ex, cap=cap)
+  train_arr = transforms.encode_examples(task, train_ex, tok, seq_len)
+  eval_arr = transforms.encode_examples(task, eval_ex, tok, seq_len)
   n = len(train_ex)
   gb = int(config.train.batch_size)
   num_steps = int(config.train.num_steps)
@@ -147,9 +149,8 @@ def task_job(config, model_cfg: ModelConfig) -> Job:
     num_steps = math.ceil(float(config.train.num_epochs) * n / gb)
   seed = int(config.seed)
   num_seqs = train_arr["input_ids"].shape[1]
-  num_labels = len(task.labels) if task.labels else 1
-  objective = TaskObjective(model_cfg, task.type if task.type != "entailment" else "entailment", num_labels,
-                            lm_coef=float(tc.lm_coef), clf_pdrop=float(tc.clf_pdrop))
+  objective = TaskObjective(model_cfg, task.type, task.num_labels, lm_coef=float(tc.lm_coef),
+                            clf_pdrop=float(tc.clf_pdrop))
   fetch_keys = ("input_ids", "attention_mask", "cls_index", "choice_mask", "label")
   train_fetch = pipeline.gather_fetch({k: train_arr[k] for k in fetch_keys})
   eval_fetch = pipeline.gather_fetch({k: eval_arr[k] for k in fetch_keys + ("example_index",)})
@@ -163,7 +164,8 @@ def task_job(config, model_cfg: ModelConfig) -> Job:
       batch_avals={"input_ids": ((num_seqs, seq_len), np.int32), "attention_mask": ((num_seqs, seq_len), np.int32),
                    "cls_index": ((num_seqs,), np.int32), "choice_mask": ((num_seqs,), np.float32),
                    "label": ((), label_dtype)},
-      tokens_per_example=num_seqs * seq_len, task=task, eval_examples=eval_ex)
+      tokens_per_example=num_seqs * seq_len, task=task, eval_examples=eval_ex, eval_split=eval_split,
+      eval_labels=eval_arr["label"])
 
 
 # ----------------------------------------------------------------------------
@@ -204,7 +206,7 @@ def load_init_params(spec: str, model_cfg: ModelConfig):
   if spec.startswith("openai:"):
     cfg, params = convert.from_openai_release(spec[len("openai:"):])
   elif spec.startswith("hf:"):
-    cfg, params = convert.from_hf(convert.load_hf_state_dict(spec[len("hf:"):]), n_head=model_cfg.n_head)
+    cfg, params = convert.from_hf_pretrained(spec[len("hf:"):], n_head=model_cfg.n_head)
   else:
     cfg, params = ckpt_lib.load_params(spec)
   return cfg, params["transformer"] if "transformer" in params else params
@@ -475,13 +477,14 @@ def _evaluate(eval_compiled, params, job, mesh, rules, eval_gb, workdir, step):
   preds, idx, mask = np.concatenate(preds), np.concatenate(idx), np.concatenate(mask) > 0
   order = np.argsort(idx[mask], kind="stable")
   predictions = preds[mask][order]
-  labels = np.asarray([ex.label for ex in job.eval_examples])
-  scores = task_metrics.compute_metrics(job.task, predictions, labels)
+  if len(predictions) != len(job.eval_labels):
+    raise RuntimeError(f"evaluation produced {len(predictions)} predictions for {len(job.eval_labels)} examples")
+  scores = task_metrics.compute_metrics(job.task, predictions, job.eval_labels)
   result.update({f"eval/{k}": float(v) for k, v in scores.items()})
   if jax.process_index() == 0:
     out_dir = os.path.join(workdir, "predictions")
     os.makedirs(out_dir, exist_ok=True)
-    task_metrics.write_glue_predictions(job.task, predictions, out_dir)
+    task_metrics.write_glue_predictions(job.task, predictions, out_dir, split=job.eval_split)
   return result
 
 
