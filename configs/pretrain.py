@@ -43,11 +43,14 @@ def base() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(every_steps=1000, batch_size=0))  # 0: train.batch_size
 
   # Mesh (data, fsdp, tensor); -1 fills the devices. dcn_* multiply across TPU slices.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
+                                          num_devices=0))  # num_devices: first N devices only (0: all)
   c.mesh.rules = ml_collections.FieldReference(None, field_type=tuple)  # None: gpt1_jax.sharding.DEFAULT_RULES
 
   c.init = ml_collections.ConfigDict({"from": "none"})
-  c.debug = ml_collections.ConfigDict(dict(nan_at_step=-1))  # fault injection (tests only)
+  # Fault injection for the reliability suite: a NaN loss at a step; a
+  # preemption (as on SIGTERM: save, exit 75) at a step.
+  c.debug = ml_collections.ConfigDict(dict(nan_at_step=-1, preempt_at_step=-1))
   return c
 
 

@@ -272,7 +272,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the job in ``config`` in ``workdir``; returns the final metrics."""
   t_start = time.perf_counter()
   model_cfg = model_config(config)
-  mesh = sharding.make_mesh(config.mesh)
+  num_devices = int(config.mesh.get("num_devices", 0) or 0)
+  if num_devices and jax.process_count() > 1:
+    raise ValueError("mesh.num_devices (a subset of devices) is for single-process runs only")
+  if num_devices > jax.device_count():
+    raise ValueError(f"mesh.num_devices={num_devices} but only {jax.device_count()} devices are visible")
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:num_devices] if num_devices else None)
   rules = sharding.rules_from_config(config.mesh.get("rules"))
   job = lm_job(config, model_cfg) if config.get("task", None) is None or config.task.name == "lm" \
       else task_job(config, model_cfg)
@@ -392,7 +397,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           final.update(ev)
           if job.task is not None:
             best = _keep_best(workdir, job, ev, best, step, model_cfg, state["params"])
-        preempted = sig.received is not None or ck.manager.reached_preemption(step)
+        preempted = (sig.received is not None or ck.manager.reached_preemption(step)
+                     or step == int(config.get("debug", {}).get("preempt_at_step", -1)))
         if preempted or step % ckpt_every == 0 or step == job.num_steps or (
             ckpt_minutes and time.monotonic() - last_ckpt_time > 60 * ckpt_minutes):
           # Never checkpoint a state whose metrics were not checked; the

@@ -51,8 +51,8 @@ class ModelConfig:
   resid_pdrop: float = 0.1
   layer_norm_epsilon: float = 1e-5
   initializer_range: float = 0.02
-  # GPT-1 used the tanh approximation; "gelu" (exact erf) matches Hugging
-  # Face's `openai-gpt` config, which differs from the original here.
+  # GPT-1 used the tanh approximation, as does Hugging Face's OpenAI-GPT (its
+  # afn="gelu" is gelu_new); "gelu" here is the exact erf form.
   activation: str = "gelu_tanh"
   dtype: Any = "float32"  # compute dtype; "bfloat16" on accelerators
   param_dtype: Any = "float32"  # master weights

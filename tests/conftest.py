@@ -10,3 +10,34 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
+
+import importlib.util  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def load_config(name: str, arg: str):
+  """A config from configs/ by path, as `--config=configs/NAME.py:ARG` loads it."""
+  spec = importlib.util.spec_from_file_location(f"_test_cfg_{name}", os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def micro_model(config):
+  """Shrinks a tiny config further so an end-to-end run compiles and trains in seconds."""
+  config.model.update(n_ctx=32, n_embd=32, n_head=2, n_layer=2, vocab_pad_multiple=8)
+  return config
+
+
+@pytest.fixture(scope="session")
+def lm_data_dir(tmp_path_factory):
+  """Real English: the first 3,000 phrases of the shipped corpus, tokenised once per session."""
+  from gpt1_jax.data import prepare
+  src = tmp_path_factory.mktemp("corpus") / "sst2_head.txt"
+  with open(os.path.join(REPO, "data", "sst2", "unlabelled.txt")) as f:
+    src.write_text("".join(f.readline() for _ in range(3000)))
+  out = tmp_path_factory.mktemp("lm_data")
+  prepare.prepare(str(out), inputs=[str(src)], doc_split="line", num_shards=4, valid_fraction=0.05, workers=1,
+                  progress=False)
+  return str(out)

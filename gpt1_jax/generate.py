@@ -1,0 +1,244 @@
+"""Sampling from GPT-1 with the KV cache: one prefill call, then one token per step.
+
+Prompts of different lengths share a batch by LEFT padding to the longest
+prompt ``P``: every row's last prompt token then sits in slot ``P - 1`` and all
+rows write their new tokens into the same cache slot at each step. Padded
+slots are masked out of attention, and position ids count real tokens only,
+so a padded row computes exactly what it would alone.
+
+The whole decode (prefill and a ``lax.while_loop`` over steps) is one jitted
+function, compiled once per (batch, prompt length, max_new_tokens); sampling
+settings are traced values, so changing them does not recompile. The loop
+stops early once every row has emitted its stop token.
+
+    python -m gpt1_jax.generate --checkpoint=/tmp/gpt1 --prompt="the meaning of life is" --greedy
+    python -m gpt1_jax.generate --from_hf=/path/to/openai-gpt --prompt="..." --top_p=0.9 --temperature=0.8
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpt1_jax.model import GPT1LM, ModelConfig, stack_layers, unstack_layers
+
+PAD_ID = 0  # what finished rows and left padding hold; never attended to
+
+# Incremented each time the decode function is traced (tests pin "compiled once").
+TRACE_COUNT = 0
+
+
+@dataclasses.dataclass
+class GenerationOutput:
+  """``tokens [B, N]`` (``PAD_ID`` after a row stops), ``lengths [B]`` (new tokens per row,
+  stop token included) and, from :func:`generate_with_logits`, ``logits [B, N, V]``: the
+  float32 logits each token was chosen from (before temperature / top-k / top-p; zeros for
+  steps not taken)."""
+
+  tokens: np.ndarray
+  lengths: np.ndarray
+  logits: Optional[np.ndarray] = None
+
+  def to_lists(self) -> list[list[int]]:
+    return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths)]
+
+
+def _sample(logits, key, temperature, top_k, top_p, greedy):
+  """One token per row from float32 ``logits [B, V]``.
+
+  Works in descending-sorted order so that top-k and top-p are masks on a
+  prefix and k, p can be traced values. top-p (nucleus) keeps the smallest
+  prefix whose probability reaches ``top_p``, measured after top-k, as
+  Hugging Face does; the most likely token is always kept.
+  """
+  v = logits.shape[-1]
+  order = jnp.argsort(-logits, axis=-1, stable=True)  # ties: lowest id first, like argmax
+  sorted_logits = jnp.take_along_axis(logits, order, axis=-1) / temperature
+  rank = jnp.arange(v)[None, :]
+  keep = (top_k <= 0) | (rank < top_k)
+  masked = jnp.where(keep, sorted_logits, -jnp.inf)
+  probs = jax.nn.softmax(masked, axis=-1)
+  mass_before = jnp.cumsum(probs, axis=-1) - probs
+  keep = keep & ((mass_before < top_p) | (rank == 0))
+  choice = jax.random.categorical(key, jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
+  choice = jnp.where(greedy, 0, choice)
+  return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "return_logits"))
+def _decode(params, input_ids, prompt_lengths, rng, temperature, top_k, top_p, greedy, stop_token, *,
+            config: ModelConfig, max_new_tokens: int, return_logits: bool):
+  global TRACE_COUNT
+  TRACE_COUNT += 1
+  b, p = input_ids.shape
+  n = max_new_tokens
+  cache_len = p + n - 1  # the last new token is never fed back
+  model = GPT1LM(config)
+
+  # Slot s < P is real iff it holds a prompt token; every generated slot is real.
+  slots = jnp.arange(cache_len)[None, :]
+  slot_mask = ((slots >= p - prompt_lengths[:, None]) | (slots >= p)).astype(jnp.int32)
+  prompt_mask = slot_mask[:, :p]
+  prompt_pos = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
+
+  def init_cache():
+    return model.init(jax.random.key(0), jnp.zeros((b, cache_len), jnp.int32), attention_mask=slot_mask,
+                      position_ids=jnp.zeros((b, cache_len), jnp.int32), decode=True)["cache"]
+  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(init_cache))
+
+  def step(cache, ids, positions):
+    logits, updated = model.apply({"params": params, "cache": cache}, ids, attention_mask=slot_mask,
+                                  position_ids=positions, decode=True, mutable=["cache"])
+    return logits[:, -1].astype(jnp.float32), updated["cache"]
+
+  def choose(logits, i, done):
+    tok = _sample(logits, jax.random.fold_in(rng, i), temperature, top_k, top_p, greedy)
+    tok = jnp.where(done, PAD_ID, tok)
+    return tok, done | (tok == stop_token)
+
+  logits, cache = step(cache, input_ids, prompt_pos)
+  tok, done = choose(logits, 0, jnp.zeros((b,), bool))
+  tokens = jnp.full((b, n), PAD_ID, jnp.int32).at[:, 0].set(tok)
+  all_logits = jnp.zeros((b, n, logits.shape[-1]) if return_logits else (0,), jnp.float32)
+  if return_logits:
+    all_logits = all_logits.at[:, 0].set(logits)
+
+  def cond(state):
+    i, _, _, done, _, _ = state
+    return (i < n) & ~jnp.all(done)
+
+  def body(state):
+    i, cache, tok, done, tokens, all_logits = state
+    # Token i-1 sits at position length + i - 1 (positions count real tokens only).
+    logits, cache = step(cache, tok[:, None], (prompt_lengths + i - 1)[:, None])
+    tok, done = choose(logits, i, done)
+    tokens = tokens.at[:, i].set(tok)
+    if return_logits:
+      all_logits = all_logits.at[:, i].set(logits)
+    return i + 1, cache, tok, done, tokens, all_logits
+
+  state = (jnp.int32(1), cache, tok, done, tokens, all_logits)
+  _, _, _, _, tokens, all_logits = jax.lax.while_loop(cond, body, state)
+  return tokens, all_logits
+
+
+def _lm_params(config: ModelConfig, params) -> dict:
+  """``GPT1LM`` params in the layout ``config`` compiles to (task heads dropped)."""
+  params = params.get("params", params)
+  tree = params["transformer"] if "transformer" in params else params
+  scanned = "h" in tree["decoder"]
+  if config.scan_layers and not scanned:
+    tree = stack_layers(tree, config.n_layer)
+  elif scanned and not config.scan_layers:
+    tree = unstack_layers(tree)
+  return {"transformer": jax.tree.map(jnp.asarray, tree)}
+
+
+def generate_with_logits(config: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                         temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
+                         stop_token: Optional[int] = None, seed: int = 0,
+                         return_logits: bool = True) -> GenerationOutput:
+  """:func:`generate`, returning the padded token array, lengths and per-step logits."""
+  if config.architecture != "transformer":
+    raise ValueError("generation uses the KV cache, which only the transformer has")
+  if not prompts:
+    raise ValueError("no prompts")
+  lengths = [len(p) for p in prompts]
+  if min(lengths) == 0:
+    raise ValueError("every prompt needs at least one token (GPT-1 has no begin-of-text token; "
+                     "start with _start_ if you need one)")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  longest = max(lengths)
+  if longest + max_new_tokens - 1 > config.n_ctx:
+    raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the context of "
+                     f"{config.n_ctx} positions")
+  if not greedy and temperature <= 0:
+    raise ValueError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax decoding")
+  if not 0 < top_p <= 1:
+    raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+  for p in prompts:
+    bad = [t for t in p if not 0 <= t < config.vocab_size]
+    if bad:
+      raise ValueError(f"token ids {bad[:5]} are outside the vocabulary of {config.vocab_size}")
+
+  ids = np.full((len(prompts), longest), PAD_ID, np.int32)
+  for row, p in zip(ids, prompts):
+    row[longest - len(p):] = p
+  tokens, logits = _decode(
+      _lm_params(config, params), jnp.asarray(ids), jnp.asarray(lengths, jnp.int32), jax.random.key(seed),
+      jnp.float32(temperature if not greedy else 1.0), jnp.int32(top_k), jnp.float32(top_p), jnp.bool_(greedy),
+      jnp.int32(-1 if stop_token is None else stop_token),
+      config=config, max_new_tokens=int(max_new_tokens), return_logits=return_logits)
+  tokens = np.asarray(tokens)
+  out_lengths = np.full(len(prompts), max_new_tokens, np.int64)
+  if stop_token is not None:
+    for r, row in enumerate(tokens):
+      hits = np.flatnonzero(row == stop_token)
+      if hits.size:
+        out_lengths[r] = hits[0] + 1
+  return GenerationOutput(tokens, out_lengths, np.asarray(logits) if return_logits else None)
+
+
+def generate(config: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
+             stop_token: Optional[int] = None, seed: int = 0) -> list[list[int]]:
+  """Continues each prompt (a list of token ids) by up to ``max_new_tokens`` tokens.
+
+  Returns the new tokens only, one list per prompt. A row ends at
+  ``max_new_tokens`` or just after it emits ``stop_token``, which is included
+  as its last element. ``greedy`` takes the argmax (temperature, top-k and
+  top-p are then ignored); otherwise tokens are sampled from
+  ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely
+  (0: all) and then to the nucleus of mass ``top_p``. The same ``seed`` and
+  inputs give the same tokens.
+  """
+  return generate_with_logits(config, params, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_k=top_k, top_p=top_p, greedy=greedy, stop_token=stop_token, seed=seed,
+                              return_logits=False).to_lists()
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m gpt1_jax.generate", description=__doc__.split("\n\n")[0])
+  src = parser.add_mutually_exclusive_group(required=True)
+  src.add_argument("--checkpoint", help="a gpt1_jax.checkpoint weights checkpoint or training workdir")
+  src.add_argument("--from_hf", help="a saved Hugging Face OpenAI-GPT model (directory or weights file)")
+  src.add_argument("--from_openai", help="OpenAI's release directory (params_shapes.json, params_*.npy)")
+  parser.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
+  parser.add_argument("--max_new_tokens", type=int, default=40)
+  parser.add_argument("--temperature", type=float, default=1.0)
+  parser.add_argument("--top_k", type=int, default=0)
+  parser.add_argument("--top_p", type=float, default=1.0)
+  parser.add_argument("--greedy", action="store_true")
+  parser.add_argument("--stop_token", type=int, default=None, help="token id that ends a row (e.g. 40477, newline)")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+
+  if args.checkpoint:
+    from gpt1_jax.checkpoint import load_params
+    config, params = load_params(args.checkpoint)
+  elif args.from_hf:
+    from gpt1_jax.convert import from_hf_pretrained
+    config, params = from_hf_pretrained(args.from_hf)
+  else:
+    from gpt1_jax.convert import from_openai_release
+    config, params = from_openai_release(args.from_openai)
+
+  from gpt1_jax.tokenizer import GPT1Tokenizer
+  tokenizer = GPT1Tokenizer()
+  prompts = tokenizer.encode_batch(args.prompt)
+  outputs = generate(config, params, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                     top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, stop_token=args.stop_token,
+                     seed=args.seed)
+  for prompt_ids, new in zip(prompts, outputs):
+    print(f"{tokenizer.decode(prompt_ids)} >>> {tokenizer.decode(new)}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,190 @@
+"""End-to-end pretraining and fine-tuning through `train_and_evaluate` and the CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, load_config, micro_model
+from gpt1_jax import checkpoint, loop
+
+pytestmark = pytest.mark.slow
+
+
+def pretrain_config(data_dir, steps=40, **overrides):
+  c = micro_model(load_config("pretrain", "tiny"))
+  c.data.dir = data_dir
+  c.train.update(num_steps=steps, batch_size=8, learning_rate=3e-3, warmup_steps=5)
+  c.checkpoint.update(every_steps=10, keep=10)
+  c.log.update(every_steps=5, measure_peak=False, peak_flops_per_device=1e12)
+  c.eval.update(every_steps=20, batch_size=8)
+  c.mesh.update(num_devices=overrides.pop("num_devices", 1), data=-1)
+  for k, v in overrides.items():
+    section, key = k.split(".")
+    c[section][key] = v
+  return c
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f]
+  return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+def params_of(workdir):
+  return checkpoint.load_params(workdir)[1]
+
+
+def assert_trees_equal(a, b, atol=0.0):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def reference_run(lm_data_dir, tmp_path_factory):
+  """40 uninterrupted steps on one device: the baseline for resume checks."""
+  wd = str(tmp_path_factory.mktemp("ref"))
+  result = loop.train_and_evaluate(pretrain_config(lm_data_dir), wd)
+  return wd, result
+
+
+def test_pretraining_learns_and_logs(reference_run):
+  wd, result = reference_run
+  rows = read_metrics(wd)
+  train = [r for r in rows if "train/loss" in r]
+  assert train[0]["train/loss"] > 9.5  # ~ln(40481) = 10.6 at init
+  # 40 steps of a 2-layer, 32-wide model: ~2 nats below the uniform guess.
+  assert train[-1]["train/loss"] < train[0]["train/loss"] - 1.5, train
+  ev = [r for r in rows if "eval/loss" in r]
+  assert [r["step"] for r in ev] == [20, 40]
+  assert np.isclose(ev[-1]["eval/perplexity"], np.exp(ev[-1]["eval/loss"]), rtol=1e-5)
+  for key in ("train/lr", "train/grad_norm"):
+    assert key in train[-1]
+  with open(os.path.join(wd, "metrics.jsonl")) as f:
+    assert "perf/tokens_per_sec" in json.loads(f.readline())
+  assert os.listdir(os.path.join(wd, "tensorboard"))
+  assert result["step"] == 40
+
+
+def test_resume_after_preemption_is_exact(lm_data_dir, reference_run, tmp_path):
+  ref_wd, _ = reference_run
+  wd = str(tmp_path)
+  with pytest.raises(loop.Preempted) as e:
+    loop.train_and_evaluate(pretrain_config(lm_data_dir, **{"debug.preempt_at_step": 17}), wd)
+  assert e.value.code == loop.EXIT_PREEMPTED
+  assert checkpoint.Checkpoints(os.path.join(wd, "checkpoints")).latest_step() == 17
+  loop.train_and_evaluate(pretrain_config(lm_data_dir), wd)
+  assert_trees_equal(params_of(wd), params_of(ref_wd))
+  assert read_metrics(wd) == read_metrics(ref_wd)
+
+
+@pytest.mark.parametrize("devices", [4, 1])
+def test_checkpoint_from_8_devices_resumes_on_fewer(lm_data_dir, tmp_path, devices):
+  wd = str(tmp_path)
+  with pytest.raises(loop.Preempted):
+    loop.train_and_evaluate(pretrain_config(lm_data_dir, steps=20, num_devices=8,
+                                            **{"debug.preempt_at_step": 10}), wd)
+  loop.train_and_evaluate(pretrain_config(lm_data_dir, steps=20, num_devices=devices), wd)
+  ref = str(tmp_path / "ref8")
+  loop.train_and_evaluate(pretrain_config(lm_data_dir, steps=20, num_devices=8), ref)
+  # Same data and dropout; only the reduction order differs between meshes.
+  assert_trees_equal(params_of(wd), params_of(ref), atol=1e-5)
+  a = [r["train/loss"] for r in read_metrics(wd) if "train/loss" in r]
+  b = [r["train/loss"] for r in read_metrics(ref) if "train/loss" in r]
+  np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_kill_9_then_resume_matches_uninterrupted(lm_data_dir, reference_run, tmp_path):
+  """`kill -9` mid-run after a checkpoint; the same command again finishes like the reference."""
+  ref_wd, _ = reference_run
+  wd = str(tmp_path / "run")
+  cmd = [sys.executable, "-m", "gpt1_jax.main", "--config=configs/pretrain.py:tiny", f"--workdir={wd}",
+         f"--config.data.dir={lm_data_dir}", "--config.model.n_ctx=32", "--config.model.n_embd=32",
+         "--config.model.n_head=2", "--config.model.n_layer=2", "--config.model.vocab_pad_multiple=8",
+         "--config.train.num_steps=40", "--config.train.batch_size=8", "--config.train.learning_rate=3e-3",
+         "--config.train.warmup_steps=5", "--config.checkpoint.every_steps=10", "--config.checkpoint.keep=10",
+         "--config.log.every_steps=5", "--config.log.measure_peak=False", "--config.log.peak_flops_per_device=1e12",
+         "--config.eval.every_steps=20", "--config.eval.batch_size=8", "--config.mesh.num_devices=1"]
+  env = dict(os.environ)
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  ckdir = os.path.join(wd, "checkpoints")
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(os.path.join(ckdir, "20")):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  print(f"killed -9 with checkpoints {sorted(os.listdir(ckdir))}")
+  done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "resumed from" in done.stderr
+  assert_trees_equal(params_of(wd), params_of(ref_wd))
+  assert read_metrics(wd) == read_metrics(ref_wd)
+
+
+def test_bad_config_fails_before_compiling(lm_data_dir, tmp_path):
+  c = pretrain_config(lm_data_dir, num_devices=8)
+  c.train.batch_size = 12
+  with pytest.raises(ValueError, match=r"micro-batch 12 .* does not divide over the batch mesh axes of size 8"):
+    loop.train_and_evaluate(c, str(tmp_path / "a"))
+  c = pretrain_config(str(tmp_path / "nowhere"))
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    loop.train_and_evaluate(c, str(tmp_path / "b"))
+  c = pretrain_config(lm_data_dir)
+  c.model.n_head = 3
+  with pytest.raises(ValueError, match="n_embd=32 is not divisible by n_head=3"):
+    loop.train_and_evaluate(c, str(tmp_path / "c"))
+  assert not os.path.exists(tmp_path / "c" / "checkpoints")
+
+
+def test_misspelt_override_is_an_error(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "gpt1_jax.main", "--config=configs/pretrain.py:tiny",
+                        f"--workdir={tmp_path}", "--config.train.num_stpes=5"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode != 0
+  assert "num_stpes" in out.stderr
+
+
+def test_incompatible_checkpoint_is_refused_with_a_diff(lm_data_dir, reference_run, tmp_path):
+  import shutil
+  ref_wd, _ = reference_run
+  wd = str(tmp_path / "copy")
+  shutil.copytree(ref_wd, wd)
+  c = pretrain_config(lm_data_dir, steps=60)
+  c.model.n_layer = 3
+  with pytest.raises(ValueError, match=r"model.n_layer: checkpoint 2 != config 3"):
+    loop.train_and_evaluate(c, wd)
+
+
+def test_finetune_from_pretrained_end_to_end(reference_run, tmp_path):
+  ref_wd, _ = reference_run
+  c = micro_model(load_config("finetune", "sst2_tiny"))
+  c.task.source = os.path.join(REPO, "data", "sst2")
+  c.task.max_train_examples = 64
+  c.train.update(num_epochs=1.0, batch_size=16)
+  c.eval.batch_size = 64
+  c.log.update(every_steps=2, measure_peak=False, peak_flops_per_device=1e12)
+  c.mesh.num_devices = 2
+  c.init["from"] = ref_wd
+  wd = str(tmp_path)
+  result = loop.train_and_evaluate(c, wd)
+  assert result["step"] == 4
+  assert 0.0 <= result["eval/accuracy"] <= 1.0
+  rows = read_metrics(wd)
+  assert any("train/task_loss" in r and "train/lm_loss" in r for r in rows)
+  with open(os.path.join(wd, "predictions", "SST-2.tsv")) as f:
+    lines = f.read().splitlines()
+  assert lines[0] == "index\tprediction" and len(lines) == 873
+  cfg, best = checkpoint.load_params(os.path.join(wd, "best"))
+  assert set(best) == {"transformer", "head"}
+  # The transformer really started from the pretrained weights (one step of lr 1e-3 moves them little).
+  pre = params_of(ref_wd)["transformer"]["embed"]["positions"]
+  assert np.abs(best["transformer"]["embed"]["positions"] - pre).max() < 0.05
