@@ -368,8 +368,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   last_saved = start_step if meta is not None else None
   final = {}
 
+  if meta is not None and meta.get("pending_metrics"):
+    # Steps after the last log line of the interrupted run: restored so the
+    # next logged means cover the same steps as an uninterrupted run's.
+    pending = [(int(s), {k: np.asarray(v) for k, v in m.items()}) for s, m in meta["pending_metrics"]]
+    steps_since_log = len(pending)
+
   def meta_now(step):
-    return {"model": model_dict, "data": job.data_state, "config": config.to_dict(), "step": int(step)}
+    host = _host_scalars(pending)
+    return {"model": model_dict, "data": job.data_state, "config": config.to_dict(), "step": int(step),
+            "pending_metrics": [(s, {k: np.asarray(v).item() for k, v in m.items()}) for s, m in host]}
 
   def save(step, force=False):
     nonlocal last_saved, last_ckpt_time
@@ -432,7 +440,9 @@ def _flush(pending, job, config, ck, last_saved, flops, peak, t_log, steps, gb):
   host = _host_scalars(pending)
   _check_finite(host, config, ck, last_saved, gb)
   elapsed = max(time.perf_counter() - t_log, 1e-9)
-  mean = lambda k: float(np.mean([m[k] for _, m in host if bool(m["finite"])] or [np.nan]))
+  # float64 means of the float32 step values: the same result whether a value
+  # came from the device or from a checkpoint's JSON (exact resume of the log).
+  mean = lambda k: float(np.mean(np.asarray([m[k] for _, m in host if bool(m["finite"])] or [np.nan], np.float64)))
   out = {"train/loss": mean("loss"), "train/grad_norm": mean("grad_norm"), "train/lr": float(host[-1][1]["lr"]),
          "train/nonfinite_steps": int(sum(not bool(m["finite"]) for _, m in host))}
   for k in host[-1][1]:
