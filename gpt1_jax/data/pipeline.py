@@ -53,7 +53,7 @@ def gather_fetch(arrays: dict[str, np.ndarray]) -> Fetch:
   sizes = {k: len(v) for k, v in arrays.items()}
   if len(set(sizes.values())) != 1:
     raise ValueError(f"arrays have different numbers of examples: {sizes}")
-  tensors = {k: tf.constant(v) for k, v in arrays.items()}
+  tensors = {k: tf.convert_to_tensor(v) for k, v in arrays.items()}
   return lambda idx: {k: tf.gather(v, idx) for k, v in tensors.items()}
 
 
