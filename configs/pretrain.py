@@ -65,13 +65,14 @@ def tiny() -> ml_collections.ConfigDict:
   of a small model's compute, so width stays small and depth is cheap.
   """
   c = base()
+  # No vocabulary padding: on CPU the padded logits' slice costs ~15% of a step.
   c.model.update(n_ctx=64, n_embd=128, n_head=4, n_layer=4, embd_pdrop=0.1, attn_pdrop=0.1, resid_pdrop=0.1,
-                 vocab_pad_multiple=128)
+                 vocab_pad_multiple=1)
   c.data.dir = "workdirs/demo/data"
-  c.train.update(num_steps=600, batch_size=32, learning_rate=2e-3, warmup_steps=60)
-  c.checkpoint.update(every_steps=200, keep=2)
-  c.log.every_steps=20
-  c.eval.update(every_steps=200, batch_size=64)
+  c.train.update(num_steps=250, batch_size=32, learning_rate=2e-3, warmup_steps=25)
+  c.checkpoint.update(every_steps=50, keep=2)
+  c.log.every_steps = 25
+  c.eval.update(every_steps=125, batch_size=64)
   return c
 
 

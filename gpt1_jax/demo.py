@@ -53,7 +53,8 @@ def samples(workdir: str) -> list[str]:
 
 def main(argv):
   del argv
-  logging.get_absl_handler().addFilter(_quiet())
+  from gpt1_jax.report import quiet_library_logs
+  quiet_library_logs()
   from gpt1_jax import loop
   from gpt1_jax.data import prepare
   t0 = time.perf_counter()
@@ -113,11 +114,6 @@ def _first_logged_loss(workdir):
       if "train/loss" in d:
         return d["train/loss"]
   return float("nan")
-
-
-def _quiet():
-  from gpt1_jax.main import _QuietLibraries
-  return _QuietLibraries()
 
 
 if __name__ == "__main__":

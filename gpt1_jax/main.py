@@ -52,20 +52,11 @@ def init_distributed():
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-class _QuietLibraries:
-  """Drops INFO chatter from Orbax/TF internals (every save logs dozens of lines); warnings still pass."""
-
-  def filter(self, record):
-    if record.levelno >= 30:
-      return True
-    path = record.pathname.replace("\\", "/")
-    return not any(p in path for p in ("/orbax/", "/tensorflow/", "/jax/_src/"))
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  from gpt1_jax.report import quiet_library_logs
+  quiet_library_logs()
   init_distributed()
   import jax
   from gpt1_jax import loop

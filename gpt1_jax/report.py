@@ -12,6 +12,21 @@ import time
 import jax
 
 
+class _QuietLibraries:
+  """Drops INFO chatter from Orbax/TF/JAX internals (each save logs dozens of lines); warnings pass."""
+
+  def filter(self, record):
+    if record.levelno >= logging.WARNING:
+      return True
+    path = record.pathname.replace("\\", "/")
+    return not any(p in path for p in ("/orbax/", "/tensorflow/", "/jax/_src/"))
+
+
+def quiet_library_logs():
+  from absl import logging as absl_logging
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
 class MetricWriter:
   """One JSON object per logged step in ``workdir/metrics.jsonl`` plus TensorBoard scalars.
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config, micro_model
+from conftest import REPO, load_config, micro_cli, micro_model
 from gpt1_jax import checkpoint, loop
 
 pytestmark = pytest.mark.slow
@@ -104,13 +104,7 @@ def test_kill_9_then_resume_matches_uninterrupted(lm_data_dir, reference_run, tm
   """`kill -9` mid-run after a checkpoint; the same command again finishes like the reference."""
   ref_wd, _ = reference_run
   wd = str(tmp_path / "run")
-  cmd = [sys.executable, "-m", "gpt1_jax.main", "--config=configs/pretrain.py:tiny", f"--workdir={wd}",
-         f"--config.data.dir={lm_data_dir}", "--config.model.n_ctx=32", "--config.model.n_embd=32",
-         "--config.model.n_head=2", "--config.model.n_layer=2", "--config.model.vocab_pad_multiple=8",
-         "--config.train.num_steps=40", "--config.train.batch_size=8", "--config.train.learning_rate=3e-3",
-         "--config.train.warmup_steps=5", "--config.checkpoint.every_steps=10", "--config.checkpoint.keep=10",
-         "--config.log.every_steps=5", "--config.log.measure_peak=False", "--config.log.peak_flops_per_device=1e12",
-         "--config.eval.every_steps=20", "--config.eval.batch_size=8", "--config.mesh.num_devices=1"]
+  cmd = micro_cli(wd, lm_data_dir)
   env = dict(os.environ)
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   ckdir = os.path.join(wd, "checkpoints")
