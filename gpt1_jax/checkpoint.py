@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -130,7 +131,9 @@ class Checkpoints:
                            f"resume:\n" + "\n".join(diff) + "\nuse a new --workdir, or the same model config")
         state = self.restore(step, abstract_state)
         if i:
-          logging.warning("resumed from step %d, the newest good checkpoint: newer steps were unreadable", step)
+          self._quarantine([s for s in steps if s > step])
+          logging.warning("resumed from step %d, the newest good checkpoint: newer steps were unreadable and "
+                          "were moved to %s", step, self.quarantine_dir)
         return state, meta, step
       except CheckpointError as e:
         if not allow_fallback:
@@ -138,6 +141,22 @@ class Checkpoints:
                                 f"checkpoint instead (steps present: {steps})") from e
         logging.error("%s; falling back to the previous checkpoint", e)
     return None, None, None
+
+  @property
+  def quarantine_dir(self) -> str:
+    return os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints")
+
+  def _quarantine(self, steps: list[int]):
+    """Moves unreadable steps aside (kept for inspection) so the run can save those steps again."""
+    if jax.process_index() == 0:
+      os.makedirs(self.quarantine_dir, exist_ok=True)
+      for s in steps:
+        dst = os.path.join(self.quarantine_dir, f"{s}-{int(time.time())}")
+        os.replace(self.step_dir(s), dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("gpt1_jax_quarantine")
+    self.manager.reload()
 
   def wait(self):
     self.manager.wait_until_finished()

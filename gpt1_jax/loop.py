@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -405,10 +406,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           final.update(ev)
           if job.task is not None:
             best = _keep_best(workdir, job, ev, best, step, model_cfg, state["params"])
-        preempted = (sig.received is not None or ck.manager.reached_preemption(step)
-                     or step == int(config.get("debug", {}).get("preempt_at_step", -1)))
-        if preempted or step % ckpt_every == 0 or step == job.num_steps or (
-            ckpt_minutes and time.monotonic() - last_ckpt_time > 60 * ckpt_minutes):
+        stop = sig.received is not None or step == int(config.get("debug", {}).get("preempt_at_step", -1))
+        time_due = bool(ckpt_minutes) and time.monotonic() - last_ckpt_time > 60 * ckpt_minutes
+        if jax.process_count() > 1:
+          # Hosts see signals and clocks at different steps; they act only on
+          # a decision they all share (taken at log steps, already a sync
+          # point), else one would save while the others train on.
+          if step % log_every == 0 or step == job.num_steps:
+            stop, time_due = _any_host(stop), _any_host(time_due)
+          else:
+            stop = time_due = False
+        preempted = stop or ck.manager.reached_preemption(step)
+        if preempted or step % ckpt_every == 0 or step == job.num_steps or time_due:
           # Never checkpoint a state whose metrics were not checked; the
           # steps stay pending so the logged means do not depend on when we save.
           _check_finite(_host_scalars(pending), config, ck, last_saved, gb)
@@ -424,10 +433,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       finally:
         writer.close()
         progress.close()
-  final["step"] = step
+  final = {**_logged_metrics(workdir, step), **final, "step": step}
   if best["step"] is not None:
     final["best_step"] = best["step"]
   return final
+
+
+def _any_host(flag: bool) -> bool:
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def _logged_metrics(workdir: str, step: int) -> dict:
+  """The latest value of every metric in ``metrics.jsonl`` up to ``step`` (what a finished run reports)."""
+  out = {}
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        row = json.loads(line)
+        if row["step"] <= step:
+          out.update(row)
+  return out
 
 
 def _writer(workdir, start_step, config):

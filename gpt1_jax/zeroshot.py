@@ -17,7 +17,10 @@ sources as fine-tuning (``data/tasks.py``), with ``[s]`` = ``_start_``:
 * **RACE, Story Cloze** (and any multiple-choice task of the registry): per
   candidate, the average token log-probability of the answer tokens given
   ``[s] document question`` (Story Cloze: ``[s] story``); the highest wins.
-  Metric: accuracy. The generic form is :meth:`Scorer.score_candidates`.
+  RACE's cloze-style questions keep their blank as written. Metric: accuracy.
+  The generic form is :meth:`Scorer.score_candidates`. (Story Cloze's ``dev``
+  is the fine-tuning held-out fifth, 374 stories; ``--split=test`` scores the
+  1,871 test stories.)
 * **Winograd-style pronoun resolution** (DPRD / WSC / WinoGrande; not in the
   task registry): each candidate replaces the blank and the candidate under
   which the rest of the sentence after the substitution is more probable
@@ -48,7 +51,9 @@ real token see the padding after it.
 The last form evaluates every checkpoint step of a pretraining run and writes
 ``zeroshot_curve.json`` (step -> task -> score), prints a markdown table, and
 plots ``zeroshot_curve.png`` (score vs pretraining step, one line per task,
-chance levels dashed): the paper's Figure 2 (right) for your run. Steps
+chance levels dashed): the paper's Figure 2 (right) for your run, in raw
+scores where the paper normalises each task between chance and the state of
+the art. Steps
 already in the JSON with the same settings are not evaluated again, so the
 command can follow a run that is still training.
 """
@@ -61,7 +66,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -137,7 +142,7 @@ def fit_context(prefix: Sequence[int], target: Sequence[int], n_ctx: int) -> tup
 
   Too long a sequence loses prefix tokens from its front, after the first
   (``_start_``), so the tokens nearest the answer survive; the target is cut
-  (from its end) only if it alone does not fit beside those two prefix ends.
+  (from its end) only if it does not fit beside the first token alone.
   """
   prefix, target = list(prefix), list(target)
   if not prefix:
@@ -160,8 +165,8 @@ class Scorer:
   """A language model's log-probabilities of token sequences, batched by length bucket.
 
   ``dtype`` overrides the compute dtype of the checkpoint's config (float32 by
-  default: scores of bfloat16 activations differ in the third digit, enough to
-  flip near ties).
+  default: bfloat16's 8-bit mantissa is coarse enough to flip near ties
+  between candidates).
   """
 
   def __init__(self, config: ModelConfig, params, *, batch_size: int = 32, dtype: Optional[str] = "float32",
@@ -280,8 +285,7 @@ def _labels(examples) -> np.ndarray:
   return np.array([-1 if e.label is None else int(e.label) for e in examples], np.int64)
 
 
-def _result(heuristic, metrics: dict, **arrays) -> dict:
-  h = heuristic
+def _result(h, metrics: dict, **arrays) -> dict:
   return {"task": h.name, "split": h.split, "metric": h.metric, "score": metrics.get(h.metric, math.nan), **metrics,
           **arrays}
 
@@ -311,8 +315,9 @@ class Sentiment:
 def fit_threshold(scores, labels) -> float:
   """The threshold ``t`` maximising the MCC of ``scores >= t`` against ``labels`` (1 = positive).
 
-  Candidates lie midway between consecutive distinct scores (and beyond both
-  ends); the first best, i.e. the highest such threshold, is returned.
+  Candidates lie midway between consecutive distinct scores, above the
+  highest (nothing positive) and at the lowest (everything positive); of
+  equally good ones the highest is returned.
   """
   s = np.asarray(scores, np.float64)
   y = np.asarray(labels) == 1
@@ -439,10 +444,11 @@ class Winograd:
 
   name, metric, chance = WINOGRAD, "accuracy", 0.5
 
-  def __init__(self, examples: Sequence[WinogradExample], tokenizer, *, scoring: str = "partial"):
+  def __init__(self, examples: Sequence[WinogradExample], tokenizer, *, scoring: str = "partial",
+               split: str = "file"):
     if scoring not in WINOGRAD_SCORING:
       raise ValueError(f"winograd scoring {scoring!r}, expected one of {WINOGRAD_SCORING}")
-    self.split = "file"
+    self.split = split
     start = tokenizer.start_id
     parts = [e.sentence.split("_", 1) for e in examples]
     befores = _encode(tokenizer, [b + o for (b, _), e in zip(parts, examples) for o in e.options])
@@ -460,7 +466,8 @@ class Winograd:
     scores = scorer.mean_logprobs(self.pairs, desc=self.name).reshape(-1, 2)
     predictions = scores.argmax(-1)
     keep = self.labels >= 0
-    metrics = {"accuracy": metrics_lib.accuracy(predictions[keep], self.labels[keep]), "num_examples": int(keep.sum())}
+    metrics = {"accuracy": metrics_lib.accuracy(predictions[keep], self.labels[keep]),
+               "num_examples": int(keep.sum())}
     return _result(self, metrics, scores=scores, predictions=predictions, labels=self.labels)
 
 
@@ -489,7 +496,8 @@ def build(task: str, tokenizer, *, source: Optional[str] = None, split: str = "v
     raise ValueError("give a CoLA threshold or a split to fit it on, not both")
   source = source or default_source(task)
   if task == WINOGRAD:
-    return Winograd(read_winograd(source)[:max_examples or None], tokenizer, scoring=winograd_scoring)
+    return Winograd(read_winograd(source)[:max_examples or None], tokenizer, scoring=winograd_scoring,
+                    split=os.path.basename(source))
   data = load_split(task, split, source)
   data.examples = data.examples[:max_examples or None]
   if task == "sst2":
@@ -562,6 +570,7 @@ def plot_curve(scores: dict, tasks: Sequence[str], metrics: dict, chance: dict, 
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker  # noqa: F401 - binds matplotlib.ticker
   fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
   steps = sorted(scores, key=int)
   for i, task in enumerate(tasks):
@@ -570,6 +579,7 @@ def plot_curve(scores: dict, tasks: Sequence[str], metrics: dict, chance: dict, 
     line, = ax.plot(xs, ys, marker="o", label=f"{task} ({metrics[task]})", color=f"C{i}")
     if task in chance:
       ax.axhline(chance[task], color=line.get_color(), linestyle="--", linewidth=0.8, alpha=0.6)
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_xlabel("pretraining step (updates)")
   ax.set_ylabel("zero-shot score (dashed: chance)")
   ax.set_title("Zero-shot task performance during pretraining (cf. GPT-1 Figure 2, right)")
@@ -591,38 +601,45 @@ def curve(run_dir: str, tasks: Sequence[str], *, out_dir: Optional[str] = None,
           tokenizer=None, progress: bool = True, **options) -> dict:
   """Every task's zero-shot score at every checkpoint step of a pretraining run.
 
-  Writes ``out_dir/zeroshot_curve.json`` (after each step, so an interrupted
-  curve keeps what it has; scores already there under the same settings are
-  reused) and ``out_dir/zeroshot_curve.png``; prints a markdown table.
-  ``options`` go to :func:`build` (``cola_threshold``, ``fit_threshold_on``,
-  ``winograd_scoring``). Returns the JSON's content with ``markdown``, ``json``
-  and ``png`` added.
+  Writes ``out_dir/zeroshot_curve.json`` after each step, so an interrupted
+  curve keeps what it has. A score already there is reused when the run,
+  split, ``max_examples``, ``dtype``, ``options`` and that task's source are
+  the same; other tasks' columns are kept. Then prints a markdown table and
+  plots ``out_dir/zeroshot_curve.png``, both for ``tasks``. ``options`` go to
+  :func:`build` (``cola_threshold``, ``fit_threshold_on``,
+  ``winograd_scoring``). Returns ``steps``, ``tasks``, ``scores`` (step ->
+  task -> score), ``metric``, ``chance``, ``markdown``, ``json``, ``png``.
   """
   from gpt1_jax.checkpoint import load_params, write_json
   if not tasks:
     raise ValueError("no tasks")
+  tasks = list(tasks)
   out_dir = os.path.abspath(out_dir or run_dir)
   os.makedirs(out_dir, exist_ok=True)
   json_path = os.path.join(out_dir, CURVE_JSON)
   sources = {t: (sources or {}).get(t) or default_source(t) for t in tasks}
+  sources = {t: s if s == "tfds" or s.startswith("tfds:") else os.path.abspath(s) for t, s in sources.items()}
   if tokenizer is None:
     from gpt1_jax.tokenizer import GPT1Tokenizer
     tokenizer = GPT1Tokenizer()
   heuristics = [build(t, tokenizer, source=sources[t], split=split, max_examples=max_examples, **options)
                 for t in tasks]
   steps = sorted(checkpoint_steps(run_dir) if steps is None else steps)
-  settings = {"run": os.path.abspath(run_dir), "split": split, "max_examples": max_examples, "dtype": dtype,
-              "sources": {t: s if s == "tfds" or s.startswith("tfds:") else os.path.abspath(s)
-                          for t, s in sources.items()},
-              "options": dict(sorted(options.items()))}
-  scores: dict[str, dict] = {}
+  settings = json.loads(json.dumps({"run": os.path.abspath(run_dir), "split": split, "max_examples": max_examples,
+                                    "dtype": dtype, "options": dict(sorted(options.items()))}))
+  doc = {"settings": settings, "sources": {}, "metric": {}, "chance": {}, "scores": {}}
   if os.path.isfile(json_path):
     with open(json_path) as f:
       previous = json.load(f)
-    if previous.get("settings") == json.loads(json.dumps(settings)):
-      scores = previous.get("scores", {})
-  doc = {"settings": settings, "tasks": list(tasks), "metric": {h.name: h.metric for h in heuristics},
-         "chance": {h.name: h.chance for h in heuristics}, "scores": scores}
+    if previous.get("settings") == settings:
+      doc = previous
+      for row in doc["scores"].values():
+        for t in [t for t in row if t in sources and doc["sources"].get(t) != sources[t]]:
+          del row[t]
+  doc["sources"].update(sources)
+  doc["metric"].update({h.name: h.metric for h in heuristics})
+  doc["chance"].update({h.name: h.chance for h in heuristics})
+  scores = doc["scores"]
   for step in steps:
     todo = [h for h in heuristics if h.name not in scores.get(str(step), {})]
     if not todo:
@@ -631,14 +648,15 @@ def curve(run_dir: str, tasks: Sequence[str], *, out_dir: Optional[str] = None,
     scorer = Scorer(config, params, batch_size=batch_size, dtype=dtype, tokenizer=tokenizer, progress=progress)
     results = evaluate(scorer, todo)
     scores.setdefault(str(step), {}).update({t: _json_safe(float(r["score"])) for t, r in results.items()})
-    log.info("step %d: %s", step, "; ".join(summary(r) for r in results.values()))
+    print(f"step {step}: " + "; ".join(summary(r) for r in results.values()), flush=True)
     write_json(json_path, doc)
   write_json(json_path, doc)
-  scores = {s: scores[s] for s in map(str, steps) if s in scores}
-  table = markdown_table(scores, list(tasks), doc["metric"])
+  table_scores = {str(s): {t: scores[str(s)][t] for t in tasks} for s in steps}
+  table = markdown_table(table_scores, tasks, doc["metric"])
   print(table, flush=True)
-  png = plot_curve(scores, list(tasks), doc["metric"], doc["chance"], os.path.join(out_dir, CURVE_PNG))
-  return {**doc, "scores": scores, "markdown": table, "json": json_path, "png": png}
+  png = plot_curve(table_scores, tasks, doc["metric"], doc["chance"], os.path.join(out_dir, CURVE_PNG))
+  return {"steps": steps, "tasks": tasks, "scores": table_scores, "metric": {t: doc["metric"][t] for t in tasks},
+          "chance": {t: doc["chance"][t] for t in tasks}, "markdown": table, "json": json_path, "png": png}
 
 
 # ----------------------------------------------------------------------------
@@ -658,6 +676,13 @@ def _parse_sources(values: Sequence[str], tasks: Sequence[str]) -> dict:
   if unknown:
     raise ValueError(f"--source given for task(s) not evaluated: {sorted(unknown)}")
   return out
+
+
+class _QuietOrbax(logging.Filter):
+  """Orbax warns on every read-only checkpoint open; only its errors matter here."""
+
+  def filter(self, record):
+    return record.levelno >= logging.ERROR or "/orbax/" not in record.pathname.replace("\\", "/")
 
 
 def _define_flags():
@@ -685,9 +710,13 @@ def _define_flags():
 
 def main(argv):
   from absl import app, flags
+  from absl import logging as absl_logging
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   F = flags.FLAGS
+  if not F["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  absl_logging.get_absl_handler().addFilter(_QuietOrbax())
   tasks = list(dict.fromkeys(([F.task] if F.task else []) + list(F.tasks)))
   if not tasks:
     raise app.UsageError("give --task=NAME or --tasks=A,B")

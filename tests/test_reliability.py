@@ -134,6 +134,7 @@ def test_corrupt_newest_checkpoint_stops_or_falls_back(lm_data_dir, reference, t
   out = run(cmd + ["--config.checkpoint.allow_fallback=True"])
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"resumed from {os.path.join(wd, 'checkpoints', str(newest - 10))}" in out.stderr
+  assert os.listdir(os.path.join(wd, "corrupt_checkpoints"))[0].startswith(f"{newest}-")
   print(f"verified: refused to start on the corrupt step {newest}; with allow_fallback resumed from {newest - 10}")
 
 
