@@ -46,10 +46,20 @@ def finetune(task: str) -> ml_collections.ConfigDict:
 
 
 def tiny(task: str) -> ml_collections.ConfigDict:
+  """The demo's fine-tuning of the one-block tiny model.
+
+  At this scale the paper's lambda = 0.5 drowns the task gradient (the LM loss
+  is ~7 nats against ~0.7, under one global-norm clip) and the classifier never
+  leaves chance within the budget, so the tiny variant uses lambda = 0, the
+  paper's own finding for small data sets (Table 5). More epochs and a higher
+  learning rate than the paper's: a 64-wide model needs ~80 updates before it
+  separates the classes at all.
+  """
   c = finetune(task)
   c.model = pretrain.tiny().model
   c.task.max_len = c.model.n_ctx
-  c.train.update(batch_size=32, learning_rate=1e-3, num_epochs=3.0)
+  c.task.lm_coef = 0.0
+  c.train.update(batch_size=32, learning_rate=3e-3, num_epochs=6.0)
   c.checkpoint.every_steps = 100
   c.log.every_steps = 10
   c.eval.update(every_steps=0, batch_size=64)

@@ -53,6 +53,15 @@ FLOP_FORMULA = ("model FLOPs per token (training) = 6*N + 12*n_layer*n_embd*T, N
                 "(q/k/v, out, 2 MLP matrices) + vocab*n_embd (tied output layer); the full TxT attention "
                 "matrix is counted (PaLM/nanoGPT convention); MFU = FLOPs/token * tokens/s / peak FLOP/s")
 
+COMPARISON_NOTES = (
+    "Both sides: same n_layer/n_embd/n_head/n_ctx, vocab, batch and sequence length, dropout 0.1 in train mode, "
+    "fp32 weights, random next-token batches, a summed-then-averaged softmax cross-entropy over all positions, "
+    "global-norm clipping at 1.0 then AdamW(2.5e-4, (0.9, 0.999), 1e-8, wd 0.01). Differences: ours decays only "
+    "matrices (GPT-1's vector_l2=False), torch.optim.AdamW decays every tensor; the HF loss is F.cross_entropy on "
+    "OpenAIGPTLMHeadModel's logits (its labels= path would add a shifted copy of the logits); on CPU both use "
+    "all cores (XLA's thread pool; torch.set_num_threads). Step times are medians after warmup; ours is the "
+    "AOT-compiled, state-donating step of gpt1_jax.loop, timed to block_until_ready of state and metrics.")
+
 # GPT-1's optimiser (Section 4.1) without the schedule, which costs nothing to evaluate:
 # the same update Hugging Face's side runs with torch.optim.AdamW + clip_grad_norm_.
 OPTIMIZER = dict(learning_rate=2.5e-4, warmup_steps=0, warmup_fraction=0.0, schedule="constant", b1=0.9,
@@ -75,7 +84,8 @@ class Shape:
   def describe(self) -> str:
     m = self.model
     return (f"{self.name}: n_layer={m.n_layer} n_embd={m.n_embd} n_head={m.n_head} T={self.seq_len} "
-            f"batch={self.batch} vocab={m.vocab_size} (padded {m.padded_vocab_size}) {m.dtype}"
+            f"batch={self.batch} vocab={m.vocab_size} (padded {m.padded_vocab_size}) {m.dtype} dropout "
+            f"{m.embd_pdrop}/{m.attn_pdrop}/{m.resid_pdrop} (embd/attn/resid) attention={m.attention}"
             + (f"; {self.note}" if self.note else ""))
 
 
@@ -88,6 +98,7 @@ class Options:
   steps: int = 5
   warmup: int = 2
   hf: bool = True  # run the Hugging Face twin of each train shape
+  hf_threads: int = 0  # torch.set_num_threads (0: every core)
   breakdown: bool = True  # time forward / backward / optimiser / output layer of our step
   peak_n: Optional[int] = None  # matmul size for the measured peak (None: perf's default)
   dtype: str = "float32"
@@ -482,7 +493,8 @@ def train_suite(opts: Options, peak: Optional[float], sheet_peak: Optional[float
     row["ours"] = train_ours(shape, steps=opts.steps, warmup=opts.warmup, peak=peak, sheet_peak=sheet_peak,
                              breakdown=opts.breakdown)
     if torch_ok:
-      row["hf"] = train_hf(shape, steps=opts.steps, warmup=opts.warmup, peak=peak, dtype=opts.dtype)
+      row["hf"] = train_hf(shape, steps=opts.steps, warmup=opts.warmup, peak=peak, dtype=opts.dtype,
+                           threads=opts.hf_threads or None)
       row["ours_over_hf"] = row["ours"]["tokens_per_s"] / row["hf"]["tokens_per_s"]
     elif opts.hf:
       row["hf_skipped"] = "torch cannot run on this accelerator (no CUDA build), so no like-for-like comparison"
@@ -708,12 +720,14 @@ def run(opts: Options, command: str = "") -> dict:
       "command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "machine": machine_info(), "versions": versions(), "load_average_start": load_average(),
       "settings": {k: v for k, v in dataclasses.asdict(opts).items() if k not in ("shapes", "inference_model")},
-      "optimizer": OPTIMIZER, "flop_formula": FLOP_FORMULA,
+      "optimizer": OPTIMIZER, "flop_formula": FLOP_FORMULA, "comparison_notes": COMPARISON_NOTES,
   }
   ids = None
   if "tokenizer" in opts.suites:
     log("tokenizer")
+    load = load_average()
     result["tokenizer"], ids = tokenizer_suite(opts)
+    result["tokenizer"]["load_average_before_after"] = [load, load_average()]
   rows = []
   if "train" in opts.suites:
     peak = perf.measure_matmul_peak(opts.dtype, n=opts.peak_n)
@@ -724,9 +738,13 @@ def run(opts: Options, command: str = "") -> dict:
     rows = train_suite(opts, peak, sheet)
     result["train"] = rows
   if "pipeline" in opts.suites:
+    load = load_average()
     result["pipeline"] = pipeline_suite(opts, rows, ids)
+    result["pipeline"]["load_average_before_after"] = [load, load_average()]
   if "inference" in opts.suites:
+    load = load_average()
     result["inference"] = inference_suite(opts)
+    result["inference"]["load_average_before_after"] = [load, load_average()]
   result["load_average_end"] = load_average()
   result["wall_s"] = time.perf_counter() - t_start
   result["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -773,9 +791,10 @@ def format_report(r: dict) -> str:
                    f"{_pct(o['mfu_measured_peak'])} | {mem} | {ratio} |")
       if "hf" in row:
         h = row["hf"]
-        mem_h = h.get("memory_device_peak", h["memory_rss_delta"])
+        mem_h = (f"{_mib(h['memory_device_peak'])} device peak" if "memory_device_peak" in h else
+                 f"{_mib(h['memory_rss_delta'])} RSS")
         lines.append(f"| {row['shape']} | HF torch | {h['step_s'] * 1e3:.0f} ms | {h['tokens_per_s']:.0f} | "
-                     f"{_pct(h['mfu_measured_peak'])} | {_mib(mem_h)} RSS | |")
+                     f"{_pct(h['mfu_measured_peak'])} | {mem_h} | |")
     lines.append("")
     for row in r["train"]:
       lines.append(f"- {row['description']}")
@@ -817,6 +836,11 @@ def format_report(r: dict) -> str:
               f"{c['examples_per_s']:.0f} examples/s ({c['step_s'] * 1e3:.1f} ms)",
               f"- sampling (tiny, batch {g['batch']}, {g['new_tokens']} new tokens, KV cache): "
               f"{g['tokens_per_s']:.0f} tokens/s ({g['ms_per_step']:.1f} ms per step)", ""]
+  loads = [f"{row['shape']} {row['load_average_before'][0]:.2f}->{row['load_average_after'][0]:.2f}"
+           for row in r.get("train", [])]
+  loads += [f"{k} {r[k]['load_average_before_after'][0][0]:.2f}->{r[k]['load_average_before_after'][1][0]:.2f}"
+            for k in ("tokenizer", "pipeline", "inference") if k in r]
+  lines.append(f"1-minute load average before->after each part: {', '.join(loads)}")
   lines.append(f"wall time {r['wall_s']:.0f} s")
   return "\n".join(lines)
 
@@ -850,7 +874,8 @@ def main(argv):
   on_cpu = jax.devices()[0].platform == "cpu"
   suites = SUITES if FLAGS.suite == "all" else tuple(FLAGS.suite.split(","))
   opts = Options(
-      suites=suites, steps=FLAGS.steps, warmup=FLAGS.warmup, hf=FLAGS.hf, breakdown=FLAGS.breakdown,
+      suites=suites, steps=FLAGS.steps, warmup=FLAGS.warmup, hf=FLAGS.hf, hf_threads=FLAGS.hf_threads,
+      breakdown=FLAGS.breakdown,
       dtype=FLAGS.dtype, tokenizer_lines=FLAGS.tokenizer_lines,
       shapes=make_shapes(FLAGS.shape, on_cpu=on_cpu, layers_cpu=FLAGS.layers_cpu, batch=FLAGS.batch,
                          dtype=FLAGS.dtype, attention=FLAGS.attention, vocab_pad=FLAGS.vocab_pad))
@@ -876,6 +901,8 @@ def _define_flags():
                     "Our attention; anything but xla sets attn_pdrop=0 (no dropout on the probabilities).")
   flags.DEFINE_integer("vocab_pad", 0, "vocab_pad_multiple of the gpt1 shape (0: 1 on CPU, 128 on accelerators).")
   flags.DEFINE_bool("hf", True, "Also run Hugging Face's OpenAIGPTLMHeadModel at each train shape.")
+  flags.DEFINE_integer("hf_threads", 0, "torch.set_num_threads for Hugging Face's step (0: every core). Its "
+                       "OpenMP barriers stall when other processes hold the cores: compare on an idle machine.")
   flags.DEFINE_bool("breakdown", True, "Time forward / backward / optimiser / output layer of our step.")
   flags.DEFINE_integer("tokenizer_lines", 0, "Lines of the corpus to tokenise (0: all).")
 

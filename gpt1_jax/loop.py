@@ -357,7 +357,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   progress = None
   from gpt1_jax.report import Progress
   progress = Progress(job.num_steps, start_step)
-  flops = perf.flops_per_token(model_cfg, job.seq_len) * job.tokens_per_example * gb
+  lm_head = not isinstance(job.objective, TaskObjective) or job.objective.lm_coef != 0
+  flops = perf.flops_per_token(model_cfg, job.seq_len, lm_head=lm_head) * job.tokens_per_example * gb
   peak = _peak_flops(config, model_cfg) * jax.device_count()
   log_every = int(config.log.every_steps)
   ckpt_every = int(config.checkpoint.every_steps)

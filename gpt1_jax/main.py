@@ -57,6 +57,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from gpt1_jax.report import quiet_library_logs
   quiet_library_logs()
+  if _init_from_override is not None:
+    FLAGS.config.init["from"] = _init_from_override
   init_distributed()
   import jax
   from gpt1_jax import loop
@@ -69,5 +71,33 @@ def main(argv):
   logging.info("done: %s", {k: v for k, v in result.items() if not k.startswith("perf/")})
 
 
-if __name__ == "__main__":
+# `from` is a Python keyword, which ml_collections' override parser rejects
+# ("Could not parse 'init.from'"); the flag is taken out of argv here and
+# applied to the parsed config in `main`, so `--config.init.from=...` works.
+_INIT_FROM = "--config.init.from"
+_init_from_override = None
+
+
+def _take_init_from(argv):
+  global _init_from_override
+  out, i = [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith(_INIT_FROM + "="):
+      _init_from_override = arg[len(_INIT_FROM) + 1:]
+    elif arg == _INIT_FROM and i + 1 < len(argv):
+      _init_from_override = argv[i + 1]
+      i += 1
+    else:
+      out.append(arg)
+    i += 1
+  return out
+
+
+def run():
+  sys.argv = _take_init_from(sys.argv)
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -26,7 +26,7 @@ DATASHEET_BF16 = {
 }
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True) -> float:
+def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True, lm_head: bool = True) -> float:
   """Model FLOPs per token (PaLM appendix B convention).
 
   ``6 * N + 12 * n_layer * n_embd * seq_len`` for training (forward + backward),
@@ -36,7 +36,8 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True) -> fl
   term is attention's scores and weighted sum (2 matmuls of ``T x d`` per
   token and layer, x3 for backward). Inference: divide by 3.
   """
-  d, v = cfg.n_embd, cfg.vocab_size
+  d = cfg.n_embd
+  v = cfg.vocab_size if lm_head else 0  # a task head without the auxiliary LM never projects to the vocabulary
   if cfg.architecture == "lstm":
     u = cfg.lstm_units
     n = d * 4 * u + u * 4 * u + u * d + v * d
