@@ -182,3 +182,12 @@ def test_finetune_from_pretrained_end_to_end(reference_run, tmp_path):
   # The transformer really started from the pretrained weights (one step of lr 1e-3 moves them little).
   pre = params_of(ref_wd)["transformer"]["embed"]["positions"]
   assert np.abs(best["transformer"]["embed"]["positions"] - pre).max() < 0.05
+
+
+def test_init_from_flag_survives_the_keyword():
+  """`from` is a Python keyword: ml_collections cannot parse `--config.init.from`, main.py takes it itself."""
+  from gpt1_jax import main
+  rest = main._take_init_from(["prog", "--config=x.py", "--config.init.from=/ckpt/dir", "--workdir=w"])
+  assert rest == ["prog", "--config=x.py", "--workdir=w"] and main._init_from_override == "/ckpt/dir"
+  rest = main._take_init_from(["prog", "--config.init.from", "openai:/m"])
+  assert rest == ["prog"] and main._init_from_override == "openai:/m"
