@@ -98,7 +98,7 @@ def main(argv):
     print(f"   {seed:4d} | {a:16.3f} | {b:16.3f}")
   mean_a = sum(r[1] for r in rows) / len(rows)
   mean_b = sum(r[2] for r in rows) / len(rows)
-  print(f"   mean | {mean_a:16.3f} | {mean_b:16.3f}   (+{100 * (mean_a - mean_b):.1f} points from pretraining)")
+  print(f"   mean | {mean_a:16.3f} | {mean_b:16.3f}   ({100 * (mean_a - mean_b):+.1f} points from pretraining)")
   summary = {"pretrain": {k: v for k, v in result.items() if not k.startswith("perf/")},
              "finetune": [{"seed": s, "pretrained": a, "random": b} for s, a, b in rows],
              "seconds": time.perf_counter() - t0}
