@@ -168,6 +168,7 @@ def test_finetune_from_pretrained_end_to_end(reference_run, tmp_path):
   c.log.update(every_steps=2, measure_peak=False, peak_flops_per_device=1e12)
   c.mesh.num_devices = 2
   c.init["from"] = ref_wd
+  c.task.lm_coef = 0.5  # the paper's joint objective (the tiny demo variant turns it off)
   wd = str(tmp_path)
   result = loop.train_and_evaluate(c, wd)
   assert result["step"] == 4
