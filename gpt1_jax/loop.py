@@ -198,6 +198,24 @@ def compile_train_step(step_fn, abstract_state, abstract_batch, mesh, rules):
                    donate_argnums=0).lower(abstract_state, abstract_batch).compile()
 
 
+def split_init_from_flag(argv: list[str]) -> tuple[list[str], Optional[str]]:
+  """Takes ``--config.init.from=X`` out of ``argv``: ``from`` is a Python keyword, which
+  ml_collections' override parser rejects ("Could not parse 'init.from'"); ``main``
+  applies the value to the parsed config instead."""
+  flag, out, value, i = "--config.init.from", [], None, 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith(flag + "="):
+      value = arg[len(flag) + 1:]
+    elif arg == flag and i + 1 < len(argv):
+      value = argv[i + 1]
+      i += 1
+    else:
+      out.append(arg)
+    i += 1
+  return out, value
+
+
 # ----------------------------------------------------------------------------
 # Initialisation from other weights (fine-tuning's `init.from`).
 

@@ -71,31 +71,13 @@ def main(argv):
   logging.info("done: %s", {k: v for k, v in result.items() if not k.startswith("perf/")})
 
 
-# `from` is a Python keyword, which ml_collections' override parser rejects
-# ("Could not parse 'init.from'"); the flag is taken out of argv here and
-# applied to the parsed config in `main`, so `--config.init.from=...` works.
-_INIT_FROM = "--config.init.from"
 _init_from_override = None
 
 
-def _take_init_from(argv):
-  global _init_from_override
-  out, i = [], 0
-  while i < len(argv):
-    arg = argv[i]
-    if arg.startswith(_INIT_FROM + "="):
-      _init_from_override = arg[len(_INIT_FROM) + 1:]
-    elif arg == _INIT_FROM and i + 1 < len(argv):
-      _init_from_override = argv[i + 1]
-      i += 1
-    else:
-      out.append(arg)
-    i += 1
-  return out
-
-
 def run():
-  sys.argv = _take_init_from(sys.argv)
+  global _init_from_override
+  from gpt1_jax.loop import split_init_from_flag
+  sys.argv, _init_from_override = split_init_from_flag(sys.argv)
   app.run(main)
 
 

@@ -186,9 +186,7 @@ def test_finetune_from_pretrained_end_to_end(reference_run, tmp_path):
 
 
 def test_init_from_flag_survives_the_keyword():
-  """`from` is a Python keyword: ml_collections cannot parse `--config.init.from`, main.py takes it itself."""
-  from gpt1_jax import main
-  rest = main._take_init_from(["prog", "--config=x.py", "--config.init.from=/ckpt/dir", "--workdir=w"])
-  assert rest == ["prog", "--config=x.py", "--workdir=w"] and main._init_from_override == "/ckpt/dir"
-  rest = main._take_init_from(["prog", "--config.init.from", "openai:/m"])
-  assert rest == ["prog"] and main._init_from_override == "openai:/m"
+  """`from` is a Python keyword: ml_collections cannot parse `--config.init.from`; main.py takes it itself."""
+  rest, value = loop.split_init_from_flag(["prog", "--config=x.py", "--config.init.from=/ckpt/dir", "--workdir=w"])
+  assert rest == ["prog", "--config=x.py", "--workdir=w"] and value == "/ckpt/dir"
+  assert loop.split_init_from_flag(["prog", "--config.init.from", "openai:/m"]) == (["prog"], "openai:/m")
