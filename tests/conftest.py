@@ -30,6 +30,22 @@ def micro_model(config):
   return config
 
 
+def micro_pretrain_config(data_dir, steps=40, **overrides):
+  """The micro pretraining run as a config; ``overrides`` are ``{"section.key": value}``
+  (``num_devices`` selects the first N devices)."""
+  c = micro_model(load_config("pretrain", "tiny"))
+  c.data.dir = data_dir
+  c.train.update(num_steps=steps, batch_size=8, learning_rate=3e-3, warmup_steps=5)
+  c.checkpoint.update(every_steps=10, keep=10)
+  c.log.update(every_steps=5, measure_peak=False, peak_flops_per_device=1e12)
+  c.eval.update(every_steps=20, batch_size=8)
+  c.mesh.update(num_devices=overrides.pop("num_devices", 1), data=-1)
+  for k, v in overrides.items():
+    section, key = k.split(".")
+    c[section][key] = v
+  return c
+
+
 @pytest.fixture(scope="session")
 def lm_data_dir(tmp_path_factory):
   """Real English: the first 3,000 phrases of the shipped corpus, tokenised once per session."""

@@ -11,24 +11,13 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config, micro_cli, micro_model
+from conftest import REPO, load_config, micro_cli, micro_model, micro_pretrain_config
 from gpt1_jax import checkpoint, loop
 
 pytestmark = pytest.mark.slow
 
 
-def pretrain_config(data_dir, steps=40, **overrides):
-  c = micro_model(load_config("pretrain", "tiny"))
-  c.data.dir = data_dir
-  c.train.update(num_steps=steps, batch_size=8, learning_rate=3e-3, warmup_steps=5)
-  c.checkpoint.update(every_steps=10, keep=10)
-  c.log.update(every_steps=5, measure_peak=False, peak_flops_per_device=1e12)
-  c.eval.update(every_steps=20, batch_size=8)
-  c.mesh.update(num_devices=overrides.pop("num_devices", 1), data=-1)
-  for k, v in overrides.items():
-    section, key = k.split(".")
-    c[section][key] = v
-  return c
+pretrain_config = micro_pretrain_config
 
 
 def read_metrics(workdir):

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config, micro_model
+from conftest import REPO, load_config, micro_model, micro_pretrain_config
 from gpt1_jax import checkpoint, loop
 
 pytestmark = [pytest.mark.multihost, pytest.mark.slow]
@@ -33,14 +33,8 @@ def multihost(args, log_dir, timeout=600):
 
 
 def single_process_config(data_dir, steps, num_devices, **mesh):
-  c = micro_model(load_config("pretrain", "tiny"))
-  c.data.dir = data_dir
-  c.train.update(num_steps=steps, batch_size=8, learning_rate=3e-3, warmup_steps=5)
-  c.checkpoint.update(every_steps=10, keep=10)
-  c.log.update(every_steps=5, measure_peak=False, peak_flops_per_device=1e12)
-  c.eval.update(every_steps=10, batch_size=8)
-  c.mesh.update(num_devices=num_devices, **mesh)
-  return c
+  return micro_pretrain_config(data_dir, steps, num_devices=num_devices, **{"eval.every_steps": 10},
+                               **{f"mesh.{k}": v for k, v in mesh.items()})
 
 
 def losses(workdir):
