@@ -34,6 +34,9 @@ def base() -> ml_collections.ConfigDict:
       b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=1.0,
       on_nonfinite="stop",  # or "skip": keep the old state for that step and count it
       num_epochs=0.0,
+      # Positions per chunk of the LM loss's output layer (0: all at once); must
+      # divide the sequence length. Saves the [B, T, 40k] logits' memory.
+      lm_loss_chunk=0,
   ))
 
   c.checkpoint = ml_collections.ConfigDict(dict(

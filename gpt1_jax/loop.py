@@ -75,6 +75,10 @@ def validate(config, model_cfg: ModelConfig, mesh, rules, num_steps: int, seq_le
     raise ValueError(f"sequence length {seq_len} exceeds model.n_ctx={model_cfg.n_ctx} (the position table)")
   if num_steps <= 0:
     raise ValueError(f"train.num_steps resolves to {num_steps}; it must be positive")
+  chunk = int(tc.get("lm_loss_chunk", 0) or 0)
+  if chunk < 0 or (chunk and seq_len % chunk):
+    raise ValueError(f"train.lm_loss_chunk={chunk} must be 0 (off) or a positive divisor of the sequence "
+                     f"length {seq_len}")
   for key in ("every_steps",):
     if int(config.checkpoint.get(key, 1)) <= 0 or int(config.log.get(key, 1)) <= 0:
       raise ValueError(f"checkpoint.{key} and log.{key} must be positive")
@@ -115,7 +119,7 @@ def lm_job(config, model_cfg: ModelConfig) -> Job:
   if config.eval.get("every_steps", 0) and manifest["splits"].get("valid", {}).get("tokens", 0):
     valid = lm.LMData.load(config.data.dir, "valid", n_ctx, expected_fingerprint=fingerprint)
   seed = int(config.seed)
-  objective = LMObjective(model_cfg)
+  objective = LMObjective(model_cfg, loss_chunk=int(config.train.get("lm_loss_chunk", 0) or 0))
   return Job(
       objective=objective, num_steps=int(config.train.num_steps), seq_len=n_ctx,
       train_dataset=lambda rows, start: train.train_dataset(rows, seed=seed, start_step=start),

@@ -414,6 +414,14 @@ class GPT1LM(nn.Module):
                          decode=decode)
     return self.transformer.logits(h)
 
+  def hidden(self, input_ids: Array, attention_mask: Optional[Array] = None, *, deterministic: bool = True) -> Array:
+    """The last block's states ``[B, T, n_embd]``, for losses that project them chunk by chunk."""
+    return self.transformer(input_ids, attention_mask, deterministic=deterministic)
+
+  def project(self, hidden: Array) -> Array:
+    """The tied output layer alone: ``[..., n_embd] -> [..., vocab_size]``."""
+    return self.transformer.logits(hidden)
+
 
 # ----------------------------------------------------------------------------
 # Fine-tuning heads (Section 3.3): the task input is one or more transformed

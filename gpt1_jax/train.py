@@ -76,9 +76,19 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class LMObjective:
-  """L1: next-token cross-entropy averaged over real target tokens."""
+  """L1: next-token cross-entropy averaged over real target tokens.
+
+  ``loss_chunk`` > 0 projects the hidden states onto the 40k vocabulary that
+  many positions at a time, under ``jax.checkpoint``, so the full ``[B, T,
+  vocab]`` logits and their gradient never exist at once: the same loss and
+  gradient (up to float summation order) for the price of recomputing the
+  output layer in the backward pass. Off by default: on CPU it is ~30% slower
+  per step at the tiny shape (BENCHMARKS.md); it is for batches whose logits
+  would not fit.
+  """
 
   model_config: ModelConfig
+  loss_chunk: int = 0
 
   @property
   def model(self) -> nn.Module:
@@ -92,13 +102,30 @@ class LMObjective:
     return self.model.init({"params": rng, "dropout": rng}, batch["inputs"])
 
   def loss_sums(self, params, batch: Batch, rng, deterministic: bool):
-    logits = self.model.apply({"params": params}, batch["inputs"], deterministic=deterministic,
-                              rngs=None if deterministic else {"dropout": rng})
+    rngs = None if deterministic else {"dropout": rng}
     mask = batch["loss_mask"].astype(jnp.float32)
     if "example_mask" in batch:
       mask = mask * batch["example_mask"][:, None]
-    ce = cross_entropy(logits, batch["targets"])
-    total = jnp.sum(ce * mask)
+    b, t = batch["inputs"].shape
+    chunk = int(self.loss_chunk)
+    if not chunk or chunk >= t:
+      logits = self.model.apply({"params": params}, batch["inputs"], deterministic=deterministic, rngs=rngs)
+      total = jnp.sum(cross_entropy(logits, batch["targets"]) * mask)
+      return total, jnp.sum(mask), {"lm_loss": total}
+    if t % chunk:
+      raise ValueError(f"train.lm_loss_chunk={chunk} must divide the sequence length {t}")
+    hidden = self.model.apply({"params": params}, batch["inputs"], deterministic=deterministic, rngs=rngs,
+                              method=GPT1LM.hidden)
+    # [B, T, ...] -> [T/chunk, B, chunk, ...]: the batch axis keeps its sharding.
+    split = lambda x: jnp.moveaxis(x.reshape((b, t // chunk, chunk) + x.shape[2:]), 1, 0)
+
+    @jax.checkpoint  # the backward pass recomputes each chunk's logits instead of storing them
+    def chunk_loss(h, y, m):
+      logits = self.model.apply({"params": params}, h, method=GPT1LM.project)
+      return jnp.sum(cross_entropy(logits, y) * m)
+
+    sums = jax.lax.map(lambda xs: chunk_loss(*xs), (split(hidden), split(batch["targets"]), split(mask)))
+    total = jnp.sum(sums)
     return total, jnp.sum(mask), {"lm_loss": total}
 
   def tokens(self, batch_shape) -> int:

@@ -126,6 +126,10 @@ def test_bad_config_fails_before_compiling(lm_data_dir, tmp_path):
   with pytest.raises(ValueError, match="n_embd=32 is not divisible by n_head=3"):
     loop.train_and_evaluate(c, str(tmp_path / "c"))
   assert not os.path.exists(tmp_path / "c" / "checkpoints")
+  c = pretrain_config(lm_data_dir)
+  c.train.lm_loss_chunk = 5
+  with pytest.raises(ValueError, match=r"train.lm_loss_chunk=5 must be 0 \(off\) or a positive divisor"):
+    loop.train_and_evaluate(c, str(tmp_path / "d"))
 
 
 def test_misspelt_override_is_an_error(tmp_path):
