@@ -136,13 +136,14 @@ def tiny_model(dtype: str = "float32"):
 
 def make_shapes(which: str, *, on_cpu: bool, layers_cpu: int, batch: int, dtype: str, attention: str,
                 vocab_pad: int) -> tuple:
-  """The train suite's shapes: ``tiny`` (the demo, batch 32 x 64) and/or ``gpt1`` (GPT-1's width)."""
+  """The train suite's shapes: ``tiny`` (the demo: its config's batch x 64) and/or ``gpt1`` (GPT-1's width)."""
   from gpt1_jax.model import ModelConfig
   fast_attn = {} if attention == "xla" else {"attention": attention, "attn_pdrop": 0.0}
   shapes = []
   if which in ("tiny", "both"):
     m = tiny_model(dtype).replace(**fast_attn)
-    shapes.append(Shape("tiny", m, 32, m.n_ctx, "configs/pretrain.py:tiny, its batch 32"))
+    b = int(load_config("pretrain", "tiny").train.batch_size)
+    shapes.append(Shape("tiny", m, b, m.n_ctx, f"configs/pretrain.py:tiny, its batch {b}"))
   if which in ("gpt1", "both"):
     m = ModelConfig(dtype=dtype, vocab_pad_multiple=vocab_pad or (1 if on_cpu else 128), **fast_attn)
     note = "GPT-1 as released"
