@@ -71,8 +71,8 @@ def tiny() -> ml_collections.ConfigDict:
   1,600 steps where batch 32 sat at 6.4 (perplexity ~600) after the same
   wall time. Deeper or wider post-LN stacks (2 x 128, 4 x 64) stayed on the
   unigram plateau (~6.85) in every run we made at this budget; one 64-wide
-  block leaves it after ~300 steps. No dropout (it only slows learning at this scale). Measurements
-  in BENCHMARKS.md.
+  block leaves it after ~300 steps. No dropout (it only slows learning at
+  this scale). Measurements in BENCHMARKS.md.
   """
   c = base()
   # No vocabulary padding: on CPU the padded logits' slice costs ~15% of a step.

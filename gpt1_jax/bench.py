@@ -141,8 +141,10 @@ def make_shapes(which: str, *, on_cpu: bool, layers_cpu: int, batch: int, dtype:
   fast_attn = {} if attention == "xla" else {"attention": attention, "attn_pdrop": 0.0}
   shapes = []
   if which in ("tiny", "both"):
-    m = tiny_model(dtype).replace(**fast_attn)
-    b = int(load_config("pretrain", "tiny").train.batch_size)
+    from gpt1_jax.loop import model_config
+    tiny = load_config("pretrain", "tiny")
+    m = model_config(tiny).replace(dtype=dtype, **fast_attn)
+    b = int(tiny.train.batch_size)
     shapes.append(Shape("tiny", m, b, m.n_ctx, f"configs/pretrain.py:tiny, its batch {b}"))
   if which in ("gpt1", "both"):
     m = ModelConfig(dtype=dtype, vocab_pad_multiple=vocab_pad or (1 if on_cpu else 128), **fast_attn)
