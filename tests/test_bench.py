@@ -59,6 +59,9 @@ def test_train_step_ours_and_hf_at_the_same_shape(result):
   assert hf["params"] == ours["params"] == MICRO.num_params()  # the same model on both sides
   assert hf["tied_lm_head"]
   assert math.isclose(row["ours_over_hf"], ours["tokens_per_s"] / hf["tokens_per_s"])
+  assert row["ours_over_hf_fastest"] == min(hf["step_times_s"]) / min(ours["step_times_s"])
+  lo, hi = row["ours_over_hf_paired_quartiles"]
+  assert lo <= row["ours_over_hf_paired"] <= hi
   assert math.isclose(ours["flops_per_token"], perf.flops_per_token(MICRO, 32))
   assert positive_finite(ours["memory_compiled"]["total"])
   parts = ours["breakdown"]
@@ -96,6 +99,20 @@ def test_report_table(result):
   text = bench.format_report(result)
   assert "| micro | gpt1_jax |" in text and "| micro | HF torch |" in text
   assert f"**{result['train'][0]['ours_over_hf']:.2f}x**" in text
+
+
+def test_speed_ratios_pair_rounds_and_compare_fastest_steps():
+  # Round 2 caught a load burst on our side only; round 3 on both.
+  ours = [1.0, 3.0, 2.0, 1.1]
+  hf = [1.5, 1.6, 3.0, 1.5]
+  r = bench.speed_ratios(ours, hf)
+  assert math.isclose(r["ours_over_hf"], 1.55 / 1.55)  # medians: the burst drags ours to parity
+  per_round = sorted([1.5, 1.6 / 3.0, 1.5, 1.5 / 1.1])
+  assert math.isclose(r["ours_over_hf_paired"], (per_round[1] + per_round[2]) / 2)
+  assert r["ours_over_hf_paired_quartiles"][0] <= r["ours_over_hf_paired"] <= r["ours_over_hf_paired_quartiles"][1]
+  assert math.isclose(r["ours_over_hf_fastest"], 1.5 / 1.0)
+  with pytest.raises(ValueError, match="same, non-zero length"):
+    bench.speed_ratios([1.0], [1.0, 2.0])
 
 
 def test_cpu_shapes_state_their_reductions():
