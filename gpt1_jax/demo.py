@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import time
+import warnings
 
 from absl import app, flags, logging
 
@@ -26,6 +27,8 @@ flags.DEFINE_string("workdir", "workdirs/demo", "Where data, checkpoints and met
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Fine-tuning seeds (pretrained vs random init for each).")
 flags.DEFINE_integer("pretrain_steps", 0, "Override the tiny config's pretraining steps (0: keep).")
 flags.DEFINE_integer("finetune_epochs", 0, "Override the fine-tuning epochs (0: keep).")
+flags.DEFINE_bool("probe", True, "Finish with linear probes: how much sentiment the unlabelled corpus holds beyond "
+                  "the words of the labelled sample (about 30 s).")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,7 +64,8 @@ def main(argv):
   root = os.path.abspath(FLAGS.workdir)
   data_dir = os.path.join(root, "data")
   print(f"== 1/3 tokenising data/sst2/unlabelled.txt -> {data_dir}", flush=True)
-  manifest = prepare.prepare(data_dir, inputs=[os.path.join(REPO, "data", "sst2", "unlabelled.txt")],
+  corpus = os.path.join(REPO, "data", "sst2", "unlabelled.txt")
+  manifest = prepare.prepare(data_dir, inputs=[corpus],
                              doc_split="line", num_shards=4, progress=False)
   print(f"   {manifest['splits']['train']['tokens']:,} training tokens in "
         f"{manifest['splits']['train']['documents']:,} phrases", flush=True)
@@ -100,11 +104,88 @@ def main(argv):
   mean_b = sum(r[2] for r in rows) / len(rows)
   print(f"   mean | {mean_a:16.3f} | {mean_b:16.3f}   ({100 * (mean_a - mean_b):+.1f} points from pretraining)")
   summary = {"pretrain": {k: v for k, v in result.items() if not k.startswith("perf/")},
-             "finetune": [{"seed": s, "pretrained": a, "random": b} for s, a, b in rows],
-             "seconds": time.perf_counter() - t0}
+             "finetune": [{"seed": s, "pretrained": a, "random": b} for s, a, b in rows]}
+  if FLAGS.probe:
+    print("== what the unlabelled corpus adds to 1,000 labels (logistic regression, C by 5-fold CV on the "
+          "labelled sample; SST-2 dev accuracy)", flush=True)
+    summary["probe"] = probe(pre_dir, os.path.join(REPO, "data", "sst2"), corpus)
+    for name, acc in summary["probe"].items():
+      print(f"   {name:52s} {acc:.3f}", flush=True)
+  summary["seconds"] = time.perf_counter() - t0
   with open(os.path.join(root, "demo_summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   print(f"done in {(time.perf_counter() - t0) / 60:.1f} min; summary in {root}/demo_summary.json")
+
+
+def probe(pretrained_dir: str, task_dir: str, corpus: str, dims: int = 64) -> dict:
+  """Dev accuracy of linear models on the labelled sample: words alone, then words plus features
+  learnt from the unlabelled corpus without labels.
+
+  * ``bag of words``: one binary feature per GPT-1 token; what fine-tuning from random
+    initialisation can at best learn from the sample itself.
+  * ``+ pretrained token embeddings``: plus the mean of the pretrained model's (centred) input
+    embeddings over the sentence.
+  * ``+ PPMI-SVD embeddings of the corpus``: plus the same mean over count-based word vectors
+    (positive PMI of co-occurrence within a phrase, rank ``dims``): all the corpus's word
+    co-occurrence statistics, with no optimisation budget in the way.
+
+  If the last two do not beat the first, the corpus holds no word-level sentiment signal the
+  labels lack, and pretraining on it cannot help through the words (BENCHMARKS.md).
+  """
+  import numpy as np
+  import scipy.sparse as sp
+  from scipy.sparse.linalg import svds
+  from sklearn.linear_model import LogisticRegressionCV
+  from gpt1_jax import checkpoint
+  from gpt1_jax.data import tasks
+  from gpt1_jax.tokenizer import GPT1Tokenizer
+
+  tok = GPT1Tokenizer()
+  v = tok.vocab_size
+  split = {s: tasks.load_split("sst2", s, task_dir).examples for s in ("train", "dev")}
+  ids = {s: tok.encode_batch([e.texts[0] for e in ex]) for s, ex in split.items()}
+  labels = {s: np.array([e.label for e in ex]) for s, ex in split.items()}
+
+  def bag(seqs):
+    rows = np.repeat(np.arange(len(seqs)), [len(x) for x in seqs])
+    m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, np.concatenate(seqs))), shape=(len(seqs), v))
+    m.data[:] = 1.0  # presence, not counts
+    return m
+
+  def mean_vectors(table, seqs):
+    return np.stack([table[s].mean(0) for s in seqs])
+
+  with open(corpus, encoding="utf-8") as f:
+    phrases = [sorted(set(x)) for x in tok.encode_batch([line.rstrip("\n") for line in f if line.strip()])]
+  rows = np.concatenate([np.repeat(p, len(p)) for p in phrases])
+  cols = np.concatenate([np.tile(p, len(p)) for p in phrases])
+  keep = rows != cols
+  cooc = sp.csr_matrix((np.ones(keep.sum(), np.float32), (rows[keep], cols[keep])), shape=(v, v)).tocoo()
+  row_sum = np.asarray(cooc.sum(1)).ravel()
+  col_p = np.asarray(cooc.sum(0)).ravel() ** 0.75  # context smoothing as in word2vec
+  pmi = np.log(cooc.data * col_p.sum() / (row_sum[cooc.row] * col_p[cooc.col]))
+  pos = pmi > 0
+  u, sv, _ = svds(sp.csr_matrix((pmi[pos], (cooc.row[pos], cooc.col[pos])), shape=(v, v)), k=dims)
+  ppmi = u * np.sqrt(sv)
+
+  _, params = checkpoint.load_params(pretrained_dir)
+  table = np.asarray(params["transformer"]["embed"]["tokens"])[:v]
+  table = table - table.mean(0)  # the shared component every row carries (BENCHMARKS.md)
+
+  def accuracy(extra=None):
+    x = {s: bag(ids[s]) for s in ids}
+    if extra is not None:
+      dense = {s: mean_vectors(extra, ids[s]) for s in ids}
+      scale = dense["train"].std()
+      x = {s: sp.hstack([x[s], sp.csr_matrix(dense[s] / scale)]).tocsr() for s in ids}
+    with warnings.catch_warnings():  # scikit-learn's notices about future defaults; we set what we use
+      warnings.simplefilter("ignore", FutureWarning)
+      clf = LogisticRegressionCV(Cs=[0.3, 1, 3, 10], cv=5, scoring="accuracy", max_iter=3000)
+      clf.fit(x["train"], labels["train"])
+    return float(clf.score(x["dev"], labels["dev"]))
+
+  return {"bag of words": accuracy(), "bag of words + pretrained token embeddings": accuracy(table),
+          "bag of words + PPMI-SVD embeddings of the corpus": accuracy(ppmi)}
 
 
 def _first_logged_loss(workdir):
