@@ -165,7 +165,7 @@ def probe(pretrained_dir: str, task_dir: str, corpus: str, dims: int = 64) -> di
   col_p = np.asarray(cooc.sum(0)).ravel() ** 0.75  # context smoothing as in word2vec
   pmi = np.log(cooc.data * col_p.sum() / (row_sum[cooc.row] * col_p[cooc.col]))
   pos = pmi > 0
-  u, sv, _ = svds(sp.csr_matrix((pmi[pos], (cooc.row[pos], cooc.col[pos])), shape=(v, v)), k=dims)
+  u, sv, _ = svds(sp.csr_matrix((pmi[pos], (cooc.row[pos], cooc.col[pos])), shape=(v, v)), k=dims, random_state=0)
   ppmi = u * np.sqrt(sv)
 
   _, params = checkpoint.load_params(pretrained_dir)
