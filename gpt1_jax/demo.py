@@ -7,7 +7,10 @@
 2. pretrain ``configs/pretrain.py:tiny`` on it, then print text sampled from it;
 3. fine-tune on 1,000 labelled SST-2 examples, once from the pretrained weights
    and once from random initialisation, for each seed, and print dev accuracy
-   (872 examples) side by side: the paper's claim that pretraining helps.
+   (872 examples) side by side: the paper's claim that pretraining helps;
+4. probe what the unlabelled corpus can add to the labels at all (``--probe``):
+   linear models on words alone, and on words plus features learnt without
+   labels (see :func:`probe`).
 
 Every stage resumes if interrupted (run the same command again).
 """
@@ -23,12 +26,6 @@ import warnings
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "workdirs/demo", "Where data, checkpoints and metrics go.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Fine-tuning seeds (pretrained vs random init for each).")
-flags.DEFINE_integer("pretrain_steps", 0, "Override the tiny config's pretraining steps (0: keep).")
-flags.DEFINE_integer("finetune_epochs", 0, "Override the fine-tuning epochs (0: keep).")
-flags.DEFINE_bool("probe", True, "Finish with linear probes: how much sentiment the unlabelled corpus holds beyond "
-                  "the words of the labelled sample (about 30 s).")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -197,5 +194,17 @@ def _first_logged_loss(workdir):
   return float("nan")
 
 
+def _define_flags():
+  """The CLI's flags, defined only when run as a program: importing the module (for
+  :func:`probe`) must not claim flag names such as ``workdir`` that ``gpt1_jax.main`` also defines."""
+  flags.DEFINE_string("workdir", "workdirs/demo", "Where data, checkpoints and metrics go.")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Fine-tuning seeds (pretrained vs random init for each).")
+  flags.DEFINE_integer("pretrain_steps", 0, "Override the tiny config's pretraining steps (0: keep).")
+  flags.DEFINE_integer("finetune_epochs", 0, "Override the fine-tuning epochs (0: keep).")
+  flags.DEFINE_bool("probe", True, "Finish with linear probes: how much sentiment the unlabelled corpus holds beyond "
+                    "the words of the labelled sample (about a minute).")
+
+
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
