@@ -60,14 +60,14 @@ def main(argv):
   t0 = time.perf_counter()
   root = os.path.abspath(FLAGS.workdir)
   data_dir = os.path.join(root, "data")
-  print(f"== 1/3 tokenising data/sst2/unlabelled.txt -> {data_dir}", flush=True)
+  print(f"== 1/4 tokenising data/sst2/unlabelled.txt -> {data_dir}", flush=True)
   corpus = os.path.join(REPO, "data", "sst2", "unlabelled.txt")
   manifest = prepare.prepare(data_dir, inputs=[corpus],
                              doc_split="line", num_shards=4, progress=False)
   print(f"   {manifest['splits']['train']['tokens']:,} training tokens in "
         f"{manifest['splits']['train']['documents']:,} phrases", flush=True)
 
-  print("== 2/3 pretraining configs/pretrain.py:tiny", flush=True)
+  print("== 2/4 pretraining configs/pretrain.py:tiny", flush=True)
   pre = load_config("pretrain", "tiny")
   pre.data.dir = data_dir
   if FLAGS.pretrain_steps:
@@ -79,7 +79,7 @@ def main(argv):
         f"{result.get('eval/perplexity', float('nan')):.1f} after {result['step']} steps", flush=True)
   print("\n".join(samples(pre_dir)), flush=True)
 
-  print("== 3/3 fine-tuning on 1,000 labelled SST-2 sentences, dev = 872", flush=True)
+  print("== 3/4 fine-tuning on 1,000 labelled SST-2 sentences, dev = 872", flush=True)
   rows = []
   for seed in [int(s) for s in FLAGS.seeds]:
     accs = {}
@@ -103,7 +103,7 @@ def main(argv):
   summary = {"pretrain": {k: v for k, v in result.items() if not k.startswith("perf/")},
              "finetune": [{"seed": s, "pretrained": a, "random": b} for s, a, b in rows]}
   if FLAGS.probe:
-    print("== what the unlabelled corpus adds to 1,000 labels (logistic regression, C by 5-fold CV on the "
+    print("== 4/4 what the unlabelled corpus adds to 1,000 labels (logistic regression, C by 5-fold CV on the "
           "labelled sample; SST-2 dev accuracy)", flush=True)
     summary["probe"] = probe(pre_dir, os.path.join(REPO, "data", "sst2"), corpus)
     for name, acc in summary["probe"].items():
