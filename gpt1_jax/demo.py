@@ -126,8 +126,9 @@ def probe(pretrained_dir: str, task_dir: str, corpus: str, dims: int = 64) -> di
     (positive PMI of co-occurrence within a phrase, rank ``dims``): all the corpus's word
     co-occurrence statistics, with no optimisation budget in the way.
 
-  If the last two do not beat the first, the corpus holds no word-level sentiment signal the
-  labels lack, and pretraining on it cannot help through the words (BENCHMARKS.md).
+  If the PPMI row does not beat the first, the corpus holds no word-level sentiment signal the
+  labels lack, and pretraining on it cannot help through the words; if only the pretrained row
+  fails to, the LM has not captured what the corpus holds (BENCHMARKS.md).
   """
   import numpy as np
   import scipy.sparse as sp
@@ -149,9 +150,6 @@ def probe(pretrained_dir: str, task_dir: str, corpus: str, dims: int = 64) -> di
     m.data[:] = 1.0  # presence, not counts
     return m
 
-  def mean_vectors(table, seqs):
-    return np.stack([table[s].mean(0) for s in seqs])
-
   with open(corpus, encoding="utf-8") as f:
     phrases = [sorted(set(x)) for x in tok.encode_batch([line.rstrip("\n") for line in f if line.strip()])]
   rows = np.concatenate([np.repeat(p, len(p)) for p in phrases])
@@ -169,10 +167,12 @@ def probe(pretrained_dir: str, task_dir: str, corpus: str, dims: int = 64) -> di
   table = np.asarray(params["transformer"]["embed"]["tokens"])[:v]
   table = table - table.mean(0)  # the shared component every row carries (BENCHMARKS.md)
 
+  words = {s: bag(ids[s]) for s in ids}
+
   def accuracy(extra=None):
-    x = {s: bag(ids[s]) for s in ids}
+    x = words
     if extra is not None:
-      dense = {s: mean_vectors(extra, ids[s]) for s in ids}
+      dense = {s: np.stack([extra[t].mean(0) for t in ids[s]]) for s in ids}
       scale = dense["train"].std()
       x = {s: sp.hstack([x[s], sp.csr_matrix(dense[s] / scale)]).tocsr() for s in ids}
     with warnings.catch_warnings():  # scikit-learn's notices about future defaults; we set what we use
