@@ -421,3 +421,28 @@ def test_manifest_validation_errors_name_the_path(prepared_copy, tmp_path, token
   (copy / "manifest.json").unlink()
   with pytest.raises(FileNotFoundError, match=f"{copy}/manifest.json: no manifest"):
     lm.load_manifest(str(copy))
+
+
+@pytest.mark.parametrize("suffix,compress", [(".gz", "gzip"), (".xz", "lzma"), (".bz2", "bz2")])
+def test_compressed_inputs_read_as_their_text(tmp_path, sst2_lines, suffix, compress):
+  import importlib
+  lib = importlib.import_module(compress)
+  text = "".join(sst2_lines[:300]).encode()
+  (tmp_path / "plain.txt").write_bytes(text)
+  (tmp_path / f"packed.txt{suffix}").write_bytes(lib.compress(text))
+  kwargs = dict(doc_split="line", valid_fraction=0.1, num_shards=2, workers=1, progress=False)
+  plain = prepare.prepare(str(tmp_path / "a"), inputs=[str(tmp_path / "plain.txt")], **kwargs)
+  packed = prepare.prepare(str(tmp_path / "b"), inputs=[str(tmp_path / f"packed.txt{suffix}")], **kwargs)
+  assert packed["splits"]["train"]["tokens"] == plain["splits"]["train"]["tokens"] > 0
+  for split in ("train", "valid"):
+    np.testing.assert_array_equal(lm.load_tokens(str(tmp_path / "b"), split), lm.load_tokens(str(tmp_path / "a"), split))
+
+
+def test_damaged_compressed_input_is_a_clear_error_and_writes_no_manifest(tmp_path, sst2_lines):
+  import lzma
+  raw = lzma.compress("".join(sst2_lines[:300]).encode())
+  bad = tmp_path / "cut.txt.xz"
+  bad.write_bytes(raw[:len(raw) // 2])  # truncated, as by an interrupted download
+  with pytest.raises(prepare.PrepareError, match=r"cut\.txt\.xz: cannot decompress as lzma"):
+    prepare.prepare(str(tmp_path / "out"), inputs=[str(bad)], doc_split="line", workers=1, progress=False)
+  assert not (tmp_path / "out" / "manifest.json").exists()

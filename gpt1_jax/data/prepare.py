@@ -7,6 +7,8 @@ Usage::
       --output=workdirs/sst2_lm
   python -m gpt1_jax.data.prepare --tfds=lm1b:train --output=gs://bucket/lm1b
 
+Files ending in ``.gz``, ``.xz`` or ``.bz2`` are decompressed as they are read.
+
 Documents. ``--doc_split`` says what one document is: a whole file (or tfds example),
 each non-empty line, or each paragraph between blank lines. Documents are numbered in
 corpus order (files sorted within each glob, globs in flag order); document ``i`` is held
@@ -108,9 +110,23 @@ def decode(raw: bytes, name: str, errors: str) -> tuple[str, int]:
   return text.removeprefix("\ufeff"), replaced
 
 
+# Compressed inputs are read whole and decompressed in memory, by their suffix: a shipped
+# corpus sample stays small in the repository and needs no unpacking step.
+_DECOMPRESS = {".gz": "gzip", ".xz": "lzma", ".bz2": "bz2"}
+
+
 def _read(path: str) -> bytes:
   with tf.io.gfile.GFile(path, "rb") as f:
-    return f.read()
+    raw = f.read()
+  module = _DECOMPRESS.get(os.path.splitext(path)[1].lower())
+  if module is None:
+    return raw
+  import bz2, gzip, lzma
+  lib = {"gzip": gzip, "lzma": lzma, "bz2": bz2}[module]
+  try:
+    return lib.decompress(raw)
+  except (OSError, EOFError, ValueError, lzma.LZMAError) as e:  # each library raises its own on a damaged stream
+    raise PrepareError(f"{path}: cannot decompress as {module} ({e})") from None
 
 
 def resolve_inputs(patterns: Sequence[str]) -> list[str]:
