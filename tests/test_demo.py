@@ -1,17 +1,32 @@
-"""The demo's probe measures what it says: word-level sentiment the unlabelled corpus adds.
+"""The demo's pieces measure what they say.
 
-A planted corpus makes the answer known: the labelled sample uses one set of sentiment
+* The probe (gpt1_jax.probe): a planted corpus makes the answer known: the labelled sample uses one set of sentiment
 words, the dev set only another, and the unlabelled phrases are the sole link between them (both
 sets appear next to the same polarity-specific context words).
 Word identity alone must then be at chance on dev, and the corpus's co-occurrence vectors
 must carry the labels across.
+* The shipped corpus: its checksum is the one its README records, and no review shares an
+  8-gram with an SST-2 dev sentence (pretraining on dev text would fake transfer).
+* The transfer curve (gpt1_jax.transfer) on a micro pretraining run: its perplexities agree
+  with the training loop's own evaluation, its fine-tuned accuracies with a direct run.
 """
+
+import hashlib
+import json
+import lzma
+import os
+import pathlib
+import re
 
 import jax
 import numpy as np
+import pytest
 
-from gpt1_jax import checkpoint, demo
+from gpt1_jax import checkpoint, loop, probe, transfer
+from gpt1_jax.data import prepare
 from gpt1_jax.model import ModelConfig, init_params
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 SEEN = {1: ["good", "great", "fine"], 0: ["bad", "awful", "poor"]}
 UNSEEN = {1: ["superb", "lovely", "brilliant"], 0: ["dreadful", "dull", "boring"]}
@@ -39,12 +54,79 @@ def test_probe_finds_sentiment_only_the_corpus_holds(tmp_path):
   # distributional similarity needs (shared contexts, not each other).
   corpus = [f"{rng.choice(FILLER)} {rng.choice(SEEN[y] + UNSEEN[y])} {rng.choice(CONTEXT[y])}" for y in (0, 1) * 300]
   (tmp_path / "corpus.txt").write_text("\n".join(corpus) + "\n")
+  prepare.prepare(str(tmp_path / "corpus"), inputs=[str(tmp_path / "corpus.txt")], doc_split="line",
+                  valid_fraction=0.0, num_shards=1, workers=1, progress=False)
   cfg = ModelConfig(n_ctx=16, n_embd=8, n_head=2, n_layer=1)
-  checkpoint.save_params(str(tmp_path / "pre"), cfg, init_params(cfg, jax.random.key(0)))
+  params = init_params(cfg, jax.random.key(0))
 
-  acc = demo.probe(str(tmp_path / "pre"), str(task), str(tmp_path / "corpus.txt"), dims=4)
+  acc = probe.run(str(task), data_dir=str(tmp_path / "corpus"), params=params, dims=16)
 
   assert set(acc) == {"bag of words", "bag of words + pretrained token embeddings",
-                      "bag of words + PPMI-SVD embeddings of the corpus"}
+                      "bag of words + PPMI-SVD vectors of the corpus"}
   assert 0.4 <= acc["bag of words"] <= 0.6  # dev words never labelled: chance
-  assert acc["bag of words + PPMI-SVD embeddings of the corpus"] >= 0.9
+  # 60 dev sentences: chance is 0.5 +- 0.065, so 0.75 is ~4 standard deviations above it.
+  assert acc["bag of words + PPMI-SVD vectors of the corpus"] >= 0.75
+  # Random embeddings know nothing about the unseen words either.
+  assert acc["bag of words + pretrained token embeddings"] <= 0.7
+
+
+def test_documents_split_the_stream_at_start_markers():
+  s = np.array([9, 1, 2, 9, 9, 3], np.uint16)
+  assert [d.tolist() for d in probe.documents(s, 9)] == [[1, 2], [3]]
+
+
+def _letters(text):
+  return re.sub(r"[^a-z ]", " ", text.lower().replace(" n't", "n't")).split()
+
+
+@pytest.mark.slow  # reads 26 MB of reviews
+def test_shipped_corpus_matches_its_readme_and_holds_no_sst2_dev_8gram():
+  path = REPO / "data" / "imdb" / "unlabelled.txt.xz"
+  readme = (REPO / "data" / "imdb" / "README.md").read_text()
+  assert hashlib.sha256(path.read_bytes()).hexdigest() in readme
+  text = lzma.decompress(path.read_bytes()).decode("utf-8")
+  assert hashlib.sha256(text.encode()).hexdigest() in readme
+  reviews = text.splitlines()
+  assert len(reviews) == 20_000 and all(r.strip() for r in reviews)
+  dev = [line.split("\t")[0] for line in (REPO / "data" / "sst2" / "dev.tsv").read_text().splitlines()[1:]]
+  grams = {tuple(w[i:i + 8]) for w in map(_letters, dev) for i in range(len(w) - 7)}
+  assert len(grams) > 5_000  # the check has something to find
+  hits = [i for i, r in enumerate(reviews) if any(tuple(w) in grams for w in
+                                                  (lambda x: (x[j:j + 8] for j in range(len(x) - 7)))(_letters(r)))]
+  assert hits == []
+
+
+@pytest.mark.slow  # a micro pretraining run and three fine-tuning runs
+def test_transfer_curve_on_a_micro_run(lm_data_dir, tmp_path):
+  from conftest import micro_pretrain_config
+  pre = str(tmp_path / "pre")
+  loop.train_and_evaluate(micro_pretrain_config(lm_data_dir, steps=40), pre)  # checkpoints every 10, evals at 20, 40
+  rows = transfer.curve(pre, str(tmp_path / "curve"), seeds=[0], steps=[20, 40], log=lambda m: None)
+
+  assert [r["step"] for r in rows] == [0, 20, 40]
+  assert [r["tokens"] for r in rows] == [0, 20 * 8 * 32, 40 * 8 * 32]
+  logged = {d["step"]: d["eval/perplexity"] for d in map(json.loads, open(os.path.join(pre, "metrics.jsonl")))
+            if "eval/perplexity" in d}
+  for r in rows[1:]:  # the same held-out windows as the loop's evaluation, up to a padded tail window
+    assert r["perplexity"] == pytest.approx(logged[r["step"]], rel=0.03)
+  assert rows[2]["perplexity"] < rows[1]["perplexity"]
+  direct = transfer.finetune(str(tmp_path / "direct"), str(tmp_path / "curve" / "weights_40"), 0,
+                             str(REPO / "data" / "sst2"), model=json.load(open(os.path.join(pre, "config.json")))["model"])
+  assert rows[2]["pretrained"] == [direct]
+  assert rows[0]["pretrained"] == rows[0]["random"] == rows[2]["random"]
+  for r in rows:
+    assert 0.3 < r["probe_bow"] < 1.0
+  for name in ("transfer.json", "transfer.md", "transfer.png"):
+    assert (tmp_path / "curve" / name).stat().st_size > 0
+  assert (tmp_path / "curve" / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  md = (tmp_path / "curve" / "transfer.md").read_text().splitlines()
+  assert len(md) == 2 + 3 and md[-1].startswith("| 40 |")
+
+
+def test_curve_refuses_a_missing_step_before_any_work(lm_data_dir, tmp_path):
+  from conftest import micro_pretrain_config
+  pre = str(tmp_path / "pre")
+  loop.train_and_evaluate(micro_pretrain_config(lm_data_dir, steps=10), pre)
+  with pytest.raises(ValueError, match=r"no checkpoint at steps \[30\]"):
+    transfer.curve(pre, str(tmp_path / "curve"), seeds=[0], steps=[10, 30])
+  assert not (tmp_path / "curve").exists()

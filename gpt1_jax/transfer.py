@@ -1,0 +1,206 @@
+"""The transfer curve: what each stretch of pretraining buys the fine-tuned task.
+
+  python -m gpt1_jax.transfer --pretrain=workdirs/demo/pretrain [--out=DIR] [--seeds=0,1,2]
+
+For every checkpoint kept by one pretraining run (``checkpoint.keep_period`` keeps them all),
+and for random initialisation as step 0, it reports:
+
+* pretraining tokens seen (step x batch x sequence length);
+* held-out perplexity on the run's valid split (computed here, same windows for every step);
+* the linear probe of the model's own token embeddings (:mod:`gpt1_jax.probe`): bag of words
+  plus the centred sentence-mean embedding, against bag of words alone;
+* SST-2 dev accuracy after fine-tuning with the demo's settings (``configs/finetune.py:sst2_tiny``)
+  from those weights, per seed, and its gap to fine-tuning from random initialisation.
+
+Writes ``transfer.json``, ``transfer.md`` (a table) and ``transfer.png`` to ``--out``
+(default ``PRETRAIN/../transfer``). Every fine-tuning run has its own workdir, so an
+interrupted curve resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+
+def checkpoint_steps(pretrain_dir: str) -> list[int]:
+  ck = os.path.join(pretrain_dir, "checkpoints")
+  if not os.path.isdir(ck):
+    raise FileNotFoundError(f"{pretrain_dir}: not a pretraining run (no checkpoints/ directory)")
+  steps = sorted(int(d) for d in os.listdir(ck) if d.isdigit())
+  if not steps:
+    raise FileNotFoundError(f"{ck}: no complete checkpoint")
+  return steps
+
+
+def heldout_perplexity(pretrain_dir: str, step: int, max_windows: int = 512) -> float:
+  """Perplexity of checkpoint ``step`` on the first ``max_windows`` valid windows of its run's data."""
+  import jax
+  import jax.numpy as jnp
+  from gpt1_jax import checkpoint
+  from gpt1_jax.data import lm
+  from gpt1_jax.train import LMObjective
+  with open(os.path.join(pretrain_dir, "config.json")) as f:
+    run_cfg = json.load(f)
+  cfg, params = checkpoint.load_params(pretrain_dir, step)
+  seq_len = int(run_cfg["data"].get("seq_len") or cfg.n_ctx)
+  tokens = lm.load_tokens(run_cfg["data"]["dir"], "valid")
+  n = min(max_windows, (len(tokens) - 1) // seq_len)
+  if n < 1:
+    raise ValueError(f"{run_cfg['data']['dir']}: valid split has {len(tokens)} tokens, under one window of {seq_len}")
+  objective = LMObjective(cfg)
+  total, count = 0.0, 0.0
+  loss_fn = jax.jit(lambda p, b: objective.loss_sums(p, b, None, True)[:2])
+  windows = np.stack([tokens[r * seq_len:r * seq_len + seq_len + 1] for r in range(n)])
+  for i in range(0, n, 64):
+    w = windows[i:i + 64]
+    batch = {"inputs": jnp.asarray(w[:, :-1], jnp.int32), "targets": jnp.asarray(w[:, 1:], jnp.int32),
+             "loss_mask": jnp.ones(w[:, 1:].shape, jnp.float32)}
+    s, c = loss_fn(params, batch)
+    total, count = total + float(s), count + float(c)
+  return float(np.exp(total / count))
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, arg: str):
+  """``configs/NAME.py:ARG`` of this checkout, from any working directory."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"_gpt1_{name}_config", os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def finetune(workdir: str, init_from: str, seed: int, task_dir: str, epochs: float = 0.0,
+             model: dict | None = None) -> float:
+  """SST-2 dev accuracy of ``configs/finetune.py:sst2_tiny`` from ``init_from`` (``none``: random
+  init), with the pretraining run's ``model`` section when given (both arms the same shape)."""
+  from gpt1_jax import loop
+  ft = load_config("finetune", "sst2_tiny")
+  if model is not None:
+    ft.model.update({k: model[k] for k in ft.model if k in model})
+    ft.task.max_len = ft.model.n_ctx
+  ft.task.source = task_dir
+  ft.seed = seed
+  ft.init["from"] = init_from
+  if epochs:
+    ft.train.num_epochs = float(epochs)
+  return float(loop.train_and_evaluate(ft, workdir)["eval/accuracy"])
+
+
+def export_step(pretrain_dir: str, step: int, out: str) -> str:
+  """Weights of checkpoint ``step`` as a ``save_params`` directory (what ``init.from`` reads)."""
+  from gpt1_jax import checkpoint
+  if not os.path.isdir(out):
+    cfg, params = checkpoint.load_params(pretrain_dir, step)
+    checkpoint.save_params(out + ".tmp", cfg, params, extra_meta={"source": pretrain_dir, "step": step})
+    os.replace(out + ".tmp", out)
+  return out
+
+
+def curve(pretrain_dir: str, out: str, seeds=(0, 1, 2), task_dir: str | None = None, steps=None,
+          log=print) -> list[dict]:
+  """One row per checkpoint (and step 0 = random init); see the module docstring."""
+  from gpt1_jax import checkpoint, probe
+  from gpt1_jax.tokenizer import GPT1Tokenizer
+  task_dir = task_dir or os.path.join(REPO, "data", "sst2")
+  pretrain_dir = os.path.abspath(pretrain_dir)
+  available = checkpoint_steps(pretrain_dir)
+  steps = available if steps is None else [int(s) for s in steps]
+  missing = sorted(set(steps) - set(available))
+  if missing:
+    raise ValueError(f"{pretrain_dir}: no checkpoint at steps {missing} (has {available})")
+  with open(os.path.join(pretrain_dir, "config.json")) as f:
+    run_cfg = json.load(f)
+  tokens_per_step = int(run_cfg["train"]["batch_size"]) * int(run_cfg["data"].get("seq_len") or run_cfg["model"]["n_ctx"])
+  os.makedirs(out, exist_ok=True)
+  v = GPT1Tokenizer().vocab_size
+  ids, labels = probe.labelled(task_dir)
+  words = {s: probe.bag_of_words(ids[s], v) for s in ids}
+  bow = probe.accuracy(words, labels, ids)
+  t0 = time.perf_counter()
+  model = run_cfg["model"]
+  random = [finetune(os.path.join(out, f"random_seed{s}"), "none", s, task_dir, model=model) for s in seeds]
+  log(f"random init: {' '.join(f'{a:.3f}' for a in random)} (bag-of-words probe {bow:.3f})")
+  rows = [{"step": 0, "tokens": 0, "perplexity": None, "probe_bow": bow, "probe_embeddings": None,
+           "pretrained": random, "random": random, "gap": 0.0}]
+  for step in steps:
+    weights = export_step(pretrain_dir, step, os.path.join(out, f"weights_{step}"))
+    _, params = checkpoint.load_params(weights)
+    accs = [finetune(os.path.join(out, f"step{step}_seed{s}"), weights, s, task_dir, model=model) for s in seeds]
+    row = {"step": step, "tokens": step * tokens_per_step, "perplexity": heldout_perplexity(pretrain_dir, step),
+           "probe_bow": bow, "probe_embeddings": probe.accuracy(words, labels, ids, probe.centred_embeddings(params, v)),
+           "pretrained": accs, "random": random, "gap": float(np.mean(accs) - np.mean(random))}
+    rows.append(row)
+    log(f"step {step}: {row['tokens'] / 1e6:.2f}M tokens, perplexity {row['perplexity']:.0f}, embedding probe "
+        f"{row['probe_embeddings']:.3f}, fine-tuned {' '.join(f'{a:.3f}' for a in accs)} "
+        f"(gap {100 * row['gap']:+.1f} points; {(time.perf_counter() - t0) / 60:.1f} min)")
+  write(rows, out, pretrain_dir)
+  return rows
+
+
+def table(rows: list[dict]) -> str:
+  lines = ["| step | tokens seen | held-out ppl | probe: BoW + embeddings (BoW alone) | fine-tuned from pretraining "
+           "(seeds) | from random init | gap (points) |", "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    ppl = f"{r['perplexity']:.0f}" if r["perplexity"] else "-"
+    emb = f"{r['probe_embeddings']:.3f} ({r['probe_bow']:.3f})" if r["probe_embeddings"] else f"- ({r['probe_bow']:.3f})"
+    pre = " / ".join(f"{a:.3f}" for a in r["pretrained"])
+    lines.append(f"| {r['step']} | {r['tokens'] / 1e6:.2f}M | {ppl} | {emb} | {pre} (mean {np.mean(r['pretrained']):.3f}) "
+                 f"| {np.mean(r['random']):.3f} | {100 * r['gap']:+.1f} |")
+  return "\n".join(lines)
+
+
+def write(rows: list[dict], out: str, pretrain_dir: str):
+  with open(os.path.join(out, "transfer.json"), "w") as f:
+    json.dump({"pretrain": pretrain_dir, "rows": rows}, f, indent=2)
+  with open(os.path.join(out, "transfer.md"), "w") as f:
+    f.write(table(rows) + "\n")
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  tok = [r["tokens"] / 1e6 for r in rows]
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+  pre = np.array([r["pretrained"] for r in rows])
+  ax1.plot(tok, pre.mean(1), "o-", label="fine-tuned from pretraining (mean of seeds)")
+  ax1.fill_between(tok, pre.min(1), pre.max(1), alpha=0.2)
+  ax1.axhline(np.mean(rows[0]["random"]), color="gray", ls="--", label="fine-tuned from random init")
+  emb = [(t, r["probe_embeddings"]) for t, r in zip(tok, rows) if r["probe_embeddings"]]
+  ax1.plot([t for t, _ in emb], [a for _, a in emb], "s-", label="probe: bag of words + embeddings")
+  ax1.axhline(rows[0]["probe_bow"], color="gray", ls=":", label="probe: bag of words")
+  ax1.set(xlabel="pretraining tokens (M)", ylabel="SST-2 dev accuracy", title="transfer")
+  ax1.legend(fontsize=7)
+  ppl = [(t, r["perplexity"]) for t, r in zip(tok, rows) if r["perplexity"]]
+  ax2.plot([t for t, _ in ppl], [p for _, p in ppl], "o-")
+  ax2.set(xlabel="pretraining tokens (M)", ylabel="held-out perplexity", yscale="log", title="language model")
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "transfer.png"), dpi=120)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  from gpt1_jax.report import quiet_library_logs
+  quiet_library_logs()
+  f = flags.FLAGS
+  out = f.out or os.path.join(os.path.dirname(os.path.abspath(f.pretrain)), "transfer")
+  rows = curve(f.pretrain, out, seeds=[int(s) for s in f.seeds], steps=f.steps or None,
+               log=lambda m: print(m, flush=True))
+  print(table(rows))
+  print(f"wrote {out}/transfer.{{json,md,png}}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("pretrain", None, "A pretraining run's workdir (its checkpoints/ are the curve's points).",
+                      required=True)
+  flags.DEFINE_string("out", "", "Output directory (default: PRETRAIN/../transfer).")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Fine-tuning seeds.")
+  flags.DEFINE_list("steps", [], "Checkpoint steps to evaluate (default: all kept).")
+  app.run(main)
