@@ -62,7 +62,7 @@ def gpt1() -> ml_collections.ConfigDict:
 
 
 def tiny() -> ml_collections.ConfigDict:
-  """The CPU demo: pretraining that transfers to SST-2 on 2 cores in about half an hour.
+  """The CPU demo: pretraining on IMDB reviews that transfers to SST-2, ~19 minutes on 2 cores.
 
   With GPT-1's 40k vocabulary the tied output layer (40,481 x n_embd) and its softmax are
   most of a small model's step, so depth is nearly free: two 128-wide blocks cost ~1.5x one
@@ -73,13 +73,16 @@ def tiny() -> ml_collections.ConfigDict:
   step N of a long run *is* the model pretrained for N steps: the transfer curve and the demo's
   budget (``--budget``) measure the same models. Batch 8 x 64: updates, not tokens per update,
   are what a CPU budget buys (BENCHMARKS.md). No dropout (it only slows learning at this scale).
+  4,500 steps (2.3M tokens) is the smallest budget on the measured curve at which fine-tuning
+  from it beats random initialisation by >= 2 points on every seed (3,000 steps: ahead on every
+  seed, +2.6 on the mean, but only +1.8 on one).
   """
   c = base()
   # No vocabulary padding: on CPU the padded logits' slice costs ~15% of a step.
   c.model.update(n_ctx=64, n_embd=128, n_head=4, n_layer=2, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0,
                  vocab_pad_multiple=1)
   c.data.dir = "workdirs/demo/data"
-  c.train.update(num_steps=7500, batch_size=8, learning_rate=1e-3, warmup_steps=300, schedule="constant")
+  c.train.update(num_steps=4500, batch_size=8, learning_rate=1e-3, warmup_steps=300, schedule="constant")
   c.checkpoint.update(every_steps=750, keep=2)
   c.log.every_steps = 50
   c.eval.update(every_steps=750, batch_size=64)

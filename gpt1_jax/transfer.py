@@ -177,7 +177,7 @@ def write(rows: list[dict], out: str, pretrain_dir: str):
   ax1.legend(fontsize=7)
   ppl = [(t, r["perplexity"]) for t, r in zip(tok, rows) if r["perplexity"]]
   ax2.plot([t for t, _ in ppl], [p for _, p in ppl], "o-")
-  ax2.set(xlabel="pretraining tokens (M)", ylabel="held-out perplexity", yscale="log", title="language model")
+  ax2.set(xlabel="pretraining tokens (M)", ylabel="held-out perplexity (IMDB)", title="language model")
   fig.tight_layout()
   fig.savefig(os.path.join(out, "transfer.png"), dpi=120)
   plt.close(fig)
