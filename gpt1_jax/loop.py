@@ -312,7 +312,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(workdir, exist_ok=True)
-    ckpt_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   init_fn, abstract, state_shardings = state_layout(job.objective, tx, job.dummy, mesh, rules)
   abstract_state = abstract_with_shardings(abstract, state_shardings)
@@ -346,6 +345,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx, x=x: x[idx]), params,
           state_shardings["params"]["transformer"])
       logging.info("initialised the transformer from %s", init_from)
+  if is_main:
+    # Only once the run is accepted (checkpoint, data position and init weights all fit): a
+    # refused config must not overwrite the record of the run it was refused for. Atomic.
+    ckpt_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   # Compile ahead of the loop.
   step_fn = functools.partial(

@@ -104,8 +104,9 @@ def export_step(pretrain_dir: str, step: int, out: str) -> str:
 
 
 def curve(pretrain_dir: str, out: str, seeds=(0, 1, 2), task_dir: str | None = None, steps=None,
-          log=print) -> list[dict]:
-  """One row per checkpoint (and step 0 = random init); see the module docstring."""
+          epochs: float = 0.0, log=print) -> list[dict]:
+  """One row per checkpoint (and step 0 = random init); see the module docstring. ``epochs``
+  overrides the fine-tuning epochs (0: the demo's)."""
   from gpt1_jax import checkpoint, probe
   from gpt1_jax.tokenizer import GPT1Tokenizer
   task_dir = task_dir or os.path.join(REPO, "data", "sst2")
@@ -125,14 +126,14 @@ def curve(pretrain_dir: str, out: str, seeds=(0, 1, 2), task_dir: str | None = N
   bow = probe.accuracy(words, labels, ids)
   t0 = time.perf_counter()
   model = run_cfg["model"]
-  random = [finetune(os.path.join(out, f"random_seed{s}"), "none", s, task_dir, model=model) for s in seeds]
+  random = [finetune(os.path.join(out, f"random_seed{s}"), "none", s, task_dir, epochs, model) for s in seeds]
   log(f"random init: {' '.join(f'{a:.3f}' for a in random)} (bag-of-words probe {bow:.3f})")
   rows = [{"step": 0, "tokens": 0, "perplexity": None, "probe_bow": bow, "probe_embeddings": None,
            "pretrained": random, "random": random, "gap": 0.0}]
   for step in steps:
     weights = export_step(pretrain_dir, step, os.path.join(out, f"weights_{step}"))
     _, params = checkpoint.load_params(weights)
-    accs = [finetune(os.path.join(out, f"step{step}_seed{s}"), weights, s, task_dir, model=model) for s in seeds]
+    accs = [finetune(os.path.join(out, f"step{step}_seed{s}"), weights, s, task_dir, epochs, model) for s in seeds]
     row = {"step": step, "tokens": step * tokens_per_step, "perplexity": heldout_perplexity(pretrain_dir, step),
            "probe_bow": bow, "probe_embeddings": probe.accuracy(words, labels, ids, probe.centred_embeddings(params, v)),
            "pretrained": accs, "random": random, "gap": float(np.mean(accs) - np.mean(random))}

@@ -101,7 +101,8 @@ def test_transfer_curve_on_a_micro_run(lm_data_dir, tmp_path):
   from conftest import micro_pretrain_config
   pre = str(tmp_path / "pre")
   loop.train_and_evaluate(micro_pretrain_config(lm_data_dir, steps=40), pre)  # checkpoints every 10, evals at 20, 40
-  rows = transfer.curve(pre, str(tmp_path / "curve"), seeds=[0], steps=[20, 40], log=lambda m: None)
+  rows = transfer.curve(pre, str(tmp_path / "curve"), seeds=[0], steps=[20, 40], epochs=1,
+                          log=lambda m: None)
 
   assert [r["step"] for r in rows] == [0, 20, 40]
   assert [r["tokens"] for r in rows] == [0, 20 * 8 * 32, 40 * 8 * 32]
@@ -111,7 +112,8 @@ def test_transfer_curve_on_a_micro_run(lm_data_dir, tmp_path):
     assert r["perplexity"] == pytest.approx(logged[r["step"]], rel=0.03)
   assert rows[2]["perplexity"] < rows[1]["perplexity"]
   direct = transfer.finetune(str(tmp_path / "direct"), str(tmp_path / "curve" / "weights_40"), 0,
-                             str(REPO / "data" / "sst2"), model=json.load(open(os.path.join(pre, "config.json")))["model"])
+                             str(REPO / "data" / "sst2"), epochs=1,
+                             model=json.load(open(os.path.join(pre, "config.json")))["model"])
   assert rows[2]["pretrained"] == [direct]
   assert rows[0]["pretrained"] == rows[0]["random"] == rows[2]["random"]
   for r in rows:

@@ -147,8 +147,11 @@ def test_incompatible_checkpoint_is_refused_with_a_diff(lm_data_dir, reference_r
   shutil.copytree(ref_wd, wd)
   c = pretrain_config(lm_data_dir, steps=60)
   c.model.n_layer = 3
+  before = {p: open(os.path.join(wd, p), "rb").read() for p in ("config.json", "metrics.jsonl")}
   with pytest.raises(ValueError, match=r"model.n_layer: checkpoint 2 != config 3"):
     loop.train_and_evaluate(c, wd)
+  # The refused run leaves the record of the accepted one as it was (issue 15, item 4).
+  assert {p: open(os.path.join(wd, p), "rb").read() for p in before} == before
 
 
 def test_finetune_from_pretrained_end_to_end(reference_run, tmp_path):
