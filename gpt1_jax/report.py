@@ -69,8 +69,11 @@ class MetricWriter:
     if not self.active:
       return
     clean = {k: (float(v) if not isinstance(v, (int, str)) else v) for k, v in scalars.items()}
+    # Standard JSON has no NaN or Infinity: a non-finite value is written as null, so every
+    # line parses with any JSON reader (jq, pandas, JavaScript), not only Python's.
+    row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in clean.items()}
     with open(self.path, "a") as f:
-      f.write(json.dumps({"step": int(step), **clean}, sort_keys=True) + "\n")
+      f.write(json.dumps({"step": int(step), **row}, sort_keys=True, allow_nan=False) + "\n")
     if self._tb is not None:
       from gpt1_jax.data import tf
       with self._tb.as_default(step=int(step)):

@@ -186,3 +186,15 @@ def test_init_from_flag_survives_the_keyword():
   rest, value = loop.split_init_from_flag(["prog", "--config=x.py", "--config.init.from=/ckpt/dir", "--workdir=w"])
   assert rest == ["prog", "--config=x.py", "--workdir=w"] and value == "/ckpt/dir"
   assert loop.split_init_from_flag(["prog", "--config.init.from", "openai:/m"]) == (["prog"], "openai:/m")
+
+
+def test_metrics_jsonl_is_standard_json_with_non_finite_values_as_null(tmp_path):
+  from gpt1_jax.report import MetricWriter
+  w = MetricWriter(str(tmp_path), tensorboard=False)
+  w.write(3, {"train/loss": float("nan"), "train/grad_norm": float("inf"), "eval/accuracy": np.float32(0.5),
+              "train/nonfinite_steps": 1})
+  line = (tmp_path / "metrics.jsonl").read_text()
+  assert "NaN" not in line and "Infinity" not in line
+  row = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+  assert row == {"step": 3, "train/loss": None, "train/grad_norm": None, "eval/accuracy": 0.5,
+                 "train/nonfinite_steps": 1}
