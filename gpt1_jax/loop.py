@@ -135,6 +135,9 @@ def task_job(config, model_cfg: ModelConfig) -> Job:
   from gpt1_jax.data import pipeline, tasks, transforms
   from gpt1_jax.tokenizer import GPT1Tokenizer
   tc = config.task
+  if int(config.train.num_steps) < 0:  # before reading any data; 0 is the documented "use epochs"
+    raise ValueError(f"train.num_steps={int(config.train.num_steps)} is negative: give a positive step count, "
+                     f"or 0 to train for train.num_epochs={float(config.train.num_epochs)}")
   task = tasks.get_task(tc.name)
   tok = transforms.memoized(GPT1Tokenizer())
   skip = bool(tc.get("skip_malformed", False))

@@ -198,3 +198,12 @@ def test_metrics_jsonl_is_standard_json_with_non_finite_values_as_null(tmp_path)
   row = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
   assert row == {"step": 3, "train/loss": None, "train/grad_norm": None, "eval/accuracy": 0.5,
                  "train/nonfinite_steps": 1}
+
+
+def test_negative_finetune_steps_are_refused_before_reading_data(tmp_path):
+  c = micro_model(load_config("finetune", "sst2_tiny"))
+  c.task.source = str(tmp_path / "no_such_task_dir")  # reading it would fail differently
+  c.train.num_steps = -5
+  with pytest.raises(ValueError, match=r"train.num_steps=-5 is negative"):
+    loop.train_and_evaluate(c, str(tmp_path / "wd"))
+  assert not (tmp_path / "wd" / "config.json").exists()
