@@ -27,7 +27,7 @@ import time
 
 from absl import app, flags
 
-from gpt1_jax.transfer import REPO, load_config
+from gpt1_jax.bench import REPO, load_config
 
 FLAGS = flags.FLAGS
 

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from gpt1_jax.bench import REPO, load_config  # configs/ loaded by path, as --config does
+
 
 def checkpoint_steps(pretrain_dir: str) -> list[int]:
   ck = os.path.join(pretrain_dir, "checkpoints")
@@ -36,8 +38,9 @@ def checkpoint_steps(pretrain_dir: str) -> list[int]:
   return steps
 
 
-def heldout_perplexity(pretrain_dir: str, step: int, max_windows: int = 512) -> float:
-  """Perplexity of checkpoint ``step`` on the first ``max_windows`` valid windows of its run's data."""
+def heldout_perplexity_fn(pretrain_dir: str, max_windows: int = 512):
+  """``params -> perplexity`` on the first ``max_windows`` valid windows of the run's data: the
+  split is read and the loss compiled once for every checkpoint of the run."""
   import jax
   import jax.numpy as jnp
   from gpt1_jax import checkpoint
@@ -45,35 +48,23 @@ def heldout_perplexity(pretrain_dir: str, step: int, max_windows: int = 512) -> 
   from gpt1_jax.train import LMObjective
   with open(os.path.join(pretrain_dir, "config.json")) as f:
     run_cfg = json.load(f)
-  cfg, params = checkpoint.load_params(pretrain_dir, step)
+  cfg = checkpoint.model_config_from_dict(run_cfg["model"])
   seq_len = int(run_cfg["data"].get("seq_len") or cfg.n_ctx)
   tokens = lm.load_tokens(run_cfg["data"]["dir"], "valid")
   n = min(max_windows, (len(tokens) - 1) // seq_len)
   if n < 1:
     raise ValueError(f"{run_cfg['data']['dir']}: valid split has {len(tokens)} tokens, under one window of {seq_len}")
+  windows = np.stack([tokens[r * seq_len:r * seq_len + seq_len + 1] for r in range(n)]).astype(np.int32)
+  batches = [{"inputs": jnp.asarray(w[:, :-1]), "targets": jnp.asarray(w[:, 1:]),
+              "loss_mask": jnp.ones(w[:, 1:].shape, jnp.float32)} for w in np.array_split(windows, -(-n // 64))]
   objective = LMObjective(cfg)
-  total, count = 0.0, 0.0
   loss_fn = jax.jit(lambda p, b: objective.loss_sums(p, b, None, True)[:2])
-  windows = np.stack([tokens[r * seq_len:r * seq_len + seq_len + 1] for r in range(n)])
-  for i in range(0, n, 64):
-    w = windows[i:i + 64]
-    batch = {"inputs": jnp.asarray(w[:, :-1], jnp.int32), "targets": jnp.asarray(w[:, 1:], jnp.int32),
-             "loss_mask": jnp.ones(w[:, 1:].shape, jnp.float32)}
-    s, c = loss_fn(params, batch)
-    total, count = total + float(s), count + float(c)
-  return float(np.exp(total / count))
 
+  def perplexity(params) -> float:
+    sums = [loss_fn(params, b) for b in batches]
+    return float(np.exp(sum(float(s) for s, _ in sums) / sum(float(c) for _, c in sums)))
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name: str, arg: str):
-  """``configs/NAME.py:ARG`` of this checkout, from any working directory."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(f"_gpt1_{name}_config", os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return perplexity
 
 
 def finetune(workdir: str, init_from: str, seed: int, task_dir: str, epochs: float = 0.0,
@@ -93,21 +84,22 @@ def finetune(workdir: str, init_from: str, seed: int, task_dir: str, epochs: flo
   return float(loop.train_and_evaluate(ft, workdir)["eval/accuracy"])
 
 
-def export_step(pretrain_dir: str, step: int, out: str) -> str:
-  """Weights of checkpoint ``step`` as a ``save_params`` directory (what ``init.from`` reads)."""
+def export_step(pretrain_dir: str, step: int, out: str) -> dict:
+  """Writes checkpoint ``step``'s weights as a ``save_params`` directory (what ``init.from`` reads)
+  unless it exists; returns the params."""
   from gpt1_jax import checkpoint
+  cfg, params = checkpoint.load_params(pretrain_dir, step)
   if not os.path.isdir(out):
-    cfg, params = checkpoint.load_params(pretrain_dir, step)
     checkpoint.save_params(out + ".tmp", cfg, params, extra_meta={"source": pretrain_dir, "step": step})
     os.replace(out + ".tmp", out)
-  return out
+  return params
 
 
 def curve(pretrain_dir: str, out: str, seeds=(0, 1, 2), task_dir: str | None = None, steps=None,
           epochs: float = 0.0, log=print) -> list[dict]:
   """One row per checkpoint (and step 0 = random init); see the module docstring. ``epochs``
   overrides the fine-tuning epochs (0: the demo's)."""
-  from gpt1_jax import checkpoint, probe
+  from gpt1_jax import probe
   from gpt1_jax.tokenizer import GPT1Tokenizer
   task_dir = task_dir or os.path.join(REPO, "data", "sst2")
   pretrain_dir = os.path.abspath(pretrain_dir)
@@ -130,11 +122,12 @@ def curve(pretrain_dir: str, out: str, seeds=(0, 1, 2), task_dir: str | None = N
   log(f"random init: {' '.join(f'{a:.3f}' for a in random)} (bag-of-words probe {bow:.3f})")
   rows = [{"step": 0, "tokens": 0, "perplexity": None, "probe_bow": bow, "probe_embeddings": None,
            "pretrained": random, "random": random, "gap": 0.0}]
+  perplexity = heldout_perplexity_fn(pretrain_dir)
   for step in steps:
-    weights = export_step(pretrain_dir, step, os.path.join(out, f"weights_{step}"))
-    _, params = checkpoint.load_params(weights)
+    weights = os.path.join(out, f"weights_{step}")
+    params = export_step(pretrain_dir, step, weights)
     accs = [finetune(os.path.join(out, f"step{step}_seed{s}"), weights, s, task_dir, epochs, model) for s in seeds]
-    row = {"step": step, "tokens": step * tokens_per_step, "perplexity": heldout_perplexity(pretrain_dir, step),
+    row = {"step": step, "tokens": step * tokens_per_step, "perplexity": perplexity(params),
            "probe_bow": bow, "probe_embeddings": probe.accuracy(words, labels, ids, probe.centred_embeddings(params, v)),
            "pretrained": accs, "random": random, "gap": float(np.mean(accs) - np.mean(random))}
     rows.append(row)

@@ -35,13 +35,16 @@ trainer's copy of the stream, see ``lm.py``); text is streamed through a worker 
 
 from __future__ import annotations
 
+import bz2
 import collections
 import dataclasses
 import datetime
 import glob as globlib
+import gzip
 import hashlib
 import itertools
 import json
+import lzma
 import multiprocessing
 import os
 import re
@@ -112,21 +115,19 @@ def decode(raw: bytes, name: str, errors: str) -> tuple[str, int]:
 
 # Compressed inputs are read whole and decompressed in memory, by their suffix: a shipped
 # corpus sample stays small in the repository and needs no unpacking step.
-_DECOMPRESS = {".gz": "gzip", ".xz": "lzma", ".bz2": "bz2"}
+_DECOMPRESS = {".gz": gzip, ".xz": lzma, ".bz2": bz2}
 
 
 def _read(path: str) -> bytes:
   with tf.io.gfile.GFile(path, "rb") as f:
     raw = f.read()
-  module = _DECOMPRESS.get(os.path.splitext(path)[1].lower())
-  if module is None:
+  lib = _DECOMPRESS.get(os.path.splitext(path)[1].lower())
+  if lib is None:
     return raw
-  import bz2, gzip, lzma
-  lib = {"gzip": gzip, "lzma": lzma, "bz2": bz2}[module]
   try:
     return lib.decompress(raw)
   except (OSError, EOFError, ValueError, lzma.LZMAError) as e:  # each library raises its own on a damaged stream
-    raise PrepareError(f"{path}: cannot decompress as {module} ({e})") from None
+    raise PrepareError(f"{path}: cannot decompress as {lib.__name__} ({e})") from None
 
 
 def resolve_inputs(patterns: Sequence[str]) -> list[str]:
