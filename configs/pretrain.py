@@ -39,8 +39,11 @@ def base() -> ml_collections.ConfigDict:
       lm_loss_chunk=0,
   ))
 
+  # allow_config_change: resume even when the config changes the run (gpt1_jax/resume.py says which
+  # changes are accepted without it).
   c.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=1000, keep=3, keep_period=0, every_minutes=0.0, async_save=True, allow_fallback=False))
+      every_steps=1000, keep=3, keep_period=0, every_minutes=0.0, async_save=True, allow_fallback=False,
+      allow_config_change=False))
   c.log = ml_collections.ConfigDict(dict(every_steps=50, tensorboard=True, measure_peak=True,
                                          peak_flops_per_device=0.0))
   c.eval = ml_collections.ConfigDict(dict(every_steps=1000, batch_size=0))  # 0: train.batch_size

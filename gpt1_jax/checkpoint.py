@@ -10,6 +10,11 @@ or a temporary directory, which is ignored and removed at the next start.
 
 A weights checkpoint (``save_params``: converted OpenAI / Hugging Face weights,
 or the best fine-tuned model) has items ``params`` and ``meta``.
+
+Every save records two 32-bit checksums per array in ``meta`` (``checksums``),
+verified on restore: a bit flipped on disk after the save (same size, so Orbax
+reads it without complaint) is reported as a corrupt checkpoint instead of
+surfacing hours later as a NaN blamed on a data batch.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -56,6 +62,75 @@ def config_diff(saved: dict, current: dict, keys=SHAPE_FIELDS) -> list[str]:
   return out
 
 
+# ----------------------------------------------------------------------------
+# Content checksums.
+
+_UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
+
+
+def _leaf_checksum(x):
+  """``[sum(u), sum(u * w)] mod 2**32`` of the array's bits ``u``, with odd weights ``w`` from the flat index.
+
+  Integer sums are exact and order-free, so the value is the same on any mesh
+  and any host count (a run saved on 8 devices verifies on 4). An odd weight
+  makes every single-bit flip change the weighted sum, and the weights make
+  swapped elements change it. Computed on device, where the arrays already
+  are: a handful of elementwise ops and one reduction per array.
+  """
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  u = jax.lax.bitcast_convert_type(x, _UINT[x.dtype.itemsize]).astype(jnp.uint32)
+  # The flat index from broadcast iotas rather than a reshape: a reshape of a
+  # sharded array would gather it onto one device.
+  idx, stride = jnp.zeros((), jnp.uint32), 1
+  for axis in reversed(range(u.ndim)):
+    idx = idx + jax.lax.broadcasted_iota(jnp.uint32, u.shape, axis) * jnp.uint32(stride % 2**32)
+    stride *= u.shape[axis]
+  w = (idx * jnp.uint32(2654435761)) | jnp.uint32(1)
+  return jnp.stack([jnp.sum(u, dtype=jnp.uint32), jnp.sum(u * w, dtype=jnp.uint32)])
+
+
+@jax.jit
+def _tree_checksums(tree):
+  return jax.tree.map(_leaf_checksum, tree)
+
+
+def checksums(tree) -> dict[str, list[int]]:
+  """``{key path: [sum, weighted sum]}`` of every array in ``tree`` (device or host arrays)."""
+  sums = jax.device_get(_tree_checksums(tree))
+  flat, _ = jax.tree_util.tree_flatten_with_path(sums)
+  return {jax.tree_util.keystr(path): [int(v) for v in np.asarray(leaf)] for path, leaf in flat}
+
+
+def verify_checksums(tree, expected: dict | None, where: str) -> None:
+  """Raises ``CheckpointError`` naming the arrays of ``where`` whose bytes differ from those saved."""
+  if not expected:
+    logging.warning("%s has no checksums (written by an older gpt1_jax): its content cannot be verified", where)
+    return
+  got = checksums(tree)
+  bad = sorted(k for k in expected.keys() & got.keys() if got[k] != expected[k])
+  missing = sorted(expected.keys() ^ got.keys())
+  if bad or missing:
+    raise CheckpointError(f"checkpoint {where} is corrupt: its bytes changed after it was written (checksum "
+                          f"mismatch in {', '.join(bad[:5]) or 'none'}{' ...' if len(bad) > 5 else ''}"
+                          f"{'; arrays missing or extra: ' + ', '.join(missing[:5]) if missing else ''})")
+
+
+def _key_name(k) -> str:
+  for attr in ("key", "name", "idx"):  # DictKey / GetAttrKey (NamedTuple fields) / SequenceKey
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _paths(tree) -> set[str]:
+  """Array paths as ``a/b/0/c``: Orbax's saved index turns NamedTuples into dicts, so keys are compared by name."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(_key_name(k) for k in p) for p, leaf in flat if hasattr(leaf, "shape")}
+
+
 def _tmp_dirs(directory: str) -> list[str]:
   if not os.path.isdir(directory):
     return []
@@ -79,7 +154,10 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_period or None, create=True, cleanup_tmp_directories=True,
         enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+    # Handlers named up front (not only inferred from the save/restore args) so the saved
+    # state's array index can be read without restoring it (check_structure).
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -90,6 +168,9 @@ class Checkpoints:
   def save(self, step: int, state: dict, meta: dict, *, force: bool = False) -> bool:
     # A previous async save that failed surfaces here rather than being lost.
     self.manager.check_for_errors()
+    if not (force or self.manager.should_save(step)):
+      return False
+    meta = {**meta, "checksums": checksums(state)}
     return self.manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         force=force)
@@ -105,21 +186,45 @@ class Checkpoints:
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
-  def restore(self, step: int, abstract_state: dict) -> dict:
+  def check_structure(self, step: int, abstract_state: dict) -> None:
+    """``ValueError`` if the saved state holds other arrays than ``abstract_state`` (another kind of run)."""
+    try:
+      saved = self.manager.item_metadata(step)["state"]
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"checkpoint {self.step_dir(step)} is corrupt or incomplete: cannot read its array "
+                            f"index ({type(e).__name__}: {str(e)[:300]})") from e
+    if saved is None:
+      raise CheckpointError(f"checkpoint {self.step_dir(step)} is corrupt or incomplete: it has no state index")
+    have, want = _paths(saved), _paths(abstract_state)
+    if have != want:
+      extra, missing = sorted(have - want), sorted(want - have)
+      raise ValueError(
+          f"checkpoint {self.step_dir(step)} holds another kind of training state than this config builds (it is "
+          f"intact; it belongs to another run): arrays only in the checkpoint: {', '.join(extra[:4]) or 'none'}"
+          f"{' ...' if len(extra) > 4 else ''}; only in this config: {', '.join(missing[:4]) or 'none'}"
+          f"{' ...' if len(missing) > 4 else ''}. Use a new --workdir for this config")
+
+  def restore(self, step: int, abstract_state: dict, expected_checksums: dict | None = None) -> dict:
     """Restores ``state`` into the shardings carried by ``abstract_state`` (ShapeDtypeStructs)."""
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     except Exception as e:  # noqa: BLE001
       raise CheckpointError(f"checkpoint {self.step_dir(step)} is corrupt or incomplete "
                             f"({type(e).__name__}: {str(e)[:500]})") from e
+    verify_checksums(out["state"], expected_checksums, self.step_dir(step))
     return out["state"]
 
-  def restore_latest(self, abstract_state: dict, current_model: dict, *, allow_fallback: bool = False):
+  def restore_latest(self, abstract_state: dict, current_model: dict, *, allow_fallback: bool = False,
+                     check: Callable[[dict, int], None] | None = None):
     """Latest complete, compatible checkpoint -> ``(state, meta, step)``; ``(None, None, None)`` if none.
 
-    A checkpoint whose model config differs in shape is refused with a diff.
-    A corrupt one stops the run unless ``allow_fallback``, in which case the
-    previous step is tried (and the loss of the interval is logged).
+    A checkpoint of another model or another kind of run is refused with a
+    diff (``ValueError``), as is anything ``check(meta, step)`` raises; the
+    refusal happens before anything on disk changes. A corrupt checkpoint
+    (unreadable, truncated, or failing its checksums) stops the run unless
+    ``allow_fallback``, in which case the previous step is tried and the
+    unreadable ones are moved aside. A workdir whose checkpoints are all
+    unreadable is refused: starting over there would overwrite its record.
     """
     steps = self.all_steps()
     for i, step in enumerate(reversed(steps)):
@@ -129,7 +234,10 @@ class Checkpoints:
         if diff:
           raise ValueError(f"checkpoint {self.step_dir(step)} was trained with another model; refusing to "
                            f"resume:\n" + "\n".join(diff) + "\nuse a new --workdir, or the same model config")
-        state = self.restore(step, abstract_state)
+        if check is not None:
+          check(meta, step)
+        self.check_structure(step, abstract_state)
+        state = self.restore(step, abstract_state, meta.get("checksums"))
         if i:
           self._quarantine([s for s in steps if s > step])
           logging.warning("resumed from step %d, the newest good checkpoint: newer steps were unreadable and "
@@ -140,6 +248,10 @@ class Checkpoints:
           raise CheckpointError(f"{e}\nset --config.checkpoint.allow_fallback=True to resume from the previous "
                                 f"checkpoint instead (steps present: {steps})") from e
         logging.error("%s; falling back to the previous checkpoint", e)
+    if steps:
+      raise CheckpointError(f"none of the checkpoints in {self.directory} (steps {steps}) can be restored; refusing "
+                            f"to start over from step 0 there, which would overwrite that run's metrics and "
+                            f"config. Move {self.directory} away to start afresh, or use a new --workdir")
     return None, None, None
 
   @property
@@ -169,7 +281,8 @@ class Checkpoints:
 
 def save_params(directory: str, model_config: ModelConfig, params, *, extra_meta: dict | None = None) -> None:
   """Writes weights (host or device arrays) as a checkpoint that ``load_params`` and ``init.from`` read."""
-  meta = {"kind": "params", "model": model_config_to_dict(model_config), **(extra_meta or {})}
+  meta = {"kind": "params", "model": model_config_to_dict(model_config), **(extra_meta or {}),
+          "checksums": checksums(params)}
   mngr = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
       max_to_keep=1, create=True, enable_async_checkpointing=False), item_names=("params", "meta"))
   step = (mngr.latest_step() or 0) + 1 if mngr.latest_step() is not None else 0
@@ -179,11 +292,12 @@ def save_params(directory: str, model_config: ModelConfig, params, *, extra_meta
   mngr.close()
 
 
-def load_params(directory: str, step: int | None = None) -> tuple[ModelConfig, Any]:
+def load_params(directory: str, step: int | None = None, *, with_meta: bool = False):
   """``(ModelConfig, params as numpy)`` from a weights checkpoint or a training run.
 
   ``directory`` may be a ``save_params`` directory, a training run's
   ``checkpoints/`` directory, or its workdir. Only the parameters are read.
+  ``with_meta`` also returns the checkpoint's metadata (its task, training config).
   """
   directory = os.path.abspath(directory)
   if not os.path.isdir(directory):
@@ -208,6 +322,10 @@ def load_params(directory: str, step: int | None = None) -> tuple[ModelConfig, A
     out = reader.restore(os.path.join(step_dir, item), args=ocp.args.PyTreeRestore(
         item=wanted, restore_args=_to_numpy_args(wanted), partial_restore=item == "state"))
     params = out if item == "params" else out["params"]
+    sums = meta.get("checksums")
+    if sums and item == "state":  # the state's sums cover the optimiser too: keep the params' own
+      sums = {k[len("['params']"):]: v for k, v in sums.items() if k.startswith("['params']")}
+    verify_checksums(params, sums, step_dir)
   except CheckpointError:
     raise
   except Exception as e:  # noqa: BLE001
@@ -215,6 +333,8 @@ def load_params(directory: str, step: int | None = None) -> tuple[ModelConfig, A
                           f"{str(e)[:500]})") from e
   finally:
     mngr.close()
+  if with_meta:
+    return model_config_from_dict(meta["model"]), params, dict(meta)
   return model_config_from_dict(meta["model"]), params
 
 

@@ -251,4 +251,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from gpt1_jax import errors
+  errors.cli(main)()

@@ -27,7 +27,8 @@ import ml_collections
 import numpy as np
 
 from gpt1_jax import checkpoint as ckpt_lib
-from gpt1_jax import perf, sharding
+from gpt1_jax import perf, resume, sharding
+from gpt1_jax import workdir as workdir_lib
 from gpt1_jax.model import ModelConfig, stack_layers, unstack_layers
 from gpt1_jax.train import (LMObjective, TaskObjective, abstract_with_shardings, eval_step, init_state_fn,
                             make_optimizer, train_step)
@@ -118,6 +119,10 @@ def lm_job(config, model_cfg: ModelConfig) -> Job:
   valid = None
   if config.eval.get("every_steps", 0) and manifest["splits"].get("valid", {}).get("tokens", 0):
     valid = lm.LMData.load(config.data.dir, "valid", n_ctx, expected_fingerprint=fingerprint)
+  elif config.eval.get("every_steps", 0):
+    logging.warning("eval.every_steps=%d but %s has no held-out ('valid') split: there will be no evaluation. "
+                    "Prepare the data with --valid_fraction > 0, or set eval.every_steps=0 to silence this",
+                    int(config.eval.every_steps), config.data.dir)
   seed = int(config.seed)
   objective = LMObjective(model_cfg, loss_chunk=int(config.train.get("lm_loss_chunk", 0) or 0))
   return Job(
@@ -148,6 +153,13 @@ def task_job(config, model_cfg: ModelConfig) -> Job:
     train_ex = train_ex[:int(tc.max_train_examples)]
   cap = min(int(tc.get("max_len", 0) or model_cfg.n_ctx), model_cfg.n_ctx)
   seq_len = transforms.fit_length(task, tok, train_ex, eval_ex, cap=cap)
+  for split, examples in ((tc.get("train_split", "train"), train_ex), (eval_split, eval_ex)):
+    t = transforms.truncation(task, examples, tok, seq_len)
+    if t["truncated"]:
+      logging.warning("%s %s: %d of %d examples are longer than %d tokens and were truncated (by %.1f tokens on "
+                      "average, at most %d); raise task.max_len (up to model.n_ctx=%d) to keep more", task.name,
+                      split, t["truncated"], t["examples"], seq_len, t["mean_tokens_cut"], t["max_tokens_cut"],
+                      model_cfg.n_ctx)
   train_arr = transforms.encode_examples(task, train_ex, tok, seq_len)
   eval_arr = transforms.encode_examples(task, eval_ex, tok, seq_len)
   n = len(train_ex)
@@ -295,7 +307,17 @@ def _host_scalars(metrics_list):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) the job in ``config`` in ``workdir``; returns the final metrics."""
+  """Runs (or resumes) the job in ``config`` in ``workdir``; returns the final metrics.
+
+  The workdir is checked first and locked for the whole run: a second run on it
+  is refused, naming this one, before it reads any data.
+  """
+  workdir_lib.check(workdir)
+  with workdir_lib.Lock(workdir):
+    return _run(config, workdir)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t_start = time.perf_counter()
   model_cfg = model_config(config)
   num_devices = int(config.mesh.get("num_devices", 0) or 0)
@@ -329,11 +351,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             keep_period=int(config.checkpoint.get("keep_period", 0)) or None,
                             async_save=bool(config.checkpoint.get("async_save", True)))
   model_dict = ckpt_lib.model_config_to_dict(model_cfg)
-  state, meta, start_step = ck.restore_latest(abstract_state, model_dict,
+
+  def check_resume(meta, step):
+    # Everything that can refuse a resume, before anything in the workdir changes.
+    from gpt1_jax.data import pipeline
+    resume.check(meta.get("config", {}), config, saved_num_steps=meta.get("num_steps"), num_steps=job.num_steps,
+                 step=step, where=ck.step_dir(step))
+    pipeline.check_state(meta.get("data", {}), job.data_state, f"resuming {workdir} at step {step}")
+
+  state, meta, start_step = ck.restore_latest(abstract_state, model_dict, check=check_resume,
                                               allow_fallback=bool(config.checkpoint.get("allow_fallback", False)))
   if state is not None:
-    from gpt1_jax.data import pipeline
-    pipeline.check_state(meta.get("data", {}), job.data_state, f"resuming {workdir} at step {start_step}")
     logging.info("resumed from %s at step %d", ck.step_dir(start_step), start_step)
   else:
     start_step = 0
@@ -407,6 +435,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def meta_now(step):
     host = _host_scalars(pending)
     return {"model": model_dict, "data": job.data_state, "config": config.to_dict(), "step": int(step),
+            "num_steps": int(job.num_steps),
             "pending_metrics": [(s, {k: np.asarray(v).item() for k, v in m.items()}) for s, m in host]}
 
   def save(step, force=False):

@@ -749,5 +749,7 @@ if __name__ == "__main__":
   # Flags are defined only when run as a program, so importing this module
   # never clashes with another entry point's flags.
   from absl import app
+
+  from gpt1_jax import errors
   _define_flags()
-  app.run(main)
+  app.run(errors.cli(main), flags_parser=errors.parse_flags)

@@ -663,3 +663,13 @@ def test_real_tokenizer_transformations():
   picked = np.take_along_axis(out["input_ids"], out["cls_index"][..., None], axis=-1)
   assert (picked == C).all()
   assert (out["input_ids"][..., :-1] < tok.vocab_size).all()
+
+
+def test_truncation_counts_examples_and_tokens_cut(tok):
+  # Entailment at max_len 10: 3 specials + 7 tokens of text; lengths 4+2, 6+4, 9+5 -> 0, 3 and 7 tokens over.
+  examples = [ex(nums(1, 4), nums(1, 2)), ex(nums(1, 6), nums(1, 4)), ex(nums(1, 9), nums(1, 5))]
+  t = X.truncation("rte", examples, tok, 10)
+  assert t == {"examples": 3, "truncated": 2, "mean_tokens_cut": 5.0, "max_tokens_cut": 7}
+  encoded = X.encode_examples("rte", examples, tok, 10)
+  assert [int(m.sum()) for m in encoded["attention_mask"][:, 0]] == [9, 10, 10]  # the two counted ones are cut
+  assert X.truncation("sst2", [ex(nums(1, 3))], tok, 10)["truncated"] == 0

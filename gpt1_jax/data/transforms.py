@@ -175,6 +175,22 @@ def fit_length(task: Union[str, Task], tokenizer, *example_lists: Sequence[Examp
   return min(cap, _round_up(longest, multiple))
 
 
+def truncation(task: Union[str, Task], examples: Sequence[Example], tokenizer, max_len: int) -> dict:
+  """How many of ``examples`` lose tokens at ``max_len``, and how many they lose (the longest input's excess).
+
+  Returns ``{"examples", "truncated", "mean_tokens_cut", "max_tokens_cut"}``.
+  """
+  task = get_task(task)
+  tok = memoized(tokenizer)
+  texts, choices = _tokenize(task, list(examples), tok)
+  s, d, c = tok.start_id, tok.delimiter_id, tok.classify_id
+  cut = np.array([max(len(q) for q in transform(task, t, ch, None, s, d, c)) - max_len
+                  for t, ch in zip(texts, choices)], np.int64).clip(min=0)
+  hit = cut[cut > 0]
+  return {"examples": len(cut), "truncated": int(hit.size), "mean_tokens_cut": float(hit.mean()) if hit.size else 0.0,
+          "max_tokens_cut": int(hit.max()) if hit.size else 0}
+
+
 def encode_examples(task: Union[str, Task], examples: Sequence[Example], tokenizer,
                     max_len: Optional[int] = None) -> dict[str, np.ndarray]:
   """Examples -> the model's fixed-shape inputs (see the module docstring); T = ``max_len``.

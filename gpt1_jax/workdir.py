@@ -1,0 +1,144 @@
+"""The workdir: checked before any work, and owned by one run at a time.
+
+``check(workdir)`` finds every problem with the directory layout (a file where
+a directory must be, no write permission) before data is read or a step is
+compiled, so a run never trains for hours and then fails at its first save.
+
+``Lock(workdir)`` is an exclusive ``flock`` on ``WORKDIR/.lock``, held by
+process 0 for the whole run. The kernel releases it when its owner exits in any
+way (``kill -9`` included), so a lock left by a dead run is never "stale": the
+next run simply gets it, and says whose it was. While held, the file names the
+owner (host, pid, start time, command) so a refused run can say who is there.
+Released, it is left empty: ``.lock`` is never unlinked, because unlinking a
+lock file lets two later runs lock two different inodes at once.
+
+Where it holds: local disks, and NFS v4 (Linux maps ``flock`` to NFS byte-range
+locks). It does not on object stores (``gs://``, ``s3://``), which have no
+locks: there the run logs a warning and the user must not share workdirs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+
+import jax
+
+LOCK_NAME = ".lock"
+
+# Entries the run writes, and the type each must have if it already exists.
+_LAYOUT = {"checkpoints": "dir", "best": "dir", "predictions": "dir", "tensorboard": "dir",
+           "corrupt_checkpoints": "dir", "metrics.jsonl": "file", "config.json": "file", LOCK_NAME: "file"}
+
+
+class WorkdirError(RuntimeError):
+  pass
+
+
+def is_remote(path: str) -> bool:
+  return "://" in path
+
+
+def check(workdir: str) -> None:
+  """Raises ``WorkdirError`` naming the first entry of ``workdir`` that a run could not write."""
+  if is_remote(workdir):
+    return
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"--workdir={workdir} is a file, not a directory")
+  parent = workdir
+  while not os.path.exists(parent):  # the nearest existing ancestor is where makedirs will write
+    parent = os.path.dirname(os.path.abspath(parent))
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise WorkdirError(f"--workdir={workdir}: no permission to write in {parent}")
+  for name, kind in _LAYOUT.items():
+    path = os.path.join(workdir, name)
+    if not os.path.lexists(path):
+      continue
+    if kind == "dir" and not os.path.isdir(path):
+      raise WorkdirError(f"{path} exists but is not a directory (the run writes its {name} there): move it away")
+    if kind == "file" and not os.path.isfile(path):
+      raise WorkdirError(f"{path} exists but is not a regular file (the run writes it): move it away")
+    if not os.access(path, os.W_OK):
+      raise WorkdirError(f"{path} is not writable")
+
+
+def _owner_text(text: str) -> str:
+  try:
+    o = json.loads(text)
+    return f"pid {o['pid']} on host {o['host']}, started {o['started']} ({o['command']})"
+  except (ValueError, KeyError, TypeError):
+    return "an unknown run (the lock file does not say who)"
+
+
+class Lock:
+  """``with Lock(workdir):`` -- exclusive ownership of ``workdir`` by this job's process 0.
+
+  Every process of a multi-host job learns process 0's outcome, so all of them
+  refuse together instead of the others waiting in a collective forever.
+  """
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.path = os.path.join(workdir, LOCK_NAME)
+    self._fd = None
+
+  def __enter__(self):
+    error = ""
+    if jax.process_index() == 0:
+      error = self._acquire()
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      failed = multihost_utils.broadcast_one_to_all(bool(error))
+      if failed and not error:
+        error = f"process 0 could not lock {self.path}; see its log"
+    if error:
+      self._release()
+      raise WorkdirError(error)
+    return self
+
+  def _acquire(self) -> str:
+    if is_remote(self.workdir):
+      logging.warning("%s is on an object store, which has no locks: nothing stops a second run from using "
+                      "this workdir at the same time", self.workdir)
+      return ""
+    os.makedirs(self.workdir, exist_ok=True)
+    # No O_TRUNC: the file's text is the current owner's, to be read if we lose.
+    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      with open(self.path) as f:
+        owner = _owner_text(f.read())
+      return (f"{self.workdir} is in use by another run: {owner}. Two runs in one workdir would overwrite each "
+              f"other's checkpoints and metrics: wait for it to finish, stop it, or use another --workdir")
+    previous = os.pread(self._fd, 1 << 16, 0).decode("utf-8", "replace").strip()
+    if previous:
+      logging.warning("%s: the previous run there (%s) ended without releasing the workdir (killed?); taking it "
+                      "over", self.workdir, _owner_text(previous))
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "command": " ".join(sys.argv)[:500]}
+    os.ftruncate(self._fd, 0)
+    os.pwrite(self._fd, json.dumps(me).encode(), 0)
+    os.fsync(self._fd)
+    return ""
+
+  def _release(self):
+    if self._fd is None:
+      return
+    try:
+      if fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB) is None:  # still ours: leave it empty
+        os.ftruncate(self._fd, 0)
+    except OSError:
+      pass  # never ours
+    finally:
+      os.close(self._fd)  # closing drops the flock
+      self._fd = None
+
+  def __exit__(self, *exc):
+    self._release()
