@@ -446,3 +446,27 @@ def test_damaged_compressed_input_is_a_clear_error_and_writes_no_manifest(tmp_pa
   with pytest.raises(prepare.PrepareError, match=r"cut\.txt\.xz: cannot decompress as lzma"):
     prepare.prepare(str(tmp_path / "out"), inputs=[str(bad)], doc_split="line", workers=1, progress=False)
   assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+# ----------------------------------------------------------------------------- NumPy order
+@pytest.mark.parametrize("n", [1, 2, 3, 200, 65536, 65537, 65538, 10**6 + 3, 2**32 + 1, 3 * 10**10])
+def test_numpy_index_shuffle_equals_tensorflows_op(n):
+  """The NumPy permutation is TF's RandomIndexShuffle bit for bit (seeds cast to uint32 as the op does)."""
+  rng = np.random.default_rng(n % 1000)
+  idx = rng.integers(0, n, size=64) if n > 1 else np.zeros(64, np.int64)
+  for seed in (0, 7, -1, 2**33 + 5):
+    seeds = np.stack([np.full(64, seed), rng.integers(0, 50, size=64), np.zeros(64, np.int64)], -1)
+    for rounds in (4, 8):
+      ref = tf.raw_ops.RandomIndexShuffle(index=tf.constant(idx, tf.int64), seed=tf.constant(seeds, tf.int64),
+                                          max_index=tf.constant(n - 1, tf.int64), rounds=rounds).numpy()
+      np.testing.assert_array_equal(pipeline.index_shuffle(idx, seeds, n - 1, rounds).astype(np.int64), ref)
+
+
+def test_numpy_example_order_equals_the_tf_data_order():
+  for n in (7, 200, 4688, 10**9 + 7):
+    for step in (0, 1, 17, 99999):
+      rows = pipeline.Rows(16, 4, 8)
+      np.testing.assert_array_equal(pipeline.example_order_np(step, rows, n, 9),
+                                    pipeline.example_order(step, rows, n, 9).numpy())
+  perm = pipeline.index_shuffle(np.arange(1000), np.array([3, 1, 0]), 999)
+  assert sorted(perm.tolist()) == list(range(1000))

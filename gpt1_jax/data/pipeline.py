@@ -1,4 +1,4 @@
-"""Deterministic, resumable batching over random-access examples (tf.data).
+"""Deterministic, resumable batching over random-access examples (tf.data, or NumPy alone).
 
 Every pipeline in gpt1_jax (packed LM windows, fine-tuning examples) is a
 function of the global step: batch ``s`` holds global example slots
@@ -16,18 +16,24 @@ function of the global step: batch ``s`` holds global example slots
 * epochs repeat forever and consecutive epochs use different permutations; a
   batch may straddle an epoch boundary, so no example is dropped or repeated
   within an epoch.
+
+``example_order`` is the tf.data form (fine-tuning pipelines); ``example_order_np`` computes
+the same indices bit for bit with NumPy alone (``index_shuffle`` re-implements TensorFlow's
+``RandomIndexShuffle``), so the LM pipeline keeps today's batches without TensorFlow.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+import functools
+import math
+from typing import Any, Callable
 
 import numpy as np
 
 from gpt1_jax.data import tf
 
-Fetch = Callable[[tf.Tensor], dict]  # int64 example indices [rows] -> dict of tensors [rows, ...]
+Fetch = Callable[[Any], dict]  # int64 example indices [rows] -> dict of tensors [rows, ...]
 
 _MAX_STEPS = 1 << 40
 
@@ -69,6 +75,105 @@ def example_order(step, rows: Rows, num_examples: int, seed: int, shuffle: bool 
   seeds = tf.stack([tf.fill(tf.shape(epoch), tf.constant(seed, tf.int64)), epoch, tf.zeros_like(epoch)], axis=-1)
   # The raw op: the public wrapper mis-pads batched seeds in TF 2.21.
   return tf.raw_ops.RandomIndexShuffle(index=within, seed=seeds, max_index=n - 1, rounds=4)
+
+
+# TensorFlow's RandomIndexShuffle: a Simon-style Feistel cipher over a block of 2W bits
+# (W = half of ceil(log2(max_index)) rounded up to even, at least 8), 4 rounds keyed by the
+# three uint32 seed words plus one scheduled word, cycle-walked until the value falls in
+# [0, max_index]. Written from the published algorithm and checked against the op.
+_SIMON_C = 0xFFFFFFFC
+_SIMON_Z = 0x7369F885192C0EF5
+
+
+def _simon(value: np.ndarray, keys: list, w: int) -> np.ndarray:
+  """One encryption of ``value`` (uint64, 2w bits) under the round ``keys``."""
+  mask = np.uint64((1 << w) - 1)
+  u = np.uint64  # shift counts must share the uint64 type
+  rotl = lambda x, r: ((x << u(r)) | (x >> u(w - r))) & mask  # noqa: E731
+  f = lambda x: (rotl(x, 1) & rotl(x, 8)) ^ rotl(x, 2)  # noqa: E731
+  left, right = (value >> u(w)) & mask, value & mask
+  for i in range(0, len(keys), 2):
+    left = left ^ f(right) ^ keys[i]
+    right = right ^ f(left) ^ keys[i + 1]
+  return (left << u(w)) | right
+
+
+def _round_keys(words: np.ndarray, w: int, rounds: int) -> list:
+  """Simon's key schedule over W-bit words, from the three seed words ``[..., 3]``."""
+  mask = (1 << w) - 1
+  u = np.uint64
+  rotr = lambda x, r: ((x >> u(r)) | (x << u(w - r))) & u(mask)  # noqa: E731
+  keys = [words[..., i] & u(mask) for i in range(3)]
+  z = _SIMON_Z & mask
+  for i in range(3, rounds):
+    keys.append(u(_SIMON_C & mask) ^ u((z >> (i - 3)) & 1) ^ keys[i - 3] ^ rotr(keys[i - 1], 3)
+                ^ rotr(keys[i - 1], 4))
+  return keys
+
+
+@functools.lru_cache(maxsize=8)
+def _walked_table(words: tuple, max_index: int, w: int, rounds: int) -> np.ndarray:
+  """The whole cycle-walked permutation of a 16-bit block for one key.
+
+  With few examples most of the 65,536 block values lie above ``max_index`` and a value
+  walks thousands of steps (2 examples: ~32,768); encrypting the block once and jumping
+  pointers along it takes ~17 array passes instead.
+  """
+  keys = _round_keys(np.array(words, np.uint64), w, rounds)
+  nxt = _simon(np.arange(1 << (2 * w), dtype=np.uint64), keys, w).astype(np.int64)
+  res = np.full(nxt.shape, -1, np.int64)  # res[v]: first value <= max_index after v on its cycle
+  # Invariant: every value strictly between v and nxt[v] on the cycle exceeds max_index.
+  # Values on cycles without any value <= max_index never resolve; no index reaches them.
+  while (res[:max_index + 1] < 0).any():
+    todo = np.flatnonzero(res < 0)
+    ahead = nxt[todo]
+    res[todo] = np.where(ahead <= max_index, ahead, res[ahead])
+    nxt[todo] = nxt[ahead]
+  return res[:max_index + 1]
+
+
+def index_shuffle(index, seed, max_index: int, rounds: int = 4) -> np.ndarray:
+  """Position of each ``index`` in the permutation of ``[0, max_index]`` keyed by ``seed``.
+
+  ``seed``: int ``[..., 3]`` (each word is used modulo 2**32, as the op casts it); returns
+  uint64 like ``index``. Equal to ``tf.raw_ops.RandomIndexShuffle(index, seed, max_index,
+  rounds)`` for every input (``tests/test_lm_data.py`` checks it against the op).
+  """
+  if rounds < 4 or rounds % 2:
+    raise ValueError(f"rounds must be an even number >= 4, got {rounds}")
+  index = np.asarray(index).astype(np.uint64)
+  if max_index == 0:
+    return np.zeros_like(index)
+  block = math.ceil(math.log2(float(max_index)))  # as the op computes it, in double precision
+  block = max(block + block % 2, 16)
+  w = block // 2
+  words = np.asarray(seed).astype(np.int64).astype(np.uint64) & np.uint64(0xFFFFFFFF)
+  words = np.broadcast_to(words, index.shape + (3,))
+  if block == 16 and max_index < 1 << 14:
+    out = np.empty_like(index)
+    unique, which = np.unique(words.reshape(-1, 3), axis=0, return_inverse=True)
+    flat = index.reshape(-1)
+    for k, key in enumerate(unique):
+      table = _walked_table(tuple(int(x) for x in key), int(max_index), w, rounds)
+      out.reshape(-1)[which.reshape(-1) == k] = table[flat[which.reshape(-1) == k].astype(np.int64)]
+    return out
+  keys = _round_keys(words, w, rounds)
+  out = index.copy()
+  todo = np.ones(index.shape, bool)
+  while todo.any():  # cycle walking: the block is < 4x max_index, so a few passes
+    out[todo] = _simon(out[todo], [k[todo] for k in keys], w)
+    todo &= out > np.uint64(max_index)
+  return out
+
+
+def example_order_np(step: int, rows: Rows, num_examples: int, seed: int, shuffle: bool = True) -> np.ndarray:
+  """``example_order`` in NumPy: the same int64 indices, without TensorFlow."""
+  slot = int(step) * rows.global_batch_size + rows.start + np.arange(rows.count, dtype=np.int64)
+  epoch, within = slot // num_examples, slot % num_examples
+  if not shuffle:
+    return within
+  seeds = np.stack([np.full_like(epoch, seed), epoch, np.zeros_like(epoch)], axis=-1)
+  return index_shuffle(within, seeds, num_examples - 1).astype(np.int64)
 
 
 def train_dataset(fetch: Fetch, num_examples: int, rows: Rows, *, seed: int, start_step: int = 0,
