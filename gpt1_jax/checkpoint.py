@@ -11,7 +11,8 @@ or a temporary directory, which is ignored and removed at the next start.
 A weights checkpoint (``save_params``: converted OpenAI / Hugging Face weights,
 or the best fine-tuned model) has items ``params`` and ``meta``.
 
-Every save records two 32-bit checksums per array in ``meta`` (``checksums``),
+Every save records two 32-bit checksums per array in ``meta`` (``checksums``: the
+sum and the sum of squares of its 32-bit words),
 verified on restore: a bit flipped on disk after the save (same size, so Orbax
 reads it without complaint) is reported as a corrupt checkpoint instead of
 surfacing hours later as a NaN blamed on a data batch.
@@ -69,27 +70,20 @@ _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
 
 
 def _leaf_checksum(x):
-  """``[sum(u), sum(u * w)] mod 2**32`` of the array's bits ``u``, with odd weights ``w`` from the flat index.
+  """``[sum(u), sum(u * u)] mod 2**32`` over the array's bits ``u`` (as unsigned words).
 
   Integer sums are exact and order-free, so the value is the same on any mesh
-  and any host count (a run saved on 8 devices verifies on 4). An odd weight
-  makes every single-bit flip change the weighted sum, and the weights make
-  swapped elements change it. Computed on device, where the arrays already
-  are: a handful of elementwise ops and one reduction per array.
+  and any host count (a run saved on 8 devices verifies on 4). Any single
+  flipped bit changes the first sum (by +-2**k, never 0 mod 2**32); the
+  squares make changes that cancel in the first (two flips, a zeroed page)
+  show in the second. Computed on device, where the arrays already are.
   """
   if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
     x = jax.random.key_data(x)
   if x.dtype == jnp.bool_:
     x = x.astype(jnp.uint8)
   u = jax.lax.bitcast_convert_type(x, _UINT[x.dtype.itemsize]).astype(jnp.uint32)
-  # The flat index from broadcast iotas rather than a reshape: a reshape of a
-  # sharded array would gather it onto one device.
-  idx, stride = jnp.zeros((), jnp.uint32), 1
-  for axis in reversed(range(u.ndim)):
-    idx = idx + jax.lax.broadcasted_iota(jnp.uint32, u.shape, axis) * jnp.uint32(stride % 2**32)
-    stride *= u.shape[axis]
-  w = (idx * jnp.uint32(2654435761)) | jnp.uint32(1)
-  return jnp.stack([jnp.sum(u, dtype=jnp.uint32), jnp.sum(u * w, dtype=jnp.uint32)])
+  return jnp.stack([jnp.sum(u, dtype=jnp.uint32), jnp.sum(u * u, dtype=jnp.uint32)])
 
 
 @jax.jit
@@ -97,8 +91,52 @@ def _tree_checksums(tree):
   return jax.tree.map(_leaf_checksum, tree)
 
 
+_NP_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32}
+_CHUNK = 1 << 22  # elements per numpy pass: bounds the temporaries to ~50 MB
+
+
+def _host_block_sums(block: np.ndarray) -> np.ndarray:
+  """The same two sums as ``_leaf_checksum`` over one block of an array, in numpy."""
+  u = np.ascontiguousarray(block).reshape(-1).view(_NP_UINT[block.dtype.itemsize])
+  total = np.zeros(2, np.uint64)
+  for i in range(0, max(u.size, 1), _CHUNK):
+    part = u[i:i + _CHUNK].astype(np.uint32, copy=False)
+    total = (total + [part.sum(dtype=np.uint64), (part * part).sum(dtype=np.uint64)]) % 2**32
+  return total
+
+
+def _host_leaf_sums(x) -> np.ndarray:
+  """Per addressable shard (one replica of each), so a sharded array is never gathered."""
+  if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if not isinstance(x, jax.Array):
+    x = np.asarray(x)
+    return _host_block_sums(x.astype(np.uint8) if x.dtype == np.bool_ else x)
+  total = np.zeros(2, np.uint64)
+  for shard in x.addressable_shards:
+    if shard.replica_id:
+      continue
+    data = np.asarray(shard.data)
+    total = (total + _host_block_sums(data.astype(np.uint8) if data.dtype == np.bool_ else data)) % 2**32
+  return total
+
+
 def checksums(tree) -> dict[str, list[int]]:
-  """``{key path: [sum, weighted sum]}`` of every array in ``tree`` (device or host arrays)."""
+  """``{key path: [sum, weighted sum]}`` of every array in ``tree`` (device or host arrays).
+
+  On accelerators the sums run on device, where the arrays are. On CPU they run
+  in numpy, shard by shard: XLA:CPU reduces integers ~20x slower than numpy
+  (BENCHMARKS.md).
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  if jax.default_backend() == "cpu" or not any(isinstance(x, jax.Array) for _, x in leaves):
+    sums = {jax.tree_util.keystr(p): _host_leaf_sums(x) for p, x in leaves}
+    if jax.process_count() > 1:  # every process summed its own shards
+      from jax.experimental import multihost_utils
+      keys = sorted(sums)
+      stacked = multihost_utils.process_allgather(np.stack([sums[k] for k in keys]).astype(np.uint32))
+      sums = dict(zip(keys, np.asarray(stacked, np.uint64).sum(axis=0) % 2**32))
+    return {k: [int(v) for v in s] for k, s in sums.items()}
   sums = jax.device_get(_tree_checksums(tree))
   flat, _ = jax.tree_util.tree_flatten_with_path(sums)
   return {jax.tree_util.keystr(path): [int(v) for v in np.asarray(leaf)] for path, leaf in flat}
