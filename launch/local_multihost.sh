@@ -14,14 +14,18 @@
 # Process 0 writes to this terminal; process i > 0 to $LOG_DIR/process_i.log.
 # The script waits for all of them. As soon as one fails it stops the others
 # (SIGTERM, then SIGKILL after KILL_GRACE_SECONDS) and exits with the failed
-# process's status; Ctrl-C or SIGTERM stops them all as well.
+# process's status. Ctrl-C or SIGTERM is passed on to every process as SIGTERM
+# (each finishes its step, saves and exits 75); the script waits up to
+# STOP_GRACE_SECONDS for them and exits 75 when every process did, so a
+# scheduler can requeue the job, else 130 (Ctrl-C) or 143 (SIGTERM).
 #
 # Environment:
 #   NUM_PROCESSES        processes (2)
 #   DEVICES_PER_PROCESS  CPU devices per process (2)
 #   PORT                 coordinator port on 127.0.0.1 (default: a free one)
 #   LOG_DIR              logs of processes 1.. (/tmp/gpt1_jax_multihost)
-#   KILL_GRACE_SECONDS   time between SIGTERM and SIGKILL when stopping (5)
+#   KILL_GRACE_SECONDS   time between SIGTERM and SIGKILL after a process failed (5)
+#   STOP_GRACE_SECONDS   time to save and exit after Ctrl-C / SIGTERM before SIGKILL (300)
 #   CONFIG, WORKDIR      --config and --workdir, unless ARGS give them
 #   DATA_DIR             --config.data.dir
 #   XLA_FLAGS            kept, before this script's device-count flag
@@ -36,7 +40,8 @@ split_args "$@"
 NUM_PROCESSES=${NUM_PROCESSES:-2}
 DEVICES_PER_PROCESS=${DEVICES_PER_PROCESS:-2}
 KILL_GRACE_SECONDS=${KILL_GRACE_SECONDS:-5}
-for var in NUM_PROCESSES DEVICES_PER_PROCESS KILL_GRACE_SECONDS ${PORT:+PORT}; do
+STOP_GRACE_SECONDS=${STOP_GRACE_SECONDS:-300}
+for var in NUM_PROCESSES DEVICES_PER_PROCESS KILL_GRACE_SECONDS STOP_GRACE_SECONDS ${PORT:+PORT}; do
   [[ ${!var} =~ ^[0-9]+$ ]] || die "${var} must be a whole number (got '${!var}')"
 done
 ((NUM_PROCESSES >= 1 && DEVICES_PER_PROCESS >= 1)) ||
@@ -85,8 +90,9 @@ if is_dry_run; then
   exit 0
 fi
 
-pids=()    # pids[i]: process i; with setsid also its process group
-reaped=()  # reaped[i]=1 once `wait` has collected process i
+pids=()      # pids[i]: process i; with setsid also its process group
+reaped=()    # reaped[i]=1 once `wait` has collected process i
+statuses=()  # statuses[i]: process i's exit status, once reaped
 
 # running PID: whether PID is alive (an unreaped zombie counts as gone).
 running() {
@@ -115,23 +121,73 @@ any_running() {
   return 1
 }
 
+# reap_finished: collects the status of every process that has exited; sets
+# `failed` to the index of the first one that failed ('' if none). Not run in
+# a $(...) subshell: it updates reaped and statuses.
+reap_finished() {
+  local i rc
+  failed=""
+  for i in "${!pids[@]}"; do
+    [[ -z ${reaped[i]:-} ]] || continue
+    running "${pids[i]}" && continue
+    rc=0
+    wait "${pids[i]}" 2>/dev/null || rc=$?
+    reaped[i]=1
+    statuses[i]=${rc}
+    ((rc == 0)) || [[ -n ${failed} ]] || failed=${i}
+  done
+}
+
+# nap: sleeps a little in a way a trapped signal interrupts at once (a bare
+# `sleep` in the foreground, or `wait -n`, can hold the trap back).
+nap() {
+  sleep 0.2 &
+  wait $! 2>/dev/null || true
+}
+
+# stop_all GRACE: SIGTERM to every process, SIGKILL to those left after GRACE seconds; reaps all.
+stop_all() {
+  local i deadline=$((SECONDS + $1))
+  signal_all TERM
+  while any_running && ((SECONDS < deadline)); do nap; done
+  any_running && echo "local_multihost.sh: killing the processes still running after $1 s" >&2
+  signal_all KILL
+  reap_finished
+  for i in "${!pids[@]}"; do
+    [[ -n ${reaped[i]:-} ]] || { wait "${pids[i]}" 2>/dev/null || true; }
+  done
+}
+
+# on_signal STATUS: Ctrl-C / SIGTERM. Every process saves and exits 75 ("try
+# again"): then so does the launcher; otherwise it exits STATUS.
+on_signal() {
+  local i all_saved=1
+  trap - INT TERM  # a second Ctrl-C ends the launcher at once (cleanup still runs)
+  echo "local_multihost.sh: stopping every process (SIGTERM: each saves, then exits 75)" >&2
+  stop_all "${STOP_GRACE_SECONDS}"
+  for i in "${!pids[@]}"; do
+    [[ ${statuses[i]:-} == 75 ]] || all_saved=0
+  done
+  if ((all_saved)); then
+    echo "local_multihost.sh: every process saved and exited 75" >&2
+    exit 75
+  fi
+  exit "$1"
+}
+
 # On any exit: stop whatever still runs and reap it, so nothing outlives us.
 cleanup() {
-  local rc=$? i deadline
+  local rc=$?
   trap - INT TERM
-  any_running && echo "local_multihost.sh: stopping the remaining processes" >&2
-  signal_all TERM
-  deadline=$((SECONDS + grace))
-  while any_running && ((SECONDS < deadline)); do sleep 0.1; done
-  signal_all KILL
-  for i in "${!pids[@]}"; do
-    [[ -n ${reaped[i]:-} ]] || wait "${pids[i]}" 2>/dev/null || true
-  done
+  if any_running; then
+    echo "local_multihost.sh: stopping the remaining processes" >&2
+    stop_all "${grace}"
+  fi
   exit "${rc}"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
 
 # A process of its own group per child, when setsid exists, so that stopping
 # a process also stops anything it started.
@@ -155,25 +211,19 @@ for ((i = 0; i < num_processes; i++)); do
   pids[i]=$!
 done
 
-for ((left = num_processes; left > 0; left--)); do
-  rc=0
-  wait -n || rc=$?
-  # `wait -n` does not say which child it collected: the one that is gone.
-  failed=unknown
-  for i in "${!pids[@]}"; do
-    if [[ -z ${reaped[i]:-} ]] && ! kill -0 "${pids[i]}" 2>/dev/null; then
-      reaped[i]=1
-      failed=${i}
-      break
-    fi
-  done
-  if ((rc != 0)); then
-    echo "local_multihost.sh: process ${failed} exited with status ${rc}" >&2
-    if [[ ${failed} != unknown && ${failed} != 0 ]]; then
+# Poll rather than `wait -n`: the loop sees every exit with its process index,
+# and a signal's trap runs within 0.2 s however loaded the machine is.
+while :; do
+  reap_finished
+  if [[ -n ${failed} ]]; then
+    echo "local_multihost.sh: process ${failed} exited with status ${statuses[failed]}" >&2
+    if ((failed != 0)); then
       echo "--- last lines of ${log_dir}/process_${failed}.log ---" >&2
       tail -n 20 "${log_dir}/process_${failed}.log" >&2 || true
     fi
-    exit "${rc}"
+    exit "${statuses[failed]}"
   fi
+  ((${#reaped[@]} < num_processes)) || break
+  nap
 done
 echo "local_multihost.sh: all ${num_processes} processes finished" >&2
