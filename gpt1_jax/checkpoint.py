@@ -82,7 +82,7 @@ def _leaf_checksum(x):
     x = jax.random.key_data(x)
   if x.dtype == jnp.bool_:
     x = x.astype(jnp.uint8)
-  u = jax.lax.bitcast_convert_type(x, _UINT[x.dtype.itemsize]).astype(jnp.uint32)
+  u = jax.lax.bitcast_convert_type(x, _UINT[min(x.dtype.itemsize, 4)]).astype(jnp.uint32)  # 8 bytes: 2 words
   return jnp.stack([jnp.sum(u, dtype=jnp.uint32), jnp.sum(u * u, dtype=jnp.uint32)])
 
 
@@ -97,7 +97,8 @@ _CHUNK = 1 << 22  # elements per numpy pass: bounds the temporaries to ~50 MB
 
 def _host_block_sums(block: np.ndarray) -> np.ndarray:
   """The same two sums as ``_leaf_checksum`` over one block of an array, in numpy."""
-  u = np.ascontiguousarray(block).reshape(-1).view(_NP_UINT[block.dtype.itemsize])
+  # 8-byte values (numpy int64/float64 leaves of a weights tree) count as two 32-bit words.
+  u = np.ascontiguousarray(block).reshape(-1).view(_NP_UINT[min(block.dtype.itemsize, 4)])
   total = np.zeros(2, np.uint64)
   for i in range(0, max(u.size, 1), _CHUNK):
     part = u[i:i + _CHUNK].astype(np.uint32, copy=False)

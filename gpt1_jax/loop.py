@@ -585,7 +585,10 @@ def _evaluate(eval_compiled, params, job, mesh, rules, eval_gb, workdir, step):
   if jax.process_index() == 0:
     out_dir = os.path.join(workdir, "predictions")
     os.makedirs(out_dir, exist_ok=True)
-    task_metrics.write_glue_predictions(job.task, predictions, out_dir, split=job.eval_split)
+    # The index column is each example's own id (GLUE's index column; Story Cloze's InputStoryid),
+    # so a prediction can be traced to its source line whatever order the split was read in.
+    task_metrics.write_glue_predictions(job.task, predictions, out_dir, split=job.eval_split,
+                                        ids=[e.id or str(i) for i, e in enumerate(job.eval_examples)])
   return result
 
 

@@ -501,14 +501,36 @@ def build(task: str, tokenizer, *, source: Optional[str] = None, split: str = "v
   data = load_split(task, split, source)
   data.examples = data.examples[:max_examples or None]
   if task == "sst2":
-    return Sentiment(data, tokenizer)
-  if task == "cola":
+    h = Sentiment(data, tokenizer)
+  elif task == "cola":
     # The whole fitting split: the threshold is one number, cheap to fit well.
     fit = load_split(task, fit_threshold_on, source) if fit_threshold_on else None
-    return Acceptability(data, tokenizer, threshold=cola_threshold, fit_data=fit)
-  if get_task(task).type == "multiple_choice":
-    return MultipleChoice(data, tokenizer)
-  raise AssertionError(task)
+    h = Acceptability(data, tokenizer, threshold=cola_threshold, fit_data=fit)
+  elif get_task(task).type == "multiple_choice":
+    h = MultipleChoice(data, tokenizer)
+  else:
+    raise AssertionError(task)
+  # What identifies each example in its source (file:line), for --predictions_out.
+  h.example_sources = [e.source for e in data.examples]
+  h.example_ids = [e.id for e in data.examples]
+  return h
+
+
+def write_predictions(results: dict[str, dict], heuristics: Sequence, path: str) -> None:
+  """One JSON object per example: task, split, position, id and source, label, prediction, scores."""
+  with open(path + ".tmp", "w") as f:
+    for h in heuristics:
+      r = results[h.name]
+      n = len(r["labels"])
+      ids = getattr(h, "example_ids", None) or [str(i) for i in range(n)]
+      sources = getattr(h, "example_sources", None) or [""] * n
+      for i in range(n):
+        score = np.asarray(r["scores"][i], np.float64)
+        row = {"task": h.name, "split": h.split, "position": i, "id": ids[i], "source": sources[i],
+               "label": int(r["labels"][i]), "prediction": int(r["predictions"][i]),
+               "scores": [None if not np.isfinite(v) else float(v) for v in np.atleast_1d(score)]}
+        f.write(json.dumps(row) + "\n")
+  os.replace(path + ".tmp", path)
 
 
 def evaluate(scorer: Scorer, heuristics: Sequence) -> dict[str, dict]:
@@ -706,6 +728,8 @@ def _define_flags():
                     "Winograd: score the words after the blank (partial, the paper's) or the whole sentence.")
   flags.DEFINE_string("curve_out", None, "With --run: where zeroshot_curve.json/.png go (default: the run dir).")
   flags.DEFINE_bool("progress", True, "Show progress bars.")
+  flags.DEFINE_string("predictions_out", None, "Write one JSON line per example (id, source line, label, prediction, "
+                      "scores) to this file, so results can be audited.")
 
 
 def main(argv):
@@ -741,8 +765,12 @@ def main(argv):
                               from_openai=F.from_openai or None)
   scorer = Scorer(config, params, batch_size=F.batch_size, dtype=F.dtype or None, tokenizer=tokenizer,
                   progress=F.progress)
-  for result in evaluate(scorer, heuristics).values():
+  results = evaluate(scorer, heuristics)
+  for result in results.values():
     print(summary(result), flush=True)
+  if F.predictions_out:
+    write_predictions(results, heuristics, F.predictions_out)
+    print(f"per-example predictions: {F.predictions_out}", flush=True)
 
 
 if __name__ == "__main__":

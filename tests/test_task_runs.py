@@ -62,4 +62,9 @@ def test_task_trains_and_evaluates(name, tmp_path, caplog):
     rows = [json.loads(l) for l in f]
   assert all(np.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
   assert os.listdir(os.path.join(wd, "predictions"))
+  if name == "story_cloze":  # not in file order: each row carries the InputStoryid of its example
+    (pred,) = os.listdir(os.path.join(wd, "predictions"))
+    with open(os.path.join(wd, "predictions", pred)) as f:
+      index = [line.split("\t")[0] for line in f.read().splitlines()[1:]]
+    assert index and all(i.startswith("id") for i in index) and len(set(index)) == len(index)
   assert os.path.isdir(os.path.join(wd, "best"))

@@ -154,6 +154,7 @@ def test_checksums_are_mesh_independent_and_see_every_flipped_bit():
     y = x.copy().reshape(-1).view(np.uint32)
     y[rng.integers(y.size)] ^= np.uint32(1 << int(rng.integers(32)))
     assert checkpoint.checksums({**tree, "w": y.view(np.float32).reshape(x.shape)})["['w']"] != ref["['w']"]
+  assert checkpoint.checksums({"s": np.int64(100)}) == {"['s']": [100, 10_000]}  # 8 bytes = words 100 and 0
   zeroed = x.copy()
   zeroed[3:5] = 0  # a lost page reads back as zeros
   assert checkpoint.checksums({**tree, "w": zeroed})["['w']"] != ref["['w']"]

@@ -384,3 +384,29 @@ def test_curve_command_line(fake_run, tmp_path, capsys):
   assert "| step | sst2 (accuracy) | cola (mcc) |" in capsys.readouterr().out
   assert sorted(json.loads((out / Z.CURVE_JSON).read_text())["scores"]) == ["100", "200"]
   check_png(out / Z.CURVE_PNG)
+
+
+def test_predictions_out_has_one_auditable_row_per_example(fake_run, tmp_path, capsys):
+  from absl import flags
+  from absl.testing import flagsaver
+  if "run" not in flags.FLAGS:
+    Z._define_flags()
+  out = tmp_path / "preds.jsonl"
+  argv = ["zeroshot", f"--checkpoint={fake_run}", "--tasks=sst2", "--max_examples=5", "--batch_size=4",
+          "--noprogress", f"--predictions_out={out}"]
+  with flagsaver.flagsaver():
+    flags.FLAGS(argv)
+    Z.main(argv[:1])
+  printed = capsys.readouterr().out
+  rows = [json.loads(l) for l in out.read_text().splitlines()]
+  dev = os.path.join(REPO, "data", "sst2", "dev.tsv")
+  with open(dev, encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  assert [r["position"] for r in rows] == list(range(5))
+  for r in rows:
+    path, lineno = r["source"].rsplit(":", 1)
+    assert os.path.samefile(path, dev)
+    assert r["label"] == int(lines[int(lineno) - 1].split("\t")[1])  # the row names its source line
+    assert r["prediction"] == int(np.argmax(r["scores"])) and len(r["scores"]) == 2
+  accuracy = np.mean([r["prediction"] == r["label"] for r in rows])
+  assert f"accuracy {accuracy:.4f}" in printed or f"{accuracy:.4f}" in printed
