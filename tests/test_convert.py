@@ -9,7 +9,10 @@ counterpart there, so it is not compared.
 
 import json
 import os
+import subprocess
+import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +23,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import OpenAIGPTConfig, OpenAIGPTDoubleHeadsModel, OpenAIGPTLMHeadModel, OpenAIGPTModel  # noqa: E402
 
 from gpt1_jax import convert  # noqa: E402
-from gpt1_jax.model import GPT1ForTask, GPT1LM, ModelConfig, stack_layers  # noqa: E402
+from gpt1_jax.model import GPT1ForTask, GPT1LM, ModelConfig, init_params, stack_layers  # noqa: E402
 
 SMALL = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=97, n_positions=24)
 REAL_SHAPES = os.environ.get("GPT1_PARAMS_SHAPES", "/work/shared/gpt1_bpe/params_shapes.json")
@@ -293,3 +296,219 @@ def test_cli_writes_checkpoints_that_load_params_reads_back(tmp_path):
   ref_config, ref_params = convert.from_hf(model.state_dict(), n_head=4)
   assert config == ref_config
   jax.tree.map(np.testing.assert_array_equal, params, ref_params)
+
+
+# ----------------------------------------------------------------------------
+# Writing Hugging Face directories (--to=hf) and reading them back
+
+TINY = ModelConfig(vocab_size=40481, n_ctx=16, n_embd=32, n_head=4, n_layer=2)  # GPT-1's vocabulary: tokenizer too
+
+# A separate interpreter, as a user's would be: transformers' own loading report and log, and the logits.
+HF_LOADER = r"""
+import io, json, logging, sys
+import numpy as np, torch, transformers
+from transformers.utils import logging as hf_logging
+log = io.StringIO()
+hf_logging.set_verbosity_warning()
+handler = logging.StreamHandler(log)
+hf_logging.get_logger().addHandler(handler)
+out = {}
+for name, (cls, directory, inputs) in json.loads(sys.argv[1]).items():
+  model, info = getattr(transformers, cls).from_pretrained(directory, output_loading_info=True)
+  model.eval()
+  kwargs = {k: torch.tensor(np.asarray(v)) for k, v in inputs.items()}
+  with torch.no_grad():
+    result = model(**kwargs)
+  out[name] = {"info": {k: sorted(map(str, v)) for k, v in info.items()},
+               "logits": result.logits.numpy().tolist(),
+               "mc_logits": result.mc_logits.numpy().tolist() if hasattr(result, "mc_logits") else None,
+               "class": type(model).__name__}
+tok = transformers.OpenAIGPTTokenizer.from_pretrained(json.loads(sys.argv[2]))
+out["tokenizer"] = {"specials": tok.convert_tokens_to_ids(["_start_", "_delimiter_", "_classify_"]),
+                    "ids": tok("_start_ it 's a charming film _classify_")["input_ids"], "len": len(tok)}
+out["log"] = log.getvalue()
+json.dump(out, sys.stdout)
+"""
+
+
+def _perturbed(params, seed):
+  """Trained-looking weights: LayerNorm biases and head bias away from their zero init."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: np.asarray(x) + 0.05 * rng.standard_normal(np.shape(x)).astype(np.float32), params)
+
+
+def tiny_task_checkpoint(directory, task_type, num_labels, k, task, seed=0, config=TINY):
+  model = GPT1ForTask(config, task_type, num_labels)
+  z = jnp.zeros((1, k, 8), jnp.int32)
+  params = _perturbed(nn.meta.unbox(jax.jit(model.init)(jax.random.key(seed), z, z + 1, z[..., 0]))["params"], seed)
+  from gpt1_jax.checkpoint import save_params
+  save_params(str(directory), config, params, extra_meta={"task": task})
+  return params
+
+
+def right_padded(rng, b, k, t, config=TINY):
+  """Transformed-looking inputs: real tokens, _classify_ last, id 0 padding after it."""
+  lengths = rng.integers(3, t + 1, (b, k))
+  lengths.flat[0] = t
+  ids = rng.integers(1, convert.RELEASE_VOCAB_SIZE, (b, k, t))
+  np.put_along_axis(ids, (lengths - 1)[..., None], config.vocab_size - 1, axis=-1)
+  mask = (np.arange(t) < lengths[..., None]).astype(np.int64)
+  return ids * mask, mask, lengths - 1
+
+
+@pytest.mark.slow
+def test_hf_directories_load_in_a_fresh_transformers_process_with_our_logits(tmp_path):
+  from gpt1_jax import checkpoint
+  rng = np.random.default_rng(0)
+  lm_params = _perturbed(jax.tree.map(np.asarray, init_params(TINY, jax.random.key(0))), 1)
+  checkpoint.save_params(str(tmp_path / "lm"), TINY, lm_params)
+  mc = tiny_task_checkpoint(tmp_path / "mc", "multiple_choice", 1, 2, "story_cloze", seed=2)
+  clf = tiny_task_checkpoint(tmp_path / "clf", "entailment", 3, 1, "mnli", seed=3)
+  for name in ("lm", "mc", "clf"):
+    convert.main(["--to=hf", f"--checkpoint={tmp_path / name}", f"--out={tmp_path / (name + '_hf')}"])
+
+  ids, mask, _ = right_padded(rng, 3, 1, 12)
+  lm_ids, lm_mask = ids[:, 0], mask[:, 0]
+  mc_ids, mc_mask, mc_cls = right_padded(rng, 2, 2, 10)
+  clf_ids, clf_mask, clf_cls = right_padded(rng, 4, 1, 12)
+  plan = {
+      "lm": ("OpenAIGPTLMHeadModel", str(tmp_path / "lm_hf"), {"input_ids": lm_ids, "attention_mask": lm_mask}),
+      # transformers flattens the candidates of input_ids but not of the mask.
+      "mc": ("OpenAIGPTDoubleHeadsModel", str(tmp_path / "mc_hf"),
+             {"input_ids": mc_ids, "attention_mask": mc_mask.reshape(4, 10), "mc_token_ids": mc_cls}),
+      "clf": ("OpenAIGPTForSequenceClassification", str(tmp_path / "clf_hf"),
+              {"input_ids": clf_ids[:, 0], "attention_mask": clf_mask[:, 0]}),
+  }
+  plan = {k: (c, d, {n: np.asarray(v).tolist() for n, v in x.items()}) for k, (c, d, x) in plan.items()}
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.run([sys.executable, "-c", HF_LOADER, json.dumps(plan), json.dumps(str(tmp_path / "clf_hf"))],
+                        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  hf = json.loads(proc.stdout)
+
+  for name in ("lm", "mc", "clf"):
+    assert hf[name]["info"] == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [],
+                                "error_msgs": []}, (name, hf[name]["info"])
+  for words in ("newly initialized", "not used", "missing", "unexpected"):
+    assert words not in (hf["log"] + proc.stderr).lower(), (words, hf["log"], proc.stderr[-2000:])
+
+  with jax.default_matmul_precision("float32"):
+    lm_ours = np.asarray(jax.jit(GPT1LM(TINY).apply)({"params": lm_params}, lm_ids, lm_mask))
+    mc_model = GPT1ForTask(TINY, "multiple_choice", 1)
+    mc_ours, mc_hidden = jax.jit(mc_model.apply)({"params": mc}, mc_ids, mc_mask, mc_cls)
+    clf_ours, _ = jax.jit(GPT1ForTask(TINY, "entailment", 3).apply)({"params": clf}, clf_ids, clf_mask, clf_cls)
+  real = lm_mask.astype(bool)
+  assert np.abs(np.asarray(hf["lm"]["logits"])[real] - lm_ours[real]).max() < 1e-4
+  np.testing.assert_allclose(np.asarray(hf["mc"]["mc_logits"]), np.asarray(mc_ours), atol=1e-4, rtol=0)
+  # The head's bias, folded into the bias-free score layer, and pooling at the last non-pad token.
+  assert np.abs(np.asarray(clf["head"]["bias"])).min() > 0
+  np.testing.assert_allclose(np.asarray(hf["clf"]["logits"]), np.asarray(clf_ours), atol=1e-4, rtol=0)
+
+  assert hf["tokenizer"]["specials"] == [40478, 40479, 40480] and hf["tokenizer"]["len"] == 40481
+  from gpt1_jax.tokenizer import GPT1Tokenizer
+  tok = GPT1Tokenizer()
+  ours_ids = [tok.start_id] + tok.encode("it 's a charming film") + [tok.classify_id]
+  # Same special ids and BPE table, other pre-tokenisation: GPT-1 keeps "'s" whole, BERT's splitter does not.
+  assert hf["tokenizer"]["ids"][0] == ours_ids[0] and hf["tokenizer"]["ids"][-1] == ours_ids[-1]
+  assert hf["tokenizer"]["ids"] != ours_ids and tok.token_to_id("'s</w>") in ours_ids
+
+
+def test_hf_export_round_trips_bit_for_bit(tmp_path):
+  from gpt1_jax import checkpoint
+  # Scanned layers and a classification head with a bias: the layout and the head come back as they were.
+  scanned = TINY.replace(scan_layers=True, dtype="bfloat16")
+  params = tiny_task_checkpoint(tmp_path / "clf", "classification", 2, 1, "sst2", seed=4)
+  params["transformer"] = jax.tree.map(np.asarray, stack_layers(params["transformer"], TINY.n_layer))
+  checkpoint.save_params(str(tmp_path / "clf_scanned"), scanned, params, extra_meta={"task": "sst2"})
+  mc = tiny_task_checkpoint(tmp_path / "mc", "multiple_choice", 1, 4, "race", seed=5)
+  for name, want_config, want in (("clf_scanned", scanned, params), ("mc", TINY, mc)):
+    convert.main(["--to=hf", f"--checkpoint={tmp_path / name}", f"--out={tmp_path / 'hf' / name}"])
+    convert.main(["--from=hf", f"--hf_path={tmp_path / 'hf' / name}", f"--out={tmp_path / 'back' / name}"])
+    config, got, meta = checkpoint.load_params(str(tmp_path / "back" / name), with_meta=True)
+    assert config == want_config
+    assert meta["task"] == {"clf_scanned": "sst2", "mc": "race"}[name]
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+  # A score changed after export (fine-tuned further in transformers) wins over the stale side file.
+  from safetensors.numpy import load_file, save_file
+  path = tmp_path / "hf" / "clf_scanned" / "model.safetensors"
+  tensors = load_file(str(path))
+  tensors["score.weight"] = tensors["score.weight"] + 1
+  save_file(tensors, str(path), metadata={"format": "pt"})
+  _, changed = convert.from_hf_pretrained(str(tmp_path / "hf" / "clf_scanned"), task=None)
+  np.testing.assert_array_equal(changed["head"]["kernel"], tensors["score.weight"].T)
+  np.testing.assert_array_equal(changed["head"]["bias"], np.zeros(2, np.float32))
+
+
+def test_hf_export_shards_above_max_shard_size_with_the_standard_index(tmp_path):
+  from gpt1_jax import checkpoint
+  config = ModelConfig(vocab_size=97, n_ctx=16, n_embd=32, n_head=4, n_layer=3)
+  params = _perturbed(jax.tree.map(np.asarray, init_params(config, jax.random.key(0))), 6)
+  checkpoint.save_params(str(tmp_path / "lm"), config, params)
+  convert.main(["--to=hf", f"--checkpoint={tmp_path / 'lm'}", f"--out={tmp_path / 'hf'}", "--max_shard_size=30KB"])
+  files = sorted(os.listdir(tmp_path / "hf"))
+  shards = [f for f in files if f.startswith("model-")]
+  assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+  assert "model.safetensors" not in files and "vocab.json" not in files  # not GPT-1's vocabulary: no tokenizer
+  index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
+  assert set(index["weight_map"].values()) == set(shards)
+  sizes = [os.path.getsize(tmp_path / "hf" / s) for s in shards]
+  assert max(sizes) < 30_000 + 4096  # the limit plus each file's small JSON header
+  assert index["metadata"]["total_size"] == 4 * sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
+
+  model, info = OpenAIGPTLMHeadModel.from_pretrained(str(tmp_path / "hf"), output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"]
+  ids = np.random.default_rng(0).integers(0, 97, (2, 8))
+  np.testing.assert_allclose(hf_logits(model.eval(), ids), our_logits(config, params, ids), atol=1e-4, rtol=0)
+  _, back = convert.from_hf_pretrained(str(tmp_path / "hf"))
+  jax.tree.map(np.testing.assert_array_equal, back, params)
+
+
+def test_classification_bias_fold_is_exact_and_refused_when_it_cannot_be():
+  model = GPT1ForTask(TINY.replace(vocab_size=50), "classification", 3)
+  z = jnp.zeros((1, 1, 4), jnp.int32)
+  params = _perturbed(nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), z, z + 1, z[..., 0]))["params"], 7)
+  score = convert.fold_bias_into_score(TINY, params)
+  # On any LayerNorm output of the last block the folded, bias-free score equals kernel + bias.
+  ln = params["transformer"]["decoder"]["h_1"]["ln_2"]
+  y = np.random.default_rng(1).standard_normal((64, 32))
+  y = (y - y.mean(1, keepdims=True)) / y.std(1, keepdims=True)
+  h = (y * ln["scale"] + ln["bias"]).astype(np.float32)
+  np.testing.assert_allclose(h @ score.T, h @ params["head"]["kernel"] + params["head"]["bias"], atol=1e-5, rtol=0)
+
+  # A zero bias needs no fold; an untrained LayerNorm (c = 0) carries no constant to fold it into.
+  zero_bias = dict(params, head={**params["head"], "bias": np.zeros(3, np.float32)})
+  np.testing.assert_array_equal(convert.fold_bias_into_score(TINY, zero_bias), params["head"]["kernel"].T)
+  untrained = jax.tree.map(np.copy, params)
+  untrained["transformer"]["decoder"]["h_1"]["ln_2"]["bias"][:] = 0
+  with pytest.raises(convert.ConversionError, match="has none.*--drop_head"):
+    convert.fold_bias_into_score(TINY, untrained)
+
+
+def test_to_hf_bad_inputs_fail_in_one_line_and_touch_nothing(tmp_path):
+  tiny = TINY.replace(vocab_size=50)
+  tiny_task_checkpoint(tmp_path / "sim", "similarity", 2, 2, "mrpc", config=tiny)
+  tiny_task_checkpoint(tmp_path / "odd", "classification", 2, 1, "no_such_task", config=tiny)
+  (tmp_path / "full").mkdir()
+  (tmp_path / "full" / "keep.txt").write_text("mine")
+  before = sorted(str(p) for p in tmp_path.rglob("*"))
+  cases = [
+      (["--to=hf", f"--checkpoint={tmp_path / 'nowhere'}", f"--out={tmp_path / 'o1'}"], ["nowhere", "no such"]),
+      (["--to=hf", f"--checkpoint={tmp_path / 'sim'}", f"--out={tmp_path / 'full'}"], ["full", "non-empty"]),
+      (["--to=hf", f"--checkpoint={tmp_path / 'sim'}", f"--out={tmp_path / 'o2'}"],
+       ["mrpc", "both sentence orderings", "--drop_head"]),
+      (["--to=hf", f"--checkpoint={tmp_path / 'odd'}", f"--out={tmp_path / 'o3'}"], ["unknown task 'no_such_task'"]),
+      (["--from=hf", f"--hf_path={tmp_path / 'nowhere'}", f"--out={tmp_path / 'o4'}"], ["nowhere", "no such"]),
+  ]
+  for argv, words in cases:
+    with pytest.raises(SystemExit) as e:
+      convert.main(argv)
+    message = str(e.value.code)
+    assert "\n" not in message and all(w in message for w in words), message
+  assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+  assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+  # --drop_head: the fine-tuned body of an unmappable head, as the language model.
+  convert.main(["--to=hf", f"--checkpoint={tmp_path / 'sim'}", f"--out={tmp_path / 'body'}", "--drop_head"])
+  assert json.loads((tmp_path / "body" / "config.json").read_text())["architectures"] == ["OpenAIGPTLMHeadModel"]
