@@ -642,7 +642,7 @@ def lm_pipeline(ids: list[list[int]], *, batch: int, seq_len: int, seconds: floa
   stream = np.fromiter((t for doc in ids for t in (start, *doc)), lm.TOKEN_DTYPE)
   data = lm.LMData(stream, seq_len)
   mesh, rules = _single_device_mesh(), sharding.DEFAULT_RULES
-  it = iter(data.train_dataset(pipeline.Rows(batch), seed=0).as_numpy_iterator())
+  it = data.train_batches(pipeline.Rows(batch), seed=0)
   # Delivered as the loop receives it: global device arrays.
   to_device = lambda b: jax.block_until_ready(sharding.global_batch(b, mesh, rules, batch))  # noqa: E731
   n, dt = _drain(it, seconds, each=to_device)

@@ -95,8 +95,8 @@ class Job:
   objective: Any
   num_steps: int
   seq_len: int
-  train_dataset: Callable  # (Rows, start_step) -> tf.data.Dataset of host rows
-  eval_dataset: Optional[Callable]  # (Rows) -> tf.data.Dataset, one pass
+  train_batches: Callable  # (Rows, start_step) -> iterator of this host's rows (dicts of NumPy arrays)
+  eval_batches: Optional[Callable]  # (Rows) -> iterator over one pass
   data_state: dict
   dummy: dict  # a tiny batch for init
   batch_avals: dict  # name -> (shape without batch, dtype)
@@ -115,10 +115,10 @@ def lm_job(config, model_cfg: ModelConfig) -> Job:
   if not config.data.dir:
     raise ValueError("data.dir is empty: point it at the output of `python -m gpt1_jax.data.prepare`")
   manifest = lm.load_manifest(config.data.dir, fingerprint)
-  train = lm.LMData.load(config.data.dir, "train", n_ctx, expected_fingerprint=fingerprint)
+  train = lm.LMData.load(config.data.dir, "train", n_ctx, manifest=manifest)
   valid = None
   if config.eval.get("every_steps", 0) and manifest["splits"].get("valid", {}).get("tokens", 0):
-    valid = lm.LMData.load(config.data.dir, "valid", n_ctx, expected_fingerprint=fingerprint)
+    valid = lm.LMData.load(config.data.dir, "valid", n_ctx, manifest=manifest)
   elif config.eval.get("every_steps", 0):
     logging.warning("eval.every_steps=%d but %s has no held-out ('valid') split: there will be no evaluation. "
                     "Prepare the data with --valid_fraction > 0, or set eval.every_steps=0 to silence this",
@@ -127,8 +127,8 @@ def lm_job(config, model_cfg: ModelConfig) -> Job:
   objective = LMObjective(model_cfg, loss_chunk=int(config.train.get("lm_loss_chunk", 0) or 0))
   return Job(
       objective=objective, num_steps=int(config.train.num_steps), seq_len=n_ctx,
-      train_dataset=lambda rows, start: train.train_dataset(rows, seed=seed, start_step=start),
-      eval_dataset=(lambda rows: valid.eval_dataset(rows)) if valid is not None else None,
+      train_batches=lambda rows, start: train.train_batches(rows, seed=seed, start_step=start),
+      eval_batches=valid.eval_batches if valid is not None else None,
       data_state=train.data_state(int(config.train.batch_size), seed),
       dummy=objective.dummy_batch(1, min(n_ctx, 8)),
       batch_avals={"inputs": ((n_ctx,), np.int32), "targets": ((n_ctx,), np.int32),
@@ -177,8 +177,9 @@ def task_job(config, model_cfg: ModelConfig) -> Job:
   label_dtype = np.float32 if task.type == "regression" else np.int32
   return Job(
       objective=objective, num_steps=num_steps, seq_len=seq_len,
-      train_dataset=lambda rows, start: pipeline.train_dataset(train_fetch, n, rows, seed=seed, start_step=start),
-      eval_dataset=lambda rows: pipeline.eval_dataset(eval_fetch, len(eval_ex), rows),
+      train_batches=lambda rows, start: pipeline.train_dataset(
+          train_fetch, n, rows, seed=seed, start_step=start).as_numpy_iterator(),
+      eval_batches=lambda rows: pipeline.eval_dataset(eval_fetch, len(eval_ex), rows).as_numpy_iterator(),
       data_state={**pipeline.state_dict(n, gb, seed), "task": task.name},
       dummy=objective.dummy_batch(1, num_seqs, min(seq_len, 8)),
       batch_avals={"input_ids": ((num_seqs, seq_len), np.int32), "attention_mask": ((num_seqs, seq_len), np.int32),
@@ -390,7 +391,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   compiled = compile_train_step(step_fn, abstract_state, abstract_batch, mesh, rules)
   _log_compiled_memory(compiled)
   eval_compiled = None
-  if job.eval_dataset is not None:
+  if job.eval_batches is not None:
     eval_abstract_batch = {k: jax.ShapeDtypeStruct((eval_gb,) + v.shape[1:], v.dtype, sharding=v.sharding)
                            for k, v in abstract_batch.items()}
     eval_abstract_batch["example_mask"] = jax.ShapeDtypeStruct((eval_gb,), np.float32,
@@ -408,7 +409,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Data, from exactly the step we resume at.
   rows = sharding.host_rows(mesh, rules, gb)
-  train_iter = iter(job.train_dataset(rows, start_step).as_numpy_iterator())
+  train_iter = iter(job.train_batches(rows, start_step))
   writer = _writer(workdir, start_step, config)
   progress = None
   from gpt1_jax.report import Progress
@@ -491,6 +492,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       finally:
         writer.close()
         progress.close()
+        getattr(train_iter, "close", lambda: None)()  # stops the LM pipeline's prefetch thread
   final = {**_logged_metrics(workdir, step), **final, "step": step}
   if best["step"] is not None:
     final["best_step"] = best["step"]
@@ -559,7 +561,7 @@ def _evaluate(eval_compiled, params, job, mesh, rules, eval_gb, workdir, step):
   rows = sharding.host_rows(mesh, rules, eval_gb)
   sums = {}
   preds, idx, mask = [], [], []
-  for local in job.eval_dataset(rows).as_numpy_iterator():
+  for local in job.eval_batches(rows):
     batch = sharding.global_batch(local, mesh, rules, eval_gb)
     out = jax.device_get(eval_compiled(params, batch))
     for k, v in out.items():

@@ -27,6 +27,18 @@ def quiet_library_logs():
   absl_logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
+def _tensorboard_writer(logdir: str):
+  """TensorBoard's own event writer (the ``tensorboard`` package; no TensorFlow needed), or None
+  with a one-line notice where the package is missing."""
+  try:
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+  except ImportError as e:
+    logging.getLogger(__name__).warning("TensorBoard output off: the tensorboard package is not importable (%s); "
+                                        "metrics.jsonl has every logged value", e)
+    return None
+  return EventFileWriter(logdir)
+
+
 class MetricWriter:
   """One JSON object per logged step in ``workdir/metrics.jsonl`` plus TensorBoard scalars.
 
@@ -44,8 +56,7 @@ class MetricWriter:
     os.makedirs(workdir, exist_ok=True)
     self._truncate_after(resume_step)
     if tensorboard:
-      from gpt1_jax.data import tf  # TF already imported by the pipelines; keeps GPU hidden from it
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      self._tb = _tensorboard_writer(os.path.join(workdir, "tensorboard"))
 
   def _truncate_after(self, step: int):
     if not os.path.exists(self.path):
@@ -75,11 +86,11 @@ class MetricWriter:
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": int(step), **row}, sort_keys=True, allow_nan=False) + "\n")
     if self._tb is not None:
-      from gpt1_jax.data import tf
-      with self._tb.as_default(step=int(step)):
-        for k, v in clean.items():
-          if isinstance(v, (int, float)) and math.isfinite(v):
-            tf.summary.scalar(k, v)
+      from tensorboard.compat.proto import event_pb2, summary_pb2
+      values = [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in clean.items()
+                if isinstance(v, (int, float)) and math.isfinite(v)]
+      self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                         summary=summary_pb2.Summary(value=values)))
       self._tb.flush()
 
   def close(self):

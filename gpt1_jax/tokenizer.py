@@ -36,7 +36,6 @@ import os
 import re
 from typing import Iterable
 
-import ftfy
 
 ENCODER_FILE = "encoder_bpe_40000.json"
 MERGES_FILE = "vocab_40000.bpe"
@@ -63,6 +62,7 @@ def fix_text(text: str) -> str:
   """``ftfy.fix_text`` with its default settings, skipped where it cannot change anything."""
   if text.isascii() and _FTFY_MAY_CHANGE.search(text) is None:
     return text
+  import ftfy  # here, not at the top: ids, decoding and the fingerprint work where ftfy is not installed
   return ftfy.fix_text(text)
 
 

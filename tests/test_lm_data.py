@@ -6,6 +6,7 @@ token names its own position.
 """
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -87,18 +88,26 @@ def test_prepare_counts_and_streams_match_an_independent_retokenisation(sst2_pre
     # Documents in corpus order, each behind one _start_ marker.
     np.testing.assert_array_equal(lm.load_tokens(str(out), split), marked_stream(split_docs))
   assert [s["file"] for s in manifest["splits"]["train"]["shards"]] == [
-      f"train-{i:05d}-of-00004.tfrecord" for i in range(4)]
-  assert [s["file"] for s in manifest["splits"]["valid"]["shards"]] == ["valid-00000-of-00001.tfrecord"]
+      f"train-{i:05d}-of-00004.bin" for i in range(4)]
+  assert [s["file"] for s in manifest["splits"]["valid"]["shards"]] == ["valid-00000-of-00001.bin"]
+  assert manifest["format_version"] == 2
   for shard in manifest["splits"]["train"]["shards"] + manifest["splits"]["valid"]["shards"]:
     data = (out / shard["file"]).read_bytes()
-    assert len(data) == shard["bytes"]
+    assert len(data) == shard["bytes"] == 2 * (shard["tokens"] + shard["documents"])
     assert hashlib.sha256(data).hexdigest() == shard["sha256"]
+    # The index: each document's marker offset, then the shard length.
+    offsets = np.frombuffer((out / shard["index"]).read_bytes(), "<i8")
+    assert hashlib.sha256(offsets.tobytes()).hexdigest() == shard["index_sha256"]
+    tokens = np.frombuffer(data, "<u2")
+    assert len(offsets) == shard["documents"] + 1 and offsets[-1] == len(tokens)
+    np.testing.assert_array_equal(np.flatnonzero(tokens == START), offsets[:-1])
   # Shards are balanced by tokens.
   tokens = [s["tokens"] for s in manifest["splits"]["train"]["shards"]]
   assert max(tokens) - min(tokens) < 0.05 * sum(tokens)
   assert json.loads((out / "manifest.json").read_text()) == manifest
   assert sorted(p.name for p in out.iterdir()) == sorted(
-      ["manifest.json"] + [s["file"] for split in ("train", "valid") for s in manifest["splits"][split]["shards"]])
+      ["manifest.json"] + [s[k] for split in ("train", "valid") for s in manifest["splits"][split]["shards"]
+                           for k in ("file", "index")])
 
 
 def _write_books(root: pathlib.Path, lines):
@@ -158,8 +167,8 @@ def test_rerun_is_idempotent_and_input_changes_rebuild(tmp_path, sst2_lines, cap
 
   # Other settings or changed inputs rebuild; shards of the old manifest are removed.
   fewer = prepare.prepare(str(out), **{**kwargs, "num_shards": 1})
-  assert [s["file"] for s in fewer["splits"]["train"]["shards"]] == ["train-00000-of-00001.tfrecord"]
-  assert not (out / "train-00000-of-00002.tfrecord").exists()
+  assert [s["file"] for s in fewer["splits"]["train"]["shards"]] == ["train-00000-of-00001.bin"]
+  assert not (out / "train-00000-of-00002.bin").exists() and not (out / "train-00000-of-00002.idx").exists()
   corpus.write_text("".join(sst2_lines[:200]), encoding="utf-8")
   changed = prepare.prepare(str(out), **{**kwargs, "num_shards": 1})
   assert changed["splits"]["train"]["documents"] + changed["splits"]["valid"]["documents"] == 200
@@ -282,12 +291,12 @@ def test_one_shuffled_epoch_targets_every_position_exactly_once(length, n_ctx):
   rows = pipeline.Rows(6)
   targets, inputs = np.zeros(length + 1, int), np.zeros(length + 1, int)
   slots = 0
-  for batch in data.train_dataset(rows, seed=3).take(-(-data.num_windows // rows.global_batch_size)):
+  for batch in itertools.islice(data.train_batches(rows, seed=3), -(-data.num_windows // rows.global_batch_size)):
     for row in range(rows.global_batch_size):
       if slots == data.num_windows:
         break  # the batch straddles into the next epoch
       slots += 1
-      t, x, m = batch["targets"][row].numpy(), batch["inputs"][row].numpy(), batch["loss_mask"][row].numpy()
+      t, x, m = batch["targets"][row], batch["inputs"][row], batch["loss_mask"][row]
       assert np.all(t[m == 0] == 0) and np.all(m[t == 0] == 0)  # padding, and only padding, is masked
       np.add.at(targets, t[m == 1], 1)
       np.add.at(inputs, x[x > 0], 1)
@@ -311,8 +320,8 @@ def test_windows_are_stream_slices_with_markers_at_document_starts(sst2_prepared
   padded = np.concatenate([stream, np.zeros(data.num_windows * n_ctx + 1 - len(stream), np.uint16)])
   rows = pipeline.Rows(8)
   seen = np.zeros(data.num_windows, int)
-  for step, batch in enumerate(data.train_dataset(rows, seed=0).take(-(-data.num_windows // 8))):
-    order = pipeline.example_order(step, rows, data.num_windows, seed=0).numpy()
+  for step, batch in enumerate(itertools.islice(data.train_batches(rows, seed=0), -(-data.num_windows // 8))):
+    order = pipeline.example_order(step, rows, data.num_windows, seed=0).numpy()  # TensorFlow's op
     for row, w in enumerate(order):
       window = padded[w * n_ctx:(w + 1) * n_ctx + 1]
       np.testing.assert_array_equal(batch["inputs"][row], window[:-1])
@@ -320,7 +329,7 @@ def test_windows_are_stream_slices_with_markers_at_document_starts(sst2_prepared
       if step * 8 + row < data.num_windows:
         seen[w] += 1
   np.testing.assert_array_equal(seen, 1)
-  assert batch["inputs"].dtype == tf.int32 and batch["loss_mask"].dtype == tf.float32
+  assert batch["inputs"].dtype == np.int32 and batch["loss_mask"].dtype == np.float32
   assert batch["inputs"].shape == (8, n_ctx)
 
 
@@ -328,9 +337,9 @@ def test_eval_covers_every_window_once_with_example_mask():
   length, n_ctx = 1001, 16  # 63 windows, not a multiple of the batch
   data = lm.LMData(position_stream(length), n_ctx)
   first_inputs, masked = [], 0
-  for batch in data.eval_dataset(pipeline.Rows(10)):
-    mask = batch["example_mask"].numpy()
-    first_inputs += list(batch["inputs"][:, 0].numpy()[mask == 1])
+  for batch in data.eval_batches(pipeline.Rows(10)):
+    mask = batch["example_mask"]
+    first_inputs += list(batch["inputs"][:, 0][mask == 1])
     masked += int((mask == 0).sum())
   assert first_inputs == [w * n_ctx + 1 for w in range(data.num_windows)]
   assert masked == 70 - data.num_windows
@@ -338,7 +347,7 @@ def test_eval_covers_every_window_once_with_example_mask():
 
 # ----------------------------------------------------------------------------- determinism
 def _batches(ds, n):
-  return [{k: v.numpy() for k, v in b.items()} for b in ds.take(n)]
+  return list(itertools.islice(ds, n))
 
 
 def _equal(a, b):
@@ -348,12 +357,12 @@ def _equal(a, b):
 def test_seed_start_step_and_host_rows_determine_the_batches():
   data = lm.LMData(position_stream(4001), 20)  # 200 windows
   rows = pipeline.Rows(8)
-  run = _batches(data.train_dataset(rows, seed=7), 30)  # 240 slots: crosses an epoch
-  assert _equal(run, _batches(data.train_dataset(rows, seed=7), 30))
-  assert not _equal(run, _batches(data.train_dataset(rows, seed=8), 30))
-  assert _equal(run[23:], _batches(data.train_dataset(rows, seed=7, start_step=23), 7))
-  lo = _batches(data.train_dataset(pipeline.Rows(8, 0, 4), seed=7), 30)
-  hi = _batches(data.train_dataset(pipeline.Rows(8, 4, 4), seed=7), 30)
+  run = _batches(data.train_batches(rows, seed=7), 30)  # 240 slots: crosses an epoch
+  assert _equal(run, _batches(data.train_batches(rows, seed=7), 30))
+  assert not _equal(run, _batches(data.train_batches(rows, seed=8), 30))
+  assert _equal(run[23:], _batches(data.train_batches(rows, seed=7, start_step=23), 7))
+  lo = _batches(data.train_batches(pipeline.Rows(8, 0, 4), seed=7), 30)
+  hi = _batches(data.train_batches(pipeline.Rows(8, 4, 4), seed=7), 30)
   for full, a, b in zip(run, lo, hi):
     for k in full:
       np.testing.assert_array_equal(full[k], np.concatenate([a[k], b[k]]))
@@ -403,16 +412,28 @@ def test_manifest_validation_errors_name_the_path(prepared_copy, tmp_path, token
   with pytest.raises(FileNotFoundError, match=f"{shard}: shard of split 'train' .* is missing"):
     lm.load_manifest(str(copy))
 
-  # Same size, damaged content: the record checksums catch it.
+  # Same size, damaged content: the sha256 catches it wherever content is checked (reading a
+  # split whole, `prepare --verify`, and opening a split small enough to hash).
   shard.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
-  with pytest.raises(ValueError, match=f"{shard}: unreadable shard"):
-    lm.load_tokens(str(copy), "train")
+  for check in (lambda: lm.load_tokens(str(copy), "train"), lambda: lm.verify(str(copy)),
+                lambda: lm.LMData.load(str(copy), "train", 64)):
+    with pytest.raises(ValueError, match=f"{shard}: corrupt shard \\(its bytes differ from the sha256"):
+      check()
   shard.write_bytes(data)
+  index = copy / manifest["splits"]["train"]["shards"][1]["index"]
+  offsets = index.read_bytes()
+  index.write_bytes(offsets[:8] + (int.from_bytes(offsets[8:16], "little") + 1).to_bytes(8, "little") + offsets[16:])
+  edited = json.loads((copy / "manifest.json").read_text())
+  edited["splits"]["train"]["shards"][1]["index_sha256"] = hashlib.sha256(index.read_bytes()).hexdigest()
+  (copy / "manifest.json").write_text(json.dumps(edited))
+  with pytest.raises(ValueError, match=f"{shard}: corrupt shard \\(its index .* does not match its documents"):
+    lm.load_tokens(str(copy), "train")
+  index.write_bytes(offsets)
 
   edited = json.loads((copy / "manifest.json").read_text())
   edited["splits"]["train"]["shards"][1]["tokens"] += 1
   (copy / "manifest.json").write_text(json.dumps(edited))
-  with pytest.raises(ValueError, match=f"{shard}: .* tokens, but .* records .*: corrupt shard"):
+  with pytest.raises(ValueError, match=f"{shard}: corrupt shard \\(.* stream tokens, but the manifest records"):
     lm.load_tokens(str(copy), "train")
 
   (copy / "manifest.json").write_text("{not json")
@@ -486,12 +507,13 @@ def test_batches_equal_those_of_the_tfrecord_era_pipeline():
   """Digests of the batches the in-memory tf.data pipeline gave on 2026-12-03 (commit 08ef81b):
   any reader of the same stream must reproduce them (issue 17: same batches for the same data)."""
   data = lm.LMData(position_stream(4001), 20)
-  assert _digest(data.train_dataset(pipeline.Rows(8), seed=7).take(30)) == (
+  assert _digest(itertools.islice(data.train_batches(pipeline.Rows(8), seed=7), 30)) == (
       "8d17fc6a72cec491a19c3f74d0db44dad038917460830c167ea8fa885f8303d1")
-  assert _digest(data.train_dataset(pipeline.Rows(8, 4, 4), seed=7, start_step=5).take(30)) == (
+  assert _digest(itertools.islice(data.train_batches(pipeline.Rows(8, 4, 4), seed=7, start_step=5), 30)) == (
       "2d9d2e52f608089301310a03cc9781698f970187238660a1f8a4bbe7a2202406")
-  assert _digest(data.eval_dataset(pipeline.Rows(10))) == (
+  assert _digest(data.eval_batches(pipeline.Rows(10))) == (
       "1bd51ff027287b84767a1ae4044f94c134ce2f35f8d0038f4b2624418a006122")
   stream = np.random.default_rng(0).integers(0, 40478, size=300_001).astype(np.uint16)
-  assert _digest(lm.LMData(stream, 64).train_dataset(pipeline.Rows(16), seed=123, start_step=1000).take(20)) == (
+  batches = lm.LMData(stream, 64).train_batches(pipeline.Rows(16), seed=123, start_step=1000)
+  assert _digest(itertools.islice(batches, 20)) == (
       "2c873aff38e78c86bb0c10ffe2ef589979a296a45d1019a0daf5a2b73ec99a48")

@@ -1,8 +1,8 @@
-"""Language-model pretraining data: prepared shards -> one token stream -> packed windows.
+"""Language-model pretraining data: a prepared token store -> packed windows, with no TensorFlow.
 
-``python -m gpt1_jax.data.prepare`` tokenises a corpus once into TFRecord shards (one
-record per document: its ids as little-endian uint16) and a ``manifest.json``. This
-module reads them back and feeds the pretraining loop.
+``python -m gpt1_jax.data.prepare`` tokenises a corpus once into shards of raw uint16 ids
+and a ``manifest.json`` (the format is in ``store.py``). This module checks the manifest,
+reads windows of a split by position and feeds the pretraining loop.
 
 Stream. The documents of a split, in manifest order, are concatenated into one flat
 uint16 stream, each document *preceded* by ``_start_`` (40478): the token that opens
@@ -20,11 +20,14 @@ several documents; attention is *not* masked at the ``_start_`` boundaries (as i
 contiguous-text pretraining): the marker tells the model that the context before it is
 unrelated.
 
-Hosts. Every host holds the whole stream (2 bytes a token: 1B tokens = 2 GB) and
-materialises only its rows of each global batch (see ``pipeline``). The global batch is
-then a function of the step alone, identical for any number of hosts, which is what
-lets a run resume exactly on a different topology; sharding the stream by host would tie
-the batch contents to the host count.
+Hosts. Batch ``s`` is a pure function of ``(seed, s)`` (``pipeline.example_order_np``),
+identical for any number of hosts, which is what lets a run resume exactly on a different
+topology. Each host reads only the windows of its own rows, by offset, on a background
+thread; no host holds the corpus, so memory and start-up time do not grow with it.
+
+Format 1 (TFRecord shards, before 2026-12) still loads, into memory and through TensorFlow;
+``python -m gpt1_jax.data.prepare --migrate=DIR`` rewrites such a directory as a token
+store in place, keeping its data fingerprint (so runs on it resume).
 """
 
 from __future__ import annotations
@@ -33,43 +36,43 @@ import hashlib
 import json
 import os
 
+from absl import logging
 import numpy as np
 
 from gpt1_jax.data import pipeline
-from gpt1_jax.data import tf
+from gpt1_jax.data import store
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
-TOKEN_DTYPE = np.dtype("<u2")  # ids are < 65536 (GPT-1 has 40,481)
-PAD_ID = 0  # GPT-1 has no padding token; padded positions are masked, never learned
-
-
-def shard_name(split: str, index: int, count: int) -> str:
-  return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+FORMAT_VERSION = 2  # what prepare writes: the token store
+READABLE_VERSIONS = (1, 2)  # 1: TFRecord shards (needs TensorFlow; --migrate converts)
+TOKEN_DTYPE = store.TOKEN_DTYPE
+PAD_ID = store.PAD_ID
+shard_name = store.shard_name
+# Splits at most this large on a local disk are checked against their sha256 when opened.
+VERIFY_BELOW_BYTES = 256 << 20
 
 
 def load_manifest(data_dir: str, expected_fingerprint: str | None = None) -> dict:
   """Reads and validates ``data_dir/manifest.json``; errors name the path and the problem.
 
-  Checks that every shard it lists exists with the recorded size (catching deleted,
+  Checks that every file it lists exists with the recorded size (catching deleted,
   truncated or replaced files cheaply) and, given ``expected_fingerprint``, that the data
   was tokenised with the same vocabulary as the configured tokenizer.
   """
-  if not tf.io.gfile.isdir(data_dir):
+  if not store.is_url(data_dir) and not os.path.isdir(data_dir):
     raise FileNotFoundError(f"{data_dir}: no such data directory (create it with "
                             f"`python -m gpt1_jax.data.prepare --output={data_dir} ...`)")
-  path = os.path.join(data_dir, MANIFEST)
-  if not tf.io.gfile.exists(path):
+  path = store.join(data_dir, MANIFEST)
+  if not store.exists(path):
     raise FileNotFoundError(f"{path}: no manifest; the directory was never prepared or a prepare run was "
                             f"interrupted (re-run gpt1_jax.data.prepare)")
   try:
-    with tf.io.gfile.GFile(path, "r") as f:
-      manifest = json.load(f)
+    manifest = json.loads(store.read_bytes(path).decode("utf-8"))
   except (ValueError, UnicodeDecodeError) as e:
     raise ValueError(f"{path}: not a valid manifest ({e})") from None
-  if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+  if not isinstance(manifest, dict) or manifest.get("format_version") not in READABLE_VERSIONS:
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    raise ValueError(f"{path}: format_version {version!r}, this code reads {FORMAT_VERSION}; re-run prepare")
+    raise ValueError(f"{path}: format_version {version!r}, this code reads {READABLE_VERSIONS}; re-run prepare")
   missing = [k for k in ("tokenizer_fingerprint", "vocab_size", "start_id", "splits") if k not in manifest]
   if missing:
     raise ValueError(f"{path}: missing fields {missing}")
@@ -78,20 +81,143 @@ def load_manifest(data_dir: str, expected_fingerprint: str | None = None) -> dic
                      f"configured tokenizer is {expected_fingerprint[:16]}...; re-run prepare with this tokenizer")
   for split, info in manifest["splits"].items():
     for shard in info["shards"]:
-      shard_path = os.path.join(data_dir, shard["file"])
-      if not tf.io.gfile.exists(shard_path):
-        raise FileNotFoundError(f"{shard_path}: shard of split {split!r} listed in {path} is missing")
-      size = tf.io.gfile.stat(shard_path).length
-      if size == 0:
-        raise ValueError(f"{shard_path}: shard of split {split!r} is empty (0 bytes)")
-      if size != shard["bytes"]:
-        raise ValueError(f"{shard_path}: {size} bytes, but {path} records {shard['bytes']} (truncated or "
-                         f"replaced; re-run prepare)")
+      files = [(shard["file"], shard["bytes"], "shard")]
+      if manifest["format_version"] >= 2:
+        files.append((shard["index"], shard["index_bytes"], "index"))
+      for name, size, what in files:
+        _check_size(store.join(data_dir, name), size, f"{what} of split {split!r}", path)
   return manifest
 
 
-def _shard_streams(paths: list[str], start_id: int) -> tf.data.Dataset:
+def _check_size(file_path: str, expected: int, what: str, manifest_path: str):
+  f = store.open_file(file_path)
+  actual = f.size()
+  if actual is None:
+    raise FileNotFoundError(f"{file_path}: {what} listed in {manifest_path} is missing")
+  if actual == 0 and expected:
+    raise ValueError(f"{file_path}: {what} is empty (0 bytes)")
+  if not f.has_size(expected):
+    got = f"{actual} bytes" if actual >= 0 else "a different size"
+    raise ValueError(f"{file_path}: {got}, but {manifest_path} records {expected} (truncated or replaced; "
+                     f"re-run prepare)")
+
+
+def _split_shards(data_dir: str, split: str, manifest: dict) -> list[dict]:
+  where = store.join(data_dir, MANIFEST)
+  if split not in manifest["splits"]:
+    raise ValueError(f"{where}: no split {split!r} (has {sorted(manifest['splits'])})")
+  shards = manifest["splits"][split]["shards"]
+  if not shards:
+    raise ValueError(f"{where}: split {split!r} has no documents")
+  return shards
+
+
+def _corrupt(path: str, why: str) -> ValueError:
+  return ValueError(f"{path}: corrupt shard ({why}); re-run prepare")
+
+
+def _read_shard(data_dir: str, shard: dict, start_id: int) -> np.ndarray:
+  """One format-2 shard whole, checked against its sha256, counts and document index."""
+  path = store.join(data_dir, shard["file"])
+  raw = store.read_bytes(path)
+  if hashlib.sha256(raw).hexdigest() != shard["sha256"]:
+    raise _corrupt(path, "its bytes differ from the sha256 in the manifest")
+  tokens = np.frombuffer(raw, TOKEN_DTYPE)
+  if tokens.size != shard["tokens"] + shard["documents"]:
+    raise _corrupt(path, f"{tokens.size} stream tokens, but the manifest records {shard['documents']} documents "
+                         f"/ {shard['tokens']} tokens")
+  offsets = np.frombuffer(store.read_bytes(store.join(data_dir, shard["index"])), store.INDEX_DTYPE)
+  if (offsets.size != shard["documents"] + 1 or offsets[-1] != tokens.size or offsets[0] != 0
+      or np.any(np.diff(offsets) < 2) or np.any(tokens[offsets[:-1]] != start_id)):
+    raise _corrupt(path, f"its index {shard['index']} does not match its documents")
+  return tokens
+
+
+def load_tokens(data_dir: str, split: str, manifest: dict | None = None) -> np.ndarray:
+  """The split's whole stream in memory (held-out evaluation, probes): each document
+  preceded by ``_start_``, every shard checked against the manifest as it is read."""
+  manifest = load_manifest(data_dir) if manifest is None else manifest
+  shards = _split_shards(data_dir, split, manifest)
+  if manifest["format_version"] == 1:
+    return _load_tfrecord_tokens(data_dir, split, shards, manifest["start_id"])
+  return np.concatenate([_read_shard(data_dir, s, manifest["start_id"]) for s in shards])
+
+
+def verify(data_dir: str, splits=None) -> dict:
+  """Checks every shard's content (sha256, counts, document index): what opening a large
+  store skips. Returns ``{split: shards checked}``; raises on the first bad shard."""
+  manifest = load_manifest(data_dir)
+  checked = {}
+  for split in splits or manifest["splits"]:
+    shards = manifest["splits"][split]["shards"]
+    if manifest["format_version"] == 1:
+      if shards:
+        _load_tfrecord_tokens(data_dir, split, shards, manifest["start_id"])
+    else:
+      for shard in shards:
+        _read_shard(data_dir, shard, manifest["start_id"])
+    checked[split] = len(shards)
+  return checked
+
+
+def open_tokens(data_dir: str, split: str, manifest: dict):
+  """The split's stream for random access: a ``store.TokenStore`` (format 2) or, for a
+  format-1 directory, the stream loaded into memory through TensorFlow."""
+  shards = _split_shards(data_dir, split, manifest)
+  if manifest["format_version"] == 1:
+    logging.warning("%s is a format-1 (TFRecord) data directory: loading split %r into memory with TensorFlow. "
+                    "`python -m gpt1_jax.data.prepare --migrate=%s` converts it to the token store in place "
+                    "(same batches, same fingerprint)", data_dir, split, data_dir)
+    return store.ArrayTokens(_load_tfrecord_tokens(data_dir, split, shards, manifest["start_id"]))
+  size = sum(s["bytes"] for s in shards)
+  if not store.is_url(data_dir) and size <= VERIFY_BELOW_BYTES:
+    for shard in shards:
+      _read_shard(data_dir, shard, manifest["start_id"])
+  return store.TokenStore([store.join(data_dir, s["file"]) for s in shards],
+                          [s["tokens"] + s["documents"] for s in shards])
+
+
+def data_fingerprint(manifest: dict, split: str) -> str:
+  """Identifies a split's token stream: the vocabulary and the content hash of each shard.
+
+  A migrated directory keeps the fingerprint of the format-1 shards it was converted from
+  (the stream is the same), so checkpoints trained on them still resume.
+  """
+  migrated = manifest.get("migrated_from", {}).get("data_fingerprints", {})
+  if split in migrated:
+    return migrated[split]
+  shards = manifest["splits"][split]["shards"]
+  key = [manifest["format_version"], manifest["tokenizer_fingerprint"], manifest["start_id"], split,
+         [s["sha256"] for s in shards]]
+  return hashlib.sha256(json.dumps(key).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- format 1
+def _load_tfrecord_tokens(data_dir: str, split: str, shards: list[dict], start_id: int) -> np.ndarray:
+  from gpt1_jax.data import tf  # format 1 only: TFRecord needs TensorFlow
+  where = os.path.join(data_dir, MANIFEST)
+  paths = [os.path.join(data_dir, s["file"]) for s in shards]
+  total = sum(s["tokens"] + s["documents"] for s in shards)
+  stream = np.empty(total, TOKEN_DTYPE)
+  offset = 0
+  try:
+    for shard, path, (docs, tokens) in zip(shards, paths, _tfrecord_streams(paths, start_id)):
+      docs, n = int(docs), int(tokens.shape[0])
+      if (docs, n - docs) != (shard["documents"], shard["tokens"]) or offset + n > total:
+        raise ValueError(f"{path}: {docs} documents / {n - docs} tokens, but {where} records "
+                         f"{shard['documents']} / {shard['tokens']}: corrupt shard, re-run prepare")
+      stream[offset:offset + n] = tokens.numpy()
+      offset += n
+  except tf.errors.OpError as e:
+    bad = _first_unreadable(paths, start_id)
+    raise ValueError(f"{bad or data_dir}: unreadable shard of split {split!r} ({e.message.strip()}); "
+                     f"re-run prepare") from None
+  return stream
+
+
+def _tfrecord_streams(paths: list[str], start_id: int):
   """One element per shard, in order: (documents, marked token stream of the shard)."""
+  from gpt1_jax.data import tf
   marker = np.array([start_id], TOKEN_DTYPE).tobytes()
 
   def read(path):
@@ -106,115 +232,83 @@ def _shard_streams(paths: list[str], start_id: int) -> tf.data.Dataset:
       read, cycle_length=parallel, block_length=1, num_parallel_calls=parallel, deterministic=True)
 
 
-def load_tokens(data_dir: str, split: str, manifest: dict | None = None) -> np.ndarray:
-  """The split's documents as one uint16 stream, each preceded by ``_start_``.
-
-  Its length is the manifest's tokens plus documents (one marker each); a shard whose
-  counts differ from the manifest is reported as corrupt.
-  """
-  manifest = load_manifest(data_dir) if manifest is None else manifest
-  where = os.path.join(data_dir, MANIFEST)
-  if split not in manifest["splits"]:
-    raise ValueError(f"{where}: no split {split!r} (has {sorted(manifest['splits'])})")
-  shards = manifest["splits"][split]["shards"]
-  if not shards:
-    raise ValueError(f"{where}: split {split!r} has no documents")
-  paths = [os.path.join(data_dir, s["file"]) for s in shards]
-  total = sum(s["tokens"] + s["documents"] for s in shards)
-  stream = np.empty(total, TOKEN_DTYPE)
-  offset = 0
-  try:
-    for shard, path, (docs, tokens) in zip(shards, paths, _shard_streams(paths, manifest["start_id"])):
-      docs, n = int(docs), int(tokens.shape[0])
-      if (docs, n - docs) != (shard["documents"], shard["tokens"]) or offset + n > total:
-        raise ValueError(f"{path}: {docs} documents / {n - docs} tokens, but {where} records "
-                         f"{shard['documents']} / {shard['tokens']}: corrupt shard, re-run prepare")
-      stream[offset:offset + n] = tokens.numpy()
-      offset += n
-  except tf.errors.OpError as e:
-    bad = _first_unreadable(paths, manifest["start_id"])
-    raise ValueError(f"{bad or data_dir}: unreadable shard of split {split!r} ({e.message.strip()}); "
-                     f"re-run prepare") from None
-  return stream
-
-
 def _first_unreadable(paths: list[str], start_id: int) -> str | None:
   """The shard behind a read error (the parallel read does not say which it was)."""
+  from gpt1_jax.data import tf
   for path in paths:
     try:
-      for _ in _shard_streams([path], start_id):
+      for _ in _tfrecord_streams([path], start_id):
         pass
     except tf.errors.OpError:
       return path
   return None
 
 
-def data_fingerprint(manifest: dict, split: str) -> str:
-  """Identifies a split's token stream: the vocabulary and the content hash of each shard."""
-  shards = manifest["splits"][split]["shards"]
-  key = [manifest["format_version"], manifest["tokenizer_fingerprint"], manifest["start_id"], split,
-         [s["sha256"] for s in shards]]
-  return hashlib.sha256(json.dumps(key).encode()).hexdigest()
-
-
+# ----------------------------------------------------------------------------- windows
 class LMData:
   """Packed next-token windows over a token stream (see the module docstring).
 
-  Batches are dicts ``inputs``/``targets`` int32 ``[rows, n_ctx]`` and ``loss_mask``
-  float32 ``[rows, n_ctx]``; the eval batches add ``example_mask`` ``[rows]`` (0 for the
-  repeats that fill the last batch), so an eval token counts with weight
-  ``loss_mask * example_mask[:, None]``.
+  ``tokens``: a uint16 array (held in memory) or a ``store.TokenStore``. Batches are dicts of
+  NumPy arrays ``inputs``/``targets`` int32 ``[rows, n_ctx]`` and ``loss_mask`` float32
+  ``[rows, n_ctx]``; the eval batches add ``example_mask`` ``[rows]`` (0 for the repeats that
+  fill the last batch), so an eval token counts with weight ``loss_mask * example_mask[:, None]``.
   """
 
-  def __init__(self, stream: np.ndarray, n_ctx: int, fingerprint: str | None = None):
-    stream = np.asarray(stream)
-    if stream.dtype != TOKEN_DTYPE or stream.ndim != 1:
-      raise ValueError(f"the stream must be 1-D uint16, got {stream.dtype} {stream.shape}")
-    if n_ctx < 1 or stream.size < 2:
-      raise ValueError(f"need n_ctx >= 1 and at least 2 stream tokens, got n_ctx={n_ctx}, {stream.size} tokens")
+  def __init__(self, tokens, n_ctx: int, fingerprint: str | None = None):
+    if isinstance(tokens, np.ndarray) or not hasattr(tokens, "windows"):
+      stream = np.asarray(tokens)
+      if stream.dtype != TOKEN_DTYPE or stream.ndim != 1:
+        raise ValueError(f"the stream must be 1-D uint16, got {stream.dtype} {stream.shape}")
+      fingerprint = fingerprint or hashlib.sha256(stream.tobytes()).hexdigest()
+      tokens = store.ArrayTokens(stream)
+    elif fingerprint is None:
+      raise ValueError("a token store needs the fingerprint of its data (lm.data_fingerprint)")
+    if n_ctx < 1 or tokens.num_tokens < 2:
+      raise ValueError(f"need n_ctx >= 1 and at least 2 stream tokens, got n_ctx={n_ctx}, "
+                       f"{tokens.num_tokens} tokens")
     self.n_ctx = int(n_ctx)
-    self.num_tokens = int(stream.size)  # including the _start_ markers
+    self.num_tokens = int(tokens.num_tokens)  # including the _start_ markers
     self.num_windows = -(-(self.num_tokens - 1) // self.n_ctx)
-    self.fingerprint = fingerprint or hashlib.sha256(stream.tobytes()).hexdigest()
+    self.fingerprint = fingerprint
     self.manifest: dict | None = None  # set by `load`
-    # The one copy the pipeline keeps: uint16, captured by reference in the fetch.
-    # (convert_to_tensor is a memcpy; tf.constant takes ~8x longer on large arrays.)
-    self._stream = tf.convert_to_tensor(stream)
+    self._tokens = tokens
 
   @classmethod
-  def load(cls, data_dir: str, split: str, n_ctx: int, expected_fingerprint: str | None = None) -> "LMData":
-    """Reads a prepared split; ``expected_fingerprint`` is the configured tokenizer's."""
-    manifest = load_manifest(data_dir, expected_fingerprint)
-    data = cls(load_tokens(data_dir, split, manifest), n_ctx, data_fingerprint(manifest, split))
+  def load(cls, data_dir: str, split: str, n_ctx: int, expected_fingerprint: str | None = None,
+           manifest: dict | None = None) -> "LMData":
+    """Opens a prepared split; ``expected_fingerprint`` is the configured tokenizer's."""
+    manifest = manifest or load_manifest(data_dir, expected_fingerprint)
+    data = cls(open_tokens(data_dir, split, manifest), n_ctx, data_fingerprint(manifest, split))
     data.manifest = manifest
     return data
 
   @property
   def stream(self) -> np.ndarray:
-    """A copy of the token stream (for inspection; the pipeline reads its own)."""
-    return self._stream.numpy()
+    """The whole token stream, read into memory (for inspection and tests)."""
+    return np.array(self._tokens.read(0, self.num_tokens))
 
-  def fetch(self, idx: tf.Tensor) -> dict:
-    """Windows ``idx`` (int64 ``[rows]``) as a batch: one gather of ``n_ctx + 1`` tokens each."""
-    n, length = self.n_ctx, self.num_tokens
-    pos = tf.cast(idx, tf.int64)[:, None] * n + tf.range(n + 1, dtype=tf.int64)[None, :]
-    real = pos < length
-    # Positions past the end read the last token and are then replaced by padding, so the
-    # stream itself is never copied to be padded.
-    window = tf.cast(tf.gather(self._stream, tf.minimum(pos, length - 1)), tf.int32)
-    window = tf.where(real, window, PAD_ID)
-    return {"inputs": window[:, :-1], "targets": window[:, 1:], "loss_mask": tf.cast(real[:, 1:], tf.float32)}
+  def fetch(self, idx: np.ndarray) -> dict:
+    """Windows ``idx`` (int ``[rows]``) as a batch: one read of ``n_ctx + 1`` tokens each."""
+    n = self.n_ctx
+    starts = np.asarray(idx, np.int64) * n
+    window = self._tokens.windows(starts, n + 1).astype(np.int32)
+    real = (starts[:, None] + np.arange(1, n + 1)[None, :]) < self.num_tokens
+    return {"inputs": window[:, :-1], "targets": window[:, 1:], "loss_mask": real.astype(np.float32)}
 
-  def train_dataset(self, rows: pipeline.Rows, seed: int, start_step: int = 0, prefetch: int = 4) -> tf.data.Dataset:
-    """Endless shuffled batches for steps ``start_step, start_step + 1, ...`` (this host's rows)."""
-    return pipeline.train_dataset(self.fetch, self.num_windows, rows, seed=seed, start_step=start_step,
-                                  prefetch=prefetch)
+  def train_batches(self, rows: pipeline.Rows, seed: int, start_step: int = 0, prefetch: int = 4):
+    """Endless shuffled batches for steps ``start_step, start_step + 1, ...`` (this host's rows),
+    made on a background thread ``prefetch`` batches ahead."""
+    return pipeline.train_batches_np(self.fetch, self.num_windows, rows, seed=seed, start_step=start_step,
+                                     prefetch=prefetch)
 
-  def eval_dataset(self, rows: pipeline.Rows) -> tf.data.Dataset:
+  def eval_batches(self, rows: pipeline.Rows):
     """One ordered pass over every window, the last batch completed with masked repeats."""
-    return pipeline.eval_dataset(self.fetch, self.num_windows, rows)
+    return pipeline.eval_batches_np(self.fetch, self.num_windows, rows)
 
   def data_state(self, global_batch_size: int, seed: int) -> dict:
     """What a checkpoint records so a resume can check it continues the same batches."""
     return {**pipeline.state_dict(self.num_windows, global_batch_size, seed), "n_ctx": self.n_ctx,
             "data_fingerprint": self.fingerprint}
+
+  def close(self):
+    self._tokens.close()

@@ -19,14 +19,18 @@ function of the global step: batch ``s`` holds global example slots
 
 ``example_order`` is the tf.data form (fine-tuning pipelines); ``example_order_np`` computes
 the same indices bit for bit with NumPy alone (``index_shuffle`` re-implements TensorFlow's
-``RandomIndexShuffle``), so the LM pipeline keeps today's batches without TensorFlow.
+``RandomIndexShuffle``), and ``train_batches_np``/``eval_batches_np`` are the TF-free forms of
+the two pipelines (the LM pipeline's), prefetched on a background thread.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
+import queue
+import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -174,6 +178,85 @@ def example_order_np(step: int, rows: Rows, num_examples: int, seed: int, shuffl
     return within
   seeds = np.stack([np.full_like(epoch, seed), epoch, np.zeros_like(epoch)], axis=-1)
   return index_shuffle(within, seeds, num_examples - 1).astype(np.int64)
+
+
+class Prefetch:
+  """Iterator over ``make(step)`` for ``steps``, computed ``depth`` ahead on a background thread.
+
+  NumPy and file reads release the GIL, so batches are ready before the step that needs them.
+  An error in ``make`` is raised by ``next`` (for the step that failed). The thread holds no
+  reference to this object: dropping the iterator, or ``close()``, stops it.
+  """
+
+  def __init__(self, make: Callable[[int], dict], steps, depth: int = 4):
+    self._queue = queue.Queue(maxsize=max(1, depth))
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=Prefetch._work, args=(make, iter(steps), self._queue, self._stop),
+                                    daemon=True, name="gpt1_jax-prefetch")
+    self._thread.start()
+
+  @staticmethod
+  def _work(make, steps, out: queue.Queue, stop: threading.Event):
+    def put(item):
+      while not stop.is_set():
+        try:
+          out.put(item, timeout=0.1)
+          return True
+        except queue.Full:
+          pass
+      return False
+
+    try:
+      for step in steps:
+        if not put(("batch", make(step))):
+          return
+    except BaseException as e:  # noqa: BLE001 - handed to the consumer
+      put(("error", e))
+      return
+    put(("end", None))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self._stop.is_set():
+      raise StopIteration
+    kind, value = self._queue.get()
+    if kind == "batch":
+      return value
+    self._stop.set()
+    if kind == "error":
+      raise value
+    raise StopIteration
+
+  def close(self):
+    self._stop.set()
+
+  def __del__(self):
+    self._stop.set()
+
+
+def train_batches_np(fetch: Fetch, num_examples: int, rows: Rows, *, seed: int, start_step: int = 0,
+                     shuffle: bool = True, prefetch: int = 4) -> Prefetch:
+  """``train_dataset`` without TensorFlow: the same batches, as dicts of NumPy arrays."""
+  if num_examples <= 0:
+    raise ValueError("the dataset has no examples")
+  make = lambda step: fetch(example_order_np(step, rows, num_examples, seed, shuffle))  # noqa: E731
+  return Prefetch(make, itertools.count(start_step), prefetch)
+
+
+def eval_batches_np(fetch: Fetch, num_examples: int, rows: Rows, prefetch: int = 2) -> Prefetch:
+  """``eval_dataset`` without TensorFlow: the same batches, as dicts of NumPy arrays."""
+  if num_examples <= 0:
+    raise ValueError("the dataset has no examples")
+
+  def make(step):
+    slot = step * rows.global_batch_size + rows.start + np.arange(rows.count, dtype=np.int64)
+    batch = fetch(np.minimum(slot, num_examples - 1))
+    batch["example_mask"] = (slot < num_examples).astype(np.float32)
+    return batch
+
+  return Prefetch(make, range(-(-num_examples // rows.global_batch_size)), prefetch)
 
 
 def train_dataset(fetch: Fetch, num_examples: int, rows: Rows, *, seed: int, start_step: int = 0,

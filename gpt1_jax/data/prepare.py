@@ -1,4 +1,4 @@
-"""Tokenise a pretraining corpus once into TFRecord shards and a manifest (read by ``lm.py``).
+"""Tokenise a pretraining corpus once into a token store and a manifest (read by ``lm.py``).
 
 Usage::
 
@@ -16,10 +16,12 @@ out for ``valid`` when ``splitmix64(i) / 2**64 < --valid_fraction``, so the held
 is stable across runs and worker counts. A document that tokenises to nothing is skipped
 and counted.
 
-Output. ``{train,valid}-NNNNN-of-MMMMM.tfrecord``: one raw record per document, its ids
-as little-endian uint16 (no ``_start_``; ``lm.py`` adds it), documents kept in corpus
-order and split into shards of about equal token counts; and ``manifest.json`` with the
-counts and sha256 of every shard, the tokenizer fingerprint, the sources and settings.
+Output. The token store (``store.py``): ``{train,valid}-NNNNN-of-MMMMM.bin``, the ids as
+little-endian uint16 with each document preceded by ``_start_``, and ``.idx`` beside each
+(document offsets), documents kept in corpus order and split into shards of about equal
+token counts; and ``manifest.json`` with the counts and sha256 of every file, the tokenizer
+fingerprint, the sources and settings. ``--migrate=DIR`` converts a format-1 (TFRecord)
+directory in place; ``--verify=DIR`` checks every shard's content against the manifest.
 
 Safety. With ``--errors=strict`` every input file is decoded before tokenising starts
 and the first byte that is not UTF-8 is reported with its file and offset (tfds text is
@@ -29,8 +31,8 @@ name and renamed, the manifest last, so an interrupted run never leaves a manife
 points at partial shards. A rerun whose inputs (paths, sizes, mtimes), tokenizer and
 settings match the manifest does nothing.
 
-The tokenised corpus is held in memory until it is written (2 bytes a token, like the
-trainer's copy of the stream, see ``lm.py``); text is streamed through a worker pool.
+The tokenised corpus is held in memory until it is written (2 bytes a token; the trainer,
+which reads windows by offset, never holds it); text is streamed through a worker pool.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ import numpy as np
 import tqdm
 
 from gpt1_jax.data import lm
+from gpt1_jax.data import store
 from gpt1_jax.data import tf
 
 DOC_SPLITS = ("file", "line", "blank_line")
@@ -70,6 +73,10 @@ _CHUNK_CHARS = 4 << 20  # ...or this many characters, whichever comes first
 _BYTES_PER_WORKER = 4 << 20  # default --workers: at most one per this much input text
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _REPLACEMENT_UTF8 = "\ufffd".encode()
+
+
+_RECORD = ("token store (gpt1_jax/data/store.py): per shard, .bin = little-endian uint16 ids, each document "
+           "preceded by _start_; .idx = int64 offsets of the documents' markers, then the shard length")
 
 
 class PrepareError(ValueError):
@@ -308,37 +315,70 @@ def _sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def _write_split(split: str, data: _SplitTokens, num_shards: int, tmp_dir: str) -> list[dict]:
+class _ShardWriter:
+  """Writes one shard of the token store: the marked stream (``.bin``) and its document index."""
+
+  def __init__(self, tmp: str, start_id: int):
+    self.tmp, self.start_id = tmp, start_id
+    self._f = tf.io.gfile.GFile(tmp + ".bin", "wb")
+    self._offsets = [np.zeros(1, np.int64)]
+    self.documents = self.tokens = 0
+
+  def add(self, flat: np.ndarray, lengths: np.ndarray):
+    """Documents ``lengths`` laid out back to back in ``flat``, each written after ``_start_``."""
+    marked = lengths + 1
+    where = np.cumsum(marked) - marked  # each marker's position within this write
+    out = np.empty(int(marked.sum()), store.TOKEN_DTYPE)
+    is_marker = np.zeros(out.size, bool)
+    is_marker[where] = True
+    out[is_marker] = self.start_id
+    out[~is_marker] = flat
+    self._f.write(out.tobytes())
+    self._offsets.append(self.documents + self.tokens + np.cumsum(marked))
+    self.documents += len(lengths)
+    self.tokens += int(lengths.sum())
+
+  def close(self) -> None:
+    self._f.close()
+    with tf.io.gfile.GFile(self.tmp + ".idx", "wb") as f:
+      f.write(np.concatenate(self._offsets).astype(store.INDEX_DTYPE).tobytes())
+
+
+def _write_split(split: str, data: _SplitTokens, num_shards: int, tmp_dir: str, start_id: int) -> list[dict]:
   """Writes the split's documents in order into shards of about equal token counts."""
   lengths = np.concatenate(data.lengths) if data.lengths else np.zeros(0, np.int64)
   if lengths.size == 0:
     return []
   before = np.cumsum(lengths) - lengths
   shard_of = np.minimum(before * num_shards // int(lengths.sum()), num_shards - 1)
-  shards: list[dict] = []
-  writer, current, doc = None, -1, 0
+  writers: list[_ShardWriter] = []
+  current, doc = -1, 0
   try:
     for flat, chunk_lengths in zip(data.tokens, data.lengths):
       ends = np.cumsum(chunk_lengths)
-      for start, end in zip((ends - chunk_lengths).tolist(), ends.tolist()):
-        if shard_of[doc] != current:  # a shard holding no document start is skipped
-          current = shard_of[doc]
-          if writer is not None:
-            writer.close()
-          shards.append({"tmp": os.path.join(tmp_dir, f"{split}-{len(shards):05d}"), "documents": 0, "tokens": 0})
-          writer = tf.io.TFRecordWriter(shards[-1]["tmp"])
-        writer.write(flat[start:end].tobytes())
-        shards[-1]["documents"] += 1
-        shards[-1]["tokens"] += end - start
-        doc += 1
+      chunk_shards = shard_of[doc:doc + len(chunk_lengths)]
+      # shard_of is non-decreasing, so each shard's documents of this chunk are one run.
+      for s in np.unique(chunk_shards).tolist():
+        a, b = np.searchsorted(chunk_shards, [s, s + 1])
+        if s != current:  # a shard holding no document start is skipped
+          if writers:
+            writers[-1].close()
+          current = s
+          writers.append(_ShardWriter(os.path.join(tmp_dir, f"{split}-{len(writers):05d}"), start_id))
+        writers[-1].add(flat[ends[a] - chunk_lengths[a]:ends[b - 1]], chunk_lengths[a:b])
+      doc += len(chunk_lengths)
   finally:
-    if writer is not None:
-      writer.close()
-  for i, shard in enumerate(shards):
-    shard["file"] = lm.shard_name(split, i, len(shards))
-    shard["bytes"] = tf.io.gfile.stat(shard["tmp"]).length
-    shard["sha256"] = _sha256(shard["tmp"])
-  return shards
+    if writers:
+      writers[-1].close()
+  return [_shard_entry(split, i, len(writers), w.tmp, w.documents, w.tokens) for i, w in enumerate(writers)]
+
+
+def _shard_entry(split: str, i: int, count: int, tmp: str, documents: int, tokens: int) -> dict:
+  name = store.shard_name(split, i, count)
+  return {"file": name, "index": store.index_name(name), "documents": documents, "tokens": tokens,
+          "bytes": tf.io.gfile.stat(tmp + ".bin").length, "sha256": _sha256(tmp + ".bin"),
+          "index_bytes": tf.io.gfile.stat(tmp + ".idx").length, "index_sha256": _sha256(tmp + ".idx"),
+          "tmp": tmp}
 
 
 def _identity(manifest: dict) -> dict:
@@ -361,38 +401,99 @@ def _existing_manifest(output: str) -> dict | None:
     return None
 
 
-def _write_output(output: str, manifest: dict, data: dict, num_shards: int, valid_fraction: float):
-  """Writes shards under temporary names, renames them, then the manifest last."""
+def _write_output(output: str, manifest: dict, write_split: Callable[[str, str], tuple[list[dict], dict]]):
+  """Writes every split's shards under temporary names (``write_split(split, tmp_dir)`` returns
+  the shard entries and the split's counts), renames them, then the manifest last."""
   tf.io.gfile.makedirs(output)
   for stale in tf.io.gfile.glob(os.path.join(output, _TMP_PREFIX + "*")):
     tf.io.gfile.rmtree(stale)  # left by a killed run
   tmp_dir = os.path.join(output, f"{_TMP_PREFIX}{os.getpid()}")
   tf.io.gfile.makedirs(tmp_dir)
   try:
-    split_shards = {"train": num_shards, "valid": max(1, int(np.ceil(num_shards * valid_fraction)))}
     manifest["splits"] = {}
     for split in SPLITS:
-      shards = _write_split(split, data[split], split_shards[split], tmp_dir)
-      manifest["splits"][split] = {"documents": data[split].documents, "tokens": data[split].tokens_count,
-                                   "shards": shards}
-      data[split] = None  # free its tokens
+      shards, counts = write_split(split, tmp_dir)
+      manifest["splits"][split] = {**counts, "shards": shards}
     manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     manifest_path = os.path.join(output, lm.MANIFEST)
     if tf.io.gfile.exists(manifest_path):
       tf.io.gfile.remove(manifest_path)  # from here until the rename below, readers see no manifest
     for split in SPLITS:
       for shard in manifest["splits"][split]["shards"]:
-        tf.io.gfile.rename(shard.pop("tmp"), os.path.join(output, shard["file"]), overwrite=True)
+        tmp = shard.pop("tmp")
+        tf.io.gfile.rename(tmp + ".bin", os.path.join(output, shard["file"]), overwrite=True)
+        tf.io.gfile.rename(tmp + ".idx", os.path.join(output, shard["index"]), overwrite=True)
     with tf.io.gfile.GFile(os.path.join(tmp_dir, lm.MANIFEST), "w") as f:
       json.dump(manifest, f, indent=1)
     tf.io.gfile.rename(os.path.join(tmp_dir, lm.MANIFEST), manifest_path, overwrite=True)
   finally:
     tf.io.gfile.rmtree(tmp_dir)
-  current = {s["file"] for split in SPLITS for s in manifest["splits"][split]["shards"]}
-  for split in SPLITS:  # shards of an earlier run that this manifest does not list
-    for path in tf.io.gfile.glob(os.path.join(output, f"{split}-[0-9]*-of-[0-9]*.tfrecord")):
-      if os.path.basename(path) not in current:
-        tf.io.gfile.remove(path)
+  current = {name for split in SPLITS for s in manifest["splits"][split]["shards"] for name in (s["file"], s["index"])}
+  for split in SPLITS:  # shards of an earlier run (or format) that this manifest does not list
+    for ext in ("tfrecord", "bin", "idx"):
+      for path in tf.io.gfile.glob(os.path.join(output, f"{split}-[0-9]*-of-[0-9]*.{ext}")):
+        if os.path.basename(path) not in current:
+          tf.io.gfile.remove(path)
+
+
+def _tokenised_splits(data: dict, num_shards: int, valid_fraction: float, start_id: int):
+  split_shards = {"train": num_shards, "valid": max(1, int(np.ceil(num_shards * valid_fraction)))}
+
+  def write_split(split, tmp_dir):
+    shards = _write_split(split, data[split], split_shards[split], tmp_dir, start_id)
+    counts = {"documents": data[split].documents, "tokens": data[split].tokens_count}
+    data[split] = None  # free its tokens
+    return shards, counts
+
+  return write_split
+
+
+# ----------------------------------------------------------------------------- migration
+def migrate(data_dir: str) -> dict:
+  """Rewrites a format-1 (TFRecord) directory as a token store in place; returns the manifest.
+
+  Shard by shard (memory: one shard), the same documents in the same shards, so the stream,
+  and hence every batch, is unchanged; the manifest keeps the old data fingerprints, so
+  checkpoints trained on the old directory resume. Interrupted, it leaves the old directory
+  intact (the new manifest is renamed into place last, the TFRecords removed after it).
+  """
+  try:
+    old = lm.load_manifest(data_dir)
+  except (OSError, ValueError) as e:
+    raise PrepareError(f"--migrate={data_dir}: {e}") from None
+  if old["format_version"] == lm.FORMAT_VERSION:
+    logging.info("%s is already a format-%d token store: nothing to migrate", data_dir, lm.FORMAT_VERSION)
+    return old
+  manifest = {k: v for k, v in old.items() if k not in ("splits", "created")}
+  manifest.update(format_version=lm.FORMAT_VERSION, record=_RECORD,
+                  migrated_from={"format_version": old["format_version"], "created": old.get("created"),
+                                 "data_fingerprints": {s: lm.data_fingerprint(old, s) for s in old["splits"]}})
+
+  def write_split(split, tmp_dir):
+    info = old["splits"].get(split, {"documents": 0, "tokens": 0, "shards": []})
+    shards = []
+    for i, shard in enumerate(info["shards"]):
+      path = os.path.join(data_dir, shard["file"])
+      writer = _ShardWriter(os.path.join(tmp_dir, f"{split}-{i:05d}"), old["start_id"])
+      try:
+        for block in tf.data.TFRecordDataset(path, buffer_size=16 << 20).batch(4096):
+          docs = [np.frombuffer(r, store.TOKEN_DTYPE) for r in block.numpy()]
+          writer.add(np.concatenate(docs), np.array([len(d) for d in docs], np.int64))
+      except tf.errors.OpError as e:
+        raise PrepareError(f"{path}: unreadable shard ({e.message.strip()}); re-run prepare on the corpus "
+                           f"instead of migrating") from None
+      finally:
+        writer.close()
+      if (writer.documents, writer.tokens) != (shard["documents"], shard["tokens"]):
+        raise PrepareError(f"{path}: {writer.documents} documents / {writer.tokens} tokens, but the manifest "
+                           f"records {shard['documents']} / {shard['tokens']}: corrupt shard")
+      shards.append(_shard_entry(split, i, len(info["shards"]), writer.tmp, writer.documents, writer.tokens))
+    return shards, {"documents": info["documents"], "tokens": info["tokens"]}
+
+  _write_output(data_dir, manifest, write_split)
+  logging.info("migrated %s to the format-%d token store (%s)", data_dir, lm.FORMAT_VERSION,
+               ", ".join(f"{s}: {len(manifest['splits'][s]['shards'])} shards" for s in SPLITS))
+  return manifest
 
 
 def _default_tokenizer():
@@ -438,7 +539,7 @@ def prepare(output: str, *, inputs: Sequence[str] = (), tfds_name: str | None = 
       "tokenizer_fingerprint": tokenizer.fingerprint,
       "vocab_size": tokenizer.vocab_size,
       "start_id": tokenizer.start_id,
-      "record": "one TFRecord per document: its token ids as little-endian uint16, no _start_",
+      "record": _RECORD,
       "sources": source.description,
       "doc_split": doc_split,
       "valid_fraction": valid_fraction,
@@ -447,6 +548,10 @@ def prepare(output: str, *, inputs: Sequence[str] = (), tfds_name: str | None = 
   }
   del tokenizer  # the workers build their own
   old = _existing_manifest(output)
+  if (old is not None and not force and old.get("format_version") == 1
+      and _identity(old) == _identity({**manifest, "format_version": 1})):
+    logging.info("%s holds these inputs in format 1 (TFRecord): migrating it instead of re-tokenising", output)
+    return migrate(output)
   if old is not None and not force and _identity(old) == _identity(manifest):
     try:
       lm.load_manifest(output)
@@ -494,7 +599,7 @@ def prepare(output: str, *, inputs: Sequence[str] = (), tfds_name: str | None = 
   manifest["empty_documents_skipped"] = empty
   manifest["unknown_pieces"] = unknown
 
-  _write_output(output, manifest, data, num_shards, valid_fraction)
+  _write_output(output, manifest, _tokenised_splits(data, num_shards, valid_fraction, manifest["start_id"]))
   seconds = time.time() - started
   total = sum(manifest["splits"][split]["tokens"] for split in SPLITS)
   for split in SPLITS:
@@ -512,7 +617,11 @@ def _define_flags():
   flags.DEFINE_string("tfds", None, "A tensorflow-datasets corpus instead of files: NAME[:SPLIT] (default train).")
   flags.DEFINE_string("tfds_text_key", None, "Feature holding the text (default: 'text', or the only *text* one).")
   flags.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets data_dir.")
-  flags.DEFINE_string("output", None, "Directory for the shards and manifest.json.", required=True)
+  flags.DEFINE_string("output", None, "Directory for the shards and manifest.json.")
+  flags.DEFINE_string("migrate", None, "Rewrite this format-1 (TFRecord) data directory as a token store in "
+                      "place (no re-tokenising; batches and data fingerprint unchanged), then exit.")
+  flags.DEFINE_string("verify", None, "Check every shard of this data directory against its manifest "
+                      "(sha256, counts, document index), then exit.")
   flags.DEFINE_enum("doc_split", "file", DOC_SPLITS,
                     "What one document is: a whole file, each non-empty line, or blank-line separated paragraphs.")
   flags.DEFINE_float("valid_fraction", 0.01, "Fraction of documents held out for the valid split.")
@@ -527,10 +636,23 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
+  modes = [name for name in ("output", "migrate", "verify") if getattr(f, name)]
   try:
-    prepare(f.output, inputs=f.input, tfds_name=f.tfds, tfds_text_key=f.tfds_text_key,
-            tfds_data_dir=f.tfds_data_dir, doc_split=f.doc_split, valid_fraction=f.valid_fraction,
-            num_shards=f.num_shards, errors=f.errors, workers=f.workers, force=f.force)
+    if len(modes) != 1:
+      raise PrepareError("give exactly one of --output (prepare a corpus), --migrate=DIR and --verify=DIR"
+                         + (f" (got {', '.join('--' + m for m in modes)})" if modes else ""))
+    if f.migrate:
+      migrate(f.migrate)
+    elif f.verify:
+      try:
+        checked = lm.verify(f.verify)
+      except (OSError, ValueError) as e:
+        raise PrepareError(str(e)) from None
+      print(f"{f.verify}: every shard matches its manifest ({', '.join(f'{s}: {n}' for s, n in checked.items())})")
+    else:
+      prepare(f.output, inputs=f.input, tfds_name=f.tfds, tfds_text_key=f.tfds_text_key,
+              tfds_data_dir=f.tfds_data_dir, doc_split=f.doc_split, valid_fraction=f.valid_fraction,
+              num_shards=f.num_shards, errors=f.errors, workers=f.workers, force=f.force)
   except PrepareError as e:
     sys.exit(f"error: {e}")
 
