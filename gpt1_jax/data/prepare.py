@@ -448,6 +448,55 @@ def _tokenised_splits(data: dict, num_shards: int, valid_fraction: float, start_
   return write_split
 
 
+# ----------------------------------------------------------------------------- synthetic
+def synthetic(output: str, num_tokens: int, *, mean_document: int = 1000, num_shards: int = 16,
+              valid_fraction: float = 0.0005, seed: int = 0, tokenizer_fingerprint: str | None = None) -> dict:
+  """A token store of ``num_tokens`` uniformly random ids in documents of geometric length
+  (mean ``mean_document``), written at disk speed without tokenising: for measuring and
+  smoke-testing the input path at corpus scale (``--synthetic_tokens=N``). Its manifest
+  carries the GPT-1 tokenizer's fingerprint (so a pretraining config accepts it) and says
+  ``"synthetic"`` in its sources. Memory: one block of 32M tokens."""
+  if num_tokens < 2 or mean_document < 1:
+    raise PrepareError(f"--synthetic_tokens={num_tokens} (mean document {mean_document}): need at least 2 tokens")
+  if tokenizer_fingerprint is None:
+    tokenizer_fingerprint = _default_tokenizer().fingerprint
+  from gpt1_jax.tokenizer import SPECIAL_TOKENS  # ids only: no spaCy or ftfy
+  vocab, start_id = 40478 + len(SPECIAL_TOKENS), 40478
+  rng = np.random.default_rng(seed)
+  manifest = {"format_version": lm.FORMAT_VERSION, "tokenizer_fingerprint": tokenizer_fingerprint,
+              "vocab_size": vocab, "start_id": start_id, "record": _RECORD,
+              "sources": {"synthetic": {"tokens": int(num_tokens), "mean_document": mean_document, "seed": seed}},
+              "doc_split": "synthetic", "valid_fraction": valid_fraction, "num_shards": num_shards,
+              "errors": {"mode": "strict", "replacements": 0}}
+  counts = {"valid": max(2, int(num_tokens * valid_fraction)) if valid_fraction else 0}
+  counts["train"] = int(num_tokens) - counts["valid"]
+  block = 32 << 20
+
+  def write_split(split, tmp_dir):
+    total = counts[split]
+    shards = []
+    n = num_shards if split == "train" else max(1, int(np.ceil(num_shards * valid_fraction)))
+    bounds = np.linspace(0, total, n + 1).astype(np.int64) if total else np.zeros(1, np.int64)
+    for i in range(len(bounds) - 1):
+      writer = _ShardWriter(os.path.join(tmp_dir, f"{split}-{i:05d}"), start_id)
+      left = int(bounds[i + 1] - bounds[i])
+      while left > 0:
+        take = min(left, block)
+        lengths = rng.geometric(1 / mean_document, size=2 * take // mean_document + 16)
+        lengths = lengths[:np.searchsorted(np.cumsum(lengths), take) + 1]
+        lengths[-1] -= lengths.sum() - take  # the block ends with its last document
+        lengths = lengths[lengths > 0]
+        writer.add(rng.integers(0, start_id, size=take, dtype=np.uint16), lengths.astype(np.int64))
+        left -= take
+      writer.close()
+      shards.append(_shard_entry(split, i, len(bounds) - 1, writer.tmp, writer.documents, writer.tokens))
+    return shards, {"documents": sum(s["documents"] for s in shards), "tokens": total}
+
+  _write_output(output, manifest, write_split)
+  logging.info("wrote a synthetic token store of %d tokens to %s", num_tokens, output)
+  return manifest
+
+
 # ----------------------------------------------------------------------------- migration
 def migrate(data_dir: str) -> dict:
   """Rewrites a format-1 (TFRecord) directory as a token store in place; returns the manifest.
@@ -620,6 +669,8 @@ def _define_flags():
   flags.DEFINE_string("output", None, "Directory for the shards and manifest.json.")
   flags.DEFINE_string("migrate", None, "Rewrite this format-1 (TFRecord) data directory as a token store in "
                       "place (no re-tokenising; batches and data fingerprint unchanged), then exit.")
+  flags.DEFINE_float("synthetic_tokens", 0, "Instead of a corpus: write a token store of this many random ids "
+                     "to --output (documents of ~1,000 tokens), for measuring the input path at scale.")
   flags.DEFINE_string("verify", None, "Check every shard of this data directory against its manifest "
                       "(sha256, counts, document index), then exit.")
   flags.DEFINE_enum("doc_split", "file", DOC_SPLITS,
@@ -643,6 +694,8 @@ def main(argv):
                          + (f" (got {', '.join('--' + m for m in modes)})" if modes else ""))
     if f.migrate:
       migrate(f.migrate)
+    elif f.synthetic_tokens:
+      synthetic(f.output, int(f.synthetic_tokens), num_shards=f.num_shards)
     elif f.verify:
       try:
         checked = lm.verify(f.verify)
