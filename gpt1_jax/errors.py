@@ -2,8 +2,9 @@
 
 A user error is an exception the project raises on purpose, with a message
 that already names what and where: ``ValueError`` / ``OSError`` /
-``RuntimeError`` / ``MemoryError`` (and their subclasses: ``CheckpointError``,
-``WorkdirError``...) whose innermost frame is our own code or a config file.
+``RuntimeError`` / ``MemoryError`` / ``ImportError`` (a missing optional dependency, named
+with its install command) and their subclasses (``CheckpointError``, ``WorkdirError``...)
+whose innermost frame is our own code or a config file.
 The same types raised inside JAX, Flax or Orbax are bugs (ours or theirs) and
 keep the traceback, as does everything else. ``GPT1_JAX_TRACEBACK=1`` shows
 the traceback of every error.
@@ -18,7 +19,7 @@ import sys
 
 _OURS = (os.path.dirname(os.path.abspath(__file__)),
          os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
-_USER_TYPES = (ValueError, OSError, RuntimeError, MemoryError)
+_USER_TYPES = (ValueError, OSError, RuntimeError, MemoryError, ImportError)
 
 
 def is_user_error(e: BaseException) -> bool:

@@ -214,13 +214,27 @@ def generate(config: ModelConfig, params, prompts: Sequence[Sequence[int]], *, m
                               return_logits=False).to_lists()
 
 
+def _parse_ids(text: str, vocab_size: int) -> list[int]:
+  try:
+    ids = [int(x) for x in text.split(",") if x.strip()]
+  except ValueError:
+    raise ValueError(f"--prompt_ids={text!r}: expected comma-separated integers") from None
+  bad = [i for i in ids if not 0 <= i < vocab_size]
+  if not ids or bad:
+    raise ValueError(f"--prompt_ids={text!r}: " + (f"ids {bad[:5]} are outside [0, {vocab_size})" if bad else "empty"))
+  return ids
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog="python -m gpt1_jax.generate", description=__doc__.split("\n\n")[0])
   src = parser.add_mutually_exclusive_group(required=True)
   src.add_argument("--checkpoint", help="a gpt1_jax.checkpoint weights checkpoint or training workdir")
   src.add_argument("--from_hf", help="a saved Hugging Face OpenAI-GPT model (directory or weights file)")
   src.add_argument("--from_openai", help="OpenAI's release directory (params_shapes.json, params_*.npy)")
-  parser.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
+  prompt = parser.add_mutually_exclusive_group(required=True)
+  prompt.add_argument("--prompt", action="append", help="text; repeat for a batch")
+  prompt.add_argument("--prompt_ids", action="append",
+                      help="token ids, comma-separated; repeat for a batch (no spaCy needed, e.g. on a bare GPU image)")
   parser.add_argument("--max_new_tokens", type=int, default=40)
   parser.add_argument("--temperature", type=float, default=1.0)
   parser.add_argument("--top_k", type=int, default=0)
@@ -242,7 +256,10 @@ def main(argv=None) -> None:
 
   from gpt1_jax.tokenizer import GPT1Tokenizer
   tokenizer = GPT1Tokenizer()
-  prompts = tokenizer.encode_batch(args.prompt)
+  if args.prompt_ids:
+    prompts = [_parse_ids(text, config.vocab_size) for text in args.prompt_ids]
+  else:
+    prompts = tokenizer.encode_batch(args.prompt)
   outputs = generate(config, params, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                      top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, stop_token=args.stop_token,
                      seed=args.seed)

@@ -62,7 +62,10 @@ def fix_text(text: str) -> str:
   """``ftfy.fix_text`` with its default settings, skipped where it cannot change anything."""
   if text.isascii() and _FTFY_MAY_CHANGE.search(text) is None:
     return text
-  import ftfy  # here, not at the top: ids, decoding and the fingerprint work where ftfy is not installed
+  try:
+    import ftfy  # here, not at the top: ids, decoding and the fingerprint work where ftfy is not installed
+  except ImportError as e:
+    raise ImportError(f"encoding non-ASCII text needs ftfy, which is not importable ({e}): `pip install 'ftfy>=6'`") from e
   return ftfy.fix_text(text)
 
 
@@ -287,7 +290,11 @@ class GPT1Tokenizer:
 
   def _load_spacy(self):
     if self._nlp is None:
-      import spacy
+      try:
+        import spacy
+      except ImportError as e:
+        raise ImportError(f"encoding text needs spaCy, which is not importable ({e}): `pip install 'spacy>=3.7,<4'`; "
+                          f"ids, decoding and the fingerprint work without it") from e
 
       nlp = spacy.blank("en")
       self._ends, self._inner = _cross_space_tables(nlp.tokenizer)

@@ -167,3 +167,10 @@ def test_cli_prints_prompt_and_continuation(tmp_path, capsys):
   prompts = [tokenizer.encode("the quick brown fox"), tokenizer.encode("hello")]
   expected = gen.generate(config, params, prompts, max_new_tokens=4, greedy=True)
   assert lines == [f"{tokenizer.decode(p)} >>> {tokenizer.decode(e)}" for p, e in zip(prompts, expected)]
+
+  # The same prompts as ids (no spaCy needed), and bad ids refused with the flag named.
+  gen.main([f"--checkpoint={tmp_path / 'ckpt'}", "--prompt_ids=" + ",".join(map(str, prompts[0])),
+            "--prompt_ids=" + ",".join(map(str, prompts[1])), "--max_new_tokens=4", "--greedy"])
+  assert capsys.readouterr().out.strip().splitlines() == lines
+  with pytest.raises(ValueError, match=r"--prompt_ids='1,99999': ids \[99999\] are outside \[0, 40481\)"):
+    gen.main([f"--checkpoint={tmp_path / 'ckpt'}", "--prompt_ids=1,99999"])
