@@ -24,16 +24,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
-SCRIPTS = ["tpu_pod.sh", "gpu.sh", "slurm.sbatch", "local_multihost.sh"]
+SCRIPTS = ["tpu_pod.sh", "gpu.sh", "gpu_check.sh", "slurm.sbatch", "local_multihost.sh"]
 MAIN = ["-m", "gpt1_jax.main"]
 # Forwarded verbatim: a space, both quote kinds, a glob, a $ and a backslash.
 ODD_ARGS = ["--config.train.num_steps=7", "--config.name=it's a \"b\" * $HOME \\n"]
 
 # Variables the launchers read: none may leak in from the caller's shell.
 _SCRIPT_VARS = {
-    "ACCELERATOR_TYPE", "CONFIG", "CPUS_PER_TASK", "DATA_DIR", "DEVICES_PER_PROCESS",
+    "ACCELERATOR_TYPE", "CONFIG", "CPUS_PER_TASK", "CUDA_VISIBLE_DEVICES", "DATA_DIR", "DEVICES_PER_PROCESS",
     "DRY_RUN", "FOLLOW", "GCLOUD", "GPUS_PER_TASK", "INSTALL_EXTRAS", "KILL_GRACE_SECONDS",
-    "LOG_DIR", "LOG_LINES", "MODULE", "NODES", "NUM_PROCESSES", "PORT", "PROJECT", "PYTHON",
+    "LOG_DIR", "LOG_LINES", "MODULE", "NODES", "NUM_PROCESSES", "OUT_DIR", "PORT", "PROJECT", "PYTHON",
     "QUEUED", "QUEUED_RESOURCE_ID", "REMOTE_DIR", "REMOTE_PYTHON_VERSION", "REPO_REF",
     "REPO_URL", "RUNTIME_VERSION", "SPOT", "SRUN_EXTRA_ARGS", "TASKS_PER_NODE",
     "TF_CPP_MIN_LOG_LEVEL", "TPU_NAME", "TRITON_GEMM", "WORKDIR", "WORKER", "XLA_FLAGS",
@@ -123,6 +123,7 @@ def test_shellcheck_finds_nothing(name):
 
 _DRY_RUN_CASES = {
     "gpu.sh": ([], {}),
+    "gpu_check.sh": ([], {}),
     "slurm.sbatch": ([], {}),
     "local_multihost.sh": ([], {"PORT": "12345"}),
     "tpu_pod.sh": (["all"], {"TPU_NAME": "t", "ZONE": "z", "WORKDIR": "gs://b/w"}),
@@ -147,6 +148,31 @@ def test_dry_run_flag_and_variable_print_the_same_and_run_nothing(script, tmp_pa
   assert by_flag.stdout == by_variable.stdout
   assert by_flag.stdout.startswith("+ ")
   assert not marker.exists()
+
+
+# ----------------------------------------------------------------- gpu_check.sh
+
+
+def test_gpu_check_runs_the_gpu_suite_from_the_checkout_into_out_dir(tmp_path):
+  (argv,) = dry_run("gpu_check.sh", str(tmp_path / "check"), "--budget=300")
+  env, command = split_env(argv)
+  assert command == ["python", "-m", "gpt1_jax.bench", "--suite=gpu", f"--out={tmp_path}/check/gpu_check.json",
+                     f"--work_dir={tmp_path}/check/work", "--budget=300"]
+  # One GPU; JAX leaves half of it to Hugging Face's subprocess; the training launcher's XLA flags.
+  assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.50"
+  assert "--xla_gpu_enable_latency_hiding_scheduler=true" in env["XLA_FLAGS"].split()
+  assert not (tmp_path / "check").exists()  # a dry run writes nothing
+
+
+def test_gpu_check_out_dir_data_dir_and_the_callers_settings(tmp_path):
+  (argv,) = dry_run("gpu_check.sh", "--", "--quick", OUT_DIR=str(tmp_path / "o"), DATA_DIR="/data/store",
+                    CUDA_VISIBLE_DEVICES="3", XLA_PYTHON_CLIENT_MEM_FRACTION="0.4")
+  env, command = split_env(argv)
+  assert command[4:] == [f"--out={tmp_path}/o/gpu_check.json", f"--work_dir={tmp_path}/o/work",
+                         "--data_dir=/data/store", "--quick"]
+  assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.4"
+  (argv,) = dry_run("gpu_check.sh")  # relative defaults are made absolute: the script runs from the checkout
+  assert f"--out={REPO}/out/gpu_check/gpu_check.json" in split_env(argv)[1]
 
 
 # ----------------------------------------------------------------------- gpu.sh
