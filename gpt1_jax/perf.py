@@ -13,7 +13,9 @@ from gpt1_jax.model import ModelConfig
 
 # Dense bf16 peak per chip (datasheet, FLOP/s), by device_kind prefix.
 DATASHEET_BF16 = {
-    "NVIDIA H100": 989e12,  # SXM; PCIe is 756e12
+    "NVIDIA H100 PCIe": 756e12,  # before the SXM entry: the first matching prefix wins
+    "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H100": 989e12,  # SXM ("NVIDIA H100 80GB HBM3")
     "NVIDIA H200": 989e12,
     "NVIDIA A100": 312e12,
     "NVIDIA L4": 121e12,
