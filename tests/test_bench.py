@@ -6,6 +6,7 @@ ratios are the quotients of the reported throughputs) and that the JSON is compl
 strict (no NaN), so a real run cannot fail at its end or write a file nobody can read.
 """
 
+import gzip
 import json
 import math
 import os
@@ -179,7 +180,7 @@ def test_the_cpu_suites_keep_their_public_names():
 # ------------------------------------------------------------------------------------------
 # The GPU check (issue 18, item 2), at tiny shapes on CPU, as on an accelerator image.
 
-from gpt1_jax.bench import correctness, gpu_check, pretraining, speed  # noqa: E402
+from gpt1_jax.bench import correctness, gpu_check, pretraining, profile, speed  # noqa: E402
 
 # As on the target image: `import x` fails for these (torch and transformers are there).
 _NOT_ON_THE_IMAGE = """\
@@ -320,3 +321,32 @@ def test_the_shipped_store_is_what_prepare_writes_from_the_shipped_reviews(tmp_p
     for shard in split["shards"]:
       for name in (shard["file"], shard["index"]):
         assert (tmp_path / "store" / name).read_bytes() == (pathlib.Path(pretraining.SHIPPED_STORE) / name).read_bytes()
+
+
+def test_profile_summary_counts_each_kernel_once_from_the_device_streams(tmp_path):
+  # A GPU-shaped trace: kernels on a compute stream, the same ops again on a derived "XLA Ops"
+  # line of the device, and host-side launch events that must not count.
+  meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+          {"ph": "M", "name": "thread_name", "pid": 1, "tid": 7, "args": {"name": "Stream #7(Compute)"}},
+          {"ph": "M", "name": "thread_name", "pid": 1, "tid": 9, "args": {"name": "XLA Ops"}},
+          {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}}]
+  kernels = [("sm90_xmma_gemm_bf16", "custom-call.3", 600.0), ("loop_add_fusion", "loop_add_fusion.1", 100.0),
+             ("cudnn_generated_fort_native_sdpa", "custom-call.9", 300.0)]
+  events = list(meta)
+  for step in range(2):
+    for name, op, dur in kernels:
+      args = {"hlo_op": op, "hlo_module": "jit_train_step"}
+      events.append({"ph": "X", "pid": 1, "tid": 7, "ts": step, "dur": dur, "name": name, "args": args})
+      events.append({"ph": "X", "pid": 1, "tid": 9, "ts": step, "dur": dur, "name": op, "args": args})
+      events.append({"ph": "X", "pid": 2, "tid": 1, "ts": step, "dur": 5.0, "name": "cuLaunchKernel", "args": args})
+  run = tmp_path / "plugins" / "profile" / "run"
+  run.mkdir(parents=True)
+  with gzip.open(run / "host.trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  s = profile.summarize(str(tmp_path), steps=2, step_s=1.2e-3)
+  assert [o["op"] for o in s["top_ops"]] == ["custom-call.3", "custom-call.9", "loop_add_fusion.1"]
+  assert [o["ms_per_step"] for o in s["top_ops"]] == [0.6, 0.3, 0.1] and s["busy_ms_per_step"] == 1.0
+  assert [o["category"] for o in s["top_ops"]] == ["matmul", "fused attention (cuDNN)",
+                                                   "fusion (elementwise, reductions)"]
+  assert s["top_ops"][0]["kernel"] == "sm90_xmma_gemm_bf16" and s["top_ops"][0]["calls_per_step"] == 1
+  assert math.isclose(s["busy_share_of_step"], 1.0 / 1.2) and "Stream #7" in s["source"]

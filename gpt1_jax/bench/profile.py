@@ -74,11 +74,9 @@ def summarize(log_dir: str, steps: int, *, top: int = 15, step_s: Optional[float
     raise FileNotFoundError(f"no trace JSON under {log_dir} (this jax wrote only the .xplane.pb); "
                             f"open it with xprof/TensorBoard's profile plugin")
   events, processes, threads = _events(path)
-  ops = [e for e in events if e.get("ph") == "X" and (e.get("args") or {}).get("hlo_op")
-         and not str(e.get("name", "")).startswith("end: ")]
   device_pids = {pid for pid, name in processes.items() if name.startswith("/device:")}
-  on_device = [e for e in ops if e.get("pid") in device_pids]
-  source = "device streams"
+  on_device = [e for e in events if e.get("ph") == "X" and e.get("pid") in device_pids]
+  note = None
   if on_device:
     # A device can list the same work on several lines (streams, and derived "XLA Ops" lines):
     # keep the stream lines when there are any, so no kernel is counted twice.
@@ -86,18 +84,23 @@ def summarize(log_dir: str, steps: int, *, top: int = 15, step_s: Optional[float
     streams = {ln for ln in lines if "stream" in threads.get(ln, "").lower()}
     keep = streams or lines
     ops = [e for e in on_device if (e["pid"], e["tid"]) in keep]
-    source += ": " + ", ".join(sorted({f"{processes.get(p, p)} / {threads.get((p, t), t)}" for p, t in keep}))
+    source = "device: " + ", ".join(sorted({f"{processes.get(p, p)} / {threads.get((p, t), t)}" for p, t in keep}))
+    if not any((e.get("args") or {}).get("hlo_op") for e in ops):
+      note = "the device's events carry no HLO op names: grouped by kernel name"
   else:
+    ops = [e for e in events if e.get("ph") == "X" and (e.get("args") or {}).get("hlo_op")
+           and not str(e.get("name", "")).startswith("end: ")]
     source = "host runtime (thunks)"
-  if not ops:
-    raise RuntimeError(f"{path}: no op events with an HLO name (args.hlo_op) in the trace")
+    if device_pids:
+      note = "no device events in the trace: these are host-side times"
   per_op = collections.defaultdict(lambda: {"us": 0.0, "count": 0, "kernel": ""})
   for e in ops:
-    key = (e["args"].get("hlo_module", ""), e["args"]["hlo_op"])
-    entry = per_op[key]
+    args = e.get("args") or {}
+    op = args.get("hlo_op") or str(e.get("name", ""))
+    entry = per_op[(args.get("hlo_module", ""), op)]
     entry["us"] += float(e.get("dur", 0.0))
     entry["count"] += 1
-    if e.get("name") != e["args"]["hlo_op"]:
+    if e.get("name") != op:
       entry["kernel"] = entry["kernel"] or str(e.get("name"))[:120]
   total_us = sum(v["us"] for v in per_op.values())
   rows = []
@@ -109,7 +112,7 @@ def summarize(log_dir: str, steps: int, *, top: int = 15, step_s: Optional[float
   for r in rows:
     kinds[r["category"]] += r["ms_per_step"]
   busy_ms = total_us / 1e3 / steps
-  out = {"trace": path, "source": source, "steps": steps, "ops_per_step": len(ops) / steps,
+  out = {"trace": path, "source": source, "note": note, "steps": steps, "ops_per_step": len(ops) / steps,
          "busy_ms_per_step": busy_ms, "top_ops": rows[:top],
          "by_category_ms_per_step": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))}
   if step_s:

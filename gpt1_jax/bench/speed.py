@@ -70,18 +70,24 @@ def ours(ctx, name: str, batch: int, overrides: dict) -> dict:
     runner.step()
   step_s = statistics.median(runner.times)
   tokens_per_s = batch * ctx.seq_len / step_s
-  traced = ctx.best is None or tokens_per_s > ctx.best[0]
+  traced, trace_error = ctx.best is None or tokens_per_s > ctx.best[0], None
   if traced:
     trace_dir = os.path.join(ctx.work_dir, f"profile_{name}")
-    profile_lib.trace(trace_dir, lambda: [runner.step(record=False) for _ in range(ctx.opts.profile_steps)])
-    if ctx.best is not None:
-      shutil.rmtree(ctx.best[2], ignore_errors=True)
-    ctx.best = (tokens_per_s, name, trace_dir, step_s)
+    try:  # a profiler that cannot start (no CUPTI) costs the profile row, not this row's timings
+      profile_lib.trace(trace_dir, lambda: [runner.step(record=False) for _ in range(ctx.opts.profile_steps)])
+    except Exception as e:  # noqa: BLE001
+      traced, trace_error = False, f"{type(e).__name__}: {e}"[:500]
+    else:
+      if ctx.best is not None:
+        shutil.rmtree(ctx.best[2], ignore_errors=True)
+      ctx.best = (tokens_per_s, name, trace_dir, step_s)
   cost = profile_lib.cost_analysis(runner.info["compiled"])
   out = runner.finish(ctx.peak, ctx.sheet)
   out.update(status="ok", description=shape.describe(), batch=batch, seq_len=ctx.seq_len, setup_s=setup_s,
              compile_s=runner.info["compile_s"], xla_cost=cost, traced=traced, tokens_per_step=batch * ctx.seq_len,
              device_memory=memory_stats())
+  if trace_error:
+    out["trace_error"] = trace_error
   ctx.compile_s[bool(overrides.get("scan_layers"))] = setup_s
   ctx.ours[name] = out
   return out
