@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt1_jax.model import GPT1LM, ModelConfig, stack_layers, unstack_layers
+from gpt1_jax import weights
+from gpt1_jax.model import GPT1LM, ModelConfig
 
 PAD_ID = 0  # what finished rows and left padding hold; never attended to
 
@@ -138,18 +139,6 @@ def _decode(params, input_ids, prompt_lengths, rng, temperature, top_k, top_p, g
   return tokens, all_logits
 
 
-def _lm_params(config: ModelConfig, params) -> dict:
-  """``GPT1LM`` params in the layout ``config`` compiles to (task heads dropped)."""
-  params = params.get("params", params)
-  tree = params["transformer"] if "transformer" in params else params
-  scanned = "h" in tree["decoder"]
-  if config.scan_layers and not scanned:
-    tree = stack_layers(tree, config.n_layer)
-  elif scanned and not config.scan_layers:
-    tree = unstack_layers(tree)
-  return {"transformer": jax.tree.map(jnp.asarray, tree)}
-
-
 def generate_with_logits(config: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                          temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
                          stop_token: Optional[int] = None, seed: int = 0,
@@ -182,7 +171,7 @@ def generate_with_logits(config: ModelConfig, params, prompts: Sequence[Sequence
   for row, p in zip(ids, prompts):
     row[longest - len(p):] = p
   tokens, logits = _decode(
-      _lm_params(config, params), jnp.asarray(ids), jnp.asarray(lengths, jnp.int32), jax.random.key(seed),
+      weights.lm_params(config, params), jnp.asarray(ids), jnp.asarray(lengths, jnp.int32), jax.random.key(seed),
       jnp.float32(temperature if not greedy else 1.0), jnp.int32(top_k), jnp.float32(top_p), jnp.bool_(greedy),
       jnp.int32(-1 if stop_token is None else stop_token),
       config=config, max_new_tokens=int(max_new_tokens), return_logits=return_logits)
@@ -244,15 +233,8 @@ def main(argv=None) -> None:
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
 
-  if args.checkpoint:
-    from gpt1_jax.checkpoint import load_params
-    config, params = load_params(args.checkpoint)
-  elif args.from_hf:
-    from gpt1_jax.convert import from_hf_pretrained
-    config, params = from_hf_pretrained(args.from_hf)
-  else:
-    from gpt1_jax.convert import from_openai_release
-    config, params = from_openai_release(args.from_openai)
+  spec = args.checkpoint or (f"hf:{args.from_hf}" if args.from_hf else f"openai:{args.from_openai}")
+  config, params = weights.load(spec)
 
   from gpt1_jax.tokenizer import GPT1Tokenizer
   tokenizer = GPT1Tokenizer()

@@ -76,7 +76,7 @@ _init_from_override = None
 
 def run():
   global _init_from_override
-  from gpt1_jax.loop import split_init_from_flag
+  from gpt1_jax.config import split_init_from_flag
   from gpt1_jax import errors
   sys.argv, _init_from_override = split_init_from_flag(sys.argv)
   app.run(errors.cli(main), flags_parser=errors.parse_flags)

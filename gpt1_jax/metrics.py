@@ -106,9 +106,9 @@ def predictions_from_outputs(task: Union[str, Task], outputs) -> np.ndarray:
   """Head outputs -> predictions: argmax of logits ``[N, C]`` (or ``[N, K]`` candidates); regression as is."""
   task = get_task(task)
   outputs = np.asarray(outputs)
-  if task.type == "regression":
+  if task.kind.regression:
     return outputs.reshape(-1).astype(np.float64)
-  return outputs.argmax(-1) if outputs.ndim == 2 else outputs.reshape(-1)
+  return task.kind.predict(outputs) if outputs.ndim == 2 else outputs.reshape(-1)  # logits, or ids already
 
 
 def compute_metrics(task: Union[str, Task], predictions, labels, mask: Optional[Sequence] = None) -> dict:
@@ -124,7 +124,7 @@ def compute_metrics(task: Union[str, Task], predictions, labels, mask: Optional[
   y = np.asarray(labels).reshape(-1)
   if p.shape != y.shape:
     raise ValueError(f"{p.size} predictions for {y.size} labels")
-  keep = ~np.isnan(y) if task.type == "regression" else y >= 0
+  keep = ~np.isnan(y) if task.kind.regression else y >= 0
   if mask is not None:
     keep &= np.asarray(mask).reshape(-1) > 0
   p, y = p[keep], y[keep]

@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt1_jax import task_types
+
 Array = jax.Array
 
 ATTENTION_IMPLS = ("xla", "dot_product", "cudnn")
@@ -423,11 +425,23 @@ class GPT1LM(nn.Module):
     return self.transformer.logits(hidden)
 
 
+def map_position_chunks(fn, chunk: int, *arrays: Array) -> Array:
+  """``fn`` on each ``[B, chunk, ...]`` slice (along T) of the ``[B, T, ...]`` ``arrays``, one
+  slice after another (``lax.map``), so that only one chunk's ``[B, chunk, vocab]`` logits exist at
+  a time (GPT-1's whole ``[32, 512, 40k]`` float32 logits are 2.6 GB). Returns ``fn``'s outputs
+  stacked on a leading axis of ``T / chunk``; the batch axis keeps its sharding."""
+  b, t = arrays[0].shape[:2]
+  if t % chunk:
+    raise ValueError(f"chunk {chunk} does not divide the sequence length {t}")
+  split = lambda x: jnp.moveaxis(x.reshape((b, t // chunk, chunk) + x.shape[2:]), 1, 0)  # noqa: E731
+  return jax.lax.map(lambda xs: fn(*xs), tuple(split(x) for x in arrays))
+
+
 # ----------------------------------------------------------------------------
 # Fine-tuning heads (Section 3.3): the task input is one or more transformed
 # sequences; the head reads the hidden state at each sequence's _classify_ token.
 
-TASK_TYPES = ("classification", "entailment", "similarity", "multiple_choice", "regression")
+TASK_TYPES = task_types.NAMES
 
 
 def gather_positions(hidden: Array, index: Array) -> Array:
@@ -468,25 +482,23 @@ class GPT1ForTask(nn.Module):
   clf_pdrop: float = 0.1
 
   def setup(self):
-    if self.task_type not in TASK_TYPES:
-      raise ValueError(f"task_type={self.task_type!r}, expected one of {TASK_TYPES}")
+    self.kind = task_types.get(self.task_type)
     self.transformer = GPT1(self.config)
-    out = 1 if self.task_type in ("multiple_choice", "regression") else self.num_labels
-    self.head = TaskHead(out, self.config, self.clf_pdrop)
+    self.head = TaskHead(self.kind.head_width(self.num_labels), self.config, self.clf_pdrop)
 
   def __call__(self, input_ids: Array, attention_mask: Array, cls_index: Array, *, deterministic: bool = True):
     b, k, t = input_ids.shape
     h = self.transformer(input_ids.reshape(b * k, t), attention_mask.reshape(b * k, t), deterministic=deterministic)
     h = h.reshape(b, k, t, -1)
     pooled = gather_positions(h, cls_index)  # [B, K, D]
-    if self.task_type == "multiple_choice":
+    if self.kind.pooling == "each":
       logits = self.head(pooled, deterministic)[..., 0]  # one scalar per candidate
-    elif self.task_type == "similarity":
+    elif self.kind.pooling == "sum":
       logits = self.head(pooled.sum(axis=1), deterministic)  # both orderings summed (Section 3.3)
-    elif self.task_type == "regression":
-      logits = self.head(pooled.sum(axis=1), deterministic)[..., 0]
     else:
       logits = self.head(pooled[:, 0], deterministic)
+    if self.kind.regression:
+      logits = logits[..., 0]
     return logits, h
 
   def lm_logits(self, hidden: Array) -> Array:

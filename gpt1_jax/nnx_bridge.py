@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gpt1_jax.generate import _lm_params
+from gpt1_jax import weights
 from gpt1_jax.model import GPT1, GPT1LM, ModelConfig
 
 
@@ -31,7 +31,7 @@ def to_nnx(config: ModelConfig, params: Mapping[str, Any], *, rngs: Optional[nnx
   called with ``deterministic=False``. Call it as the Linen module:
   ``module(input_ids, attention_mask, deterministic=...)``.
   """
-  tree = _lm_params(config, params)["transformer"]  # the layout config compiles to, heads dropped
+  tree = weights.lm_params(config, params)["transformer"]  # the layout config compiles to, heads dropped
   linen = GPT1LM(config) if lm_head else GPT1(config)
   # Our parameters carry logical axis names for the trainer's mesh rules; without a mesh they mean nothing,
   # and NNX would otherwise try to place each variable on a mesh axis of that name at creation.

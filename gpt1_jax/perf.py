@@ -102,3 +102,14 @@ def fmt_bytes(n: float) -> str:
       return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
     n /= 1024
   return f"{n:.1f} TiB"
+
+
+def peak_flops(dtype: str, given: float = 0.0, measure: bool = True) -> float:
+  """Per-device peak for MFU: ``given`` (``log.peak_flops_per_device``), else the datasheet's for
+  this device, else measured with a matmul (``log.measure_peak``), else 0 (MFU not reported)."""
+  if given:
+    return given
+  sheet = device_peak_flops(dtype)
+  if sheet:
+    return sheet
+  return measure_matmul_peak(dtype) if measure else 0.0

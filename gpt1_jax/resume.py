@@ -21,14 +21,18 @@ unless ``checkpoint.allow_config_change=True``, which logs it and goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from gpt1_jax.train import learning_rate_schedule
+
+if TYPE_CHECKING:
+  from gpt1_jax import config as config_lib
 
 ACCEPTED_PREFIXES = ("log.", "checkpoint.", "eval.", "debug.", "mesh.", "init.")
 ACCEPTED_KEYS = ("data.dir", "task.source", "model.remat", "train.on_nonfinite")
@@ -59,7 +63,8 @@ def config_changes(saved: dict, current: dict) -> dict[str, tuple]:
 
 def _schedule_jump(saved_train: dict, saved_steps: int, train_cfg, num_steps: int, step: int) -> str:
   """'' if both schedules give the same rate on every remaining step both would run, else the first jump."""
-  old_cfg = ml_collections.ConfigDict({**train_cfg.to_dict(), **saved_train})
+  known = {f.name for f in dataclasses.fields(train_cfg)}
+  old_cfg = dataclasses.replace(train_cfg, **{k: v for k, v in saved_train.items() if k in known})
   old, new = learning_rate_schedule(old_cfg, saved_steps), learning_rate_schedule(train_cfg, num_steps)
   steps = jnp.arange(step, max(step, min(saved_steps, num_steps)) + 1)
   a, b = np.asarray(old(steps)), np.asarray(new(steps))
@@ -71,9 +76,10 @@ def _schedule_jump(saved_train: dict, saved_steps: int, train_cfg, num_steps: in
           f"({train_cfg.schedule} schedule over {num_steps} steps instead of {saved_steps})")
 
 
-def check(saved_config: dict, config, *, saved_num_steps: int | None, num_steps: int, step: int, where: str):
+def check(saved_config: dict, run: "config_lib.Run", *, saved_num_steps: int | None, num_steps: int, step: int,
+          where: str):
   """Refuses (``ValueError``) a resume that would change the run; logs the accepted changes."""
-  current = config.to_dict()
+  current = run.raw
   if run_kind(saved_config) != run_kind(current):
     raise ValueError(f"{where} holds a {run_kind(saved_config)} run, but this config is {run_kind(current)}: "
                      f"the checkpoint is intact, it is another kind of run. Use a new --workdir")
@@ -89,13 +95,13 @@ def check(saved_config: dict, config, *, saved_num_steps: int | None, num_steps:
   jump = ""
   if saved_num_steps is not None and saved_num_steps != num_steps and not any(k.startswith("train.") and
                                                                             k not in LENGTH_KEYS for k in refused):
-    jump = _schedule_jump(saved_config.get("train", {}), saved_num_steps, config.train, num_steps, step)
+    jump = _schedule_jump(saved_config.get("train", {}), saved_num_steps, run.train, num_steps, step)
     for key in LENGTH_KEYS:
       if key in changes:
         refused.pop(key, None)
         (refused if jump else accepted)[key] = changes[key]
   fmt = lambda d: "\n".join(f"  {k}: checkpoint {a!r} -> now {b!r}" for k, (a, b) in d.items())
-  if refused and not bool(config.checkpoint.get("allow_config_change", False)):
+  if refused and not run.checkpoint.allow_config_change:
     why = f"\n{jump}" if jump else ""
     raise ValueError(f"resuming {where} with a changed config would change the run it continues:\n{fmt(refused)}"
                      f"{why}\nuse a new --workdir, restore those values, or set "

@@ -283,11 +283,6 @@ class GPT1Tokenizer:
     return entry
 
   # -------------------------------------------------------------------- chunks
-  @staticmethod
-  def standardize(text: str) -> str:
-    """ftfy then :func:`text_standardize`: the exact string the original gave spaCy."""
-    return text_standardize(fix_text(text))
-
   def _load_spacy(self):
     if self._nlp is None:
       try:

@@ -12,14 +12,18 @@ accumulation over micro-batches gives exactly the large-batch gradient.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from gpt1_jax.model import GPT1ForTask, GPT1LM, ModelConfig
+from gpt1_jax import task_types
+
+if TYPE_CHECKING:
+  from gpt1_jax import config
+from gpt1_jax.model import GPT1ForTask, GPT1LM, ModelConfig, map_position_chunks
 
 Batch = dict[str, jax.Array]
 
@@ -27,12 +31,12 @@ Batch = dict[str, jax.Array]
 # ----------------------------------------------------------------------------
 # Optimiser: GPT-1's Adam with decoupled ("modified L2") weight decay.
 
-def learning_rate_schedule(train_cfg, num_steps: int) -> optax.Schedule:
-  """Linear warmup then cosine to 0 (pretraining) or linear to 0 (fine-tuning)."""
-  lr = float(train_cfg.learning_rate)
-  warmup = int(train_cfg.warmup_steps)
-  if train_cfg.get("warmup_fraction"):
-    warmup = max(1, int(round(float(train_cfg.warmup_fraction) * num_steps)))
+def learning_rate_schedule(train_cfg: "config.Train", num_steps: int) -> optax.Schedule:
+  """Linear warmup then cosine to 0 (pretraining), linear to 0 (fine-tuning) or constant."""
+  lr = train_cfg.learning_rate
+  warmup = train_cfg.warmup_steps
+  if train_cfg.warmup_fraction:
+    warmup = max(1, int(round(train_cfg.warmup_fraction * num_steps)))
   warmup = min(warmup, num_steps)
   decay_steps = max(1, num_steps - warmup)
   if train_cfg.schedule == "cosine":
@@ -54,13 +58,14 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(train_cfg, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(train_cfg: "config.Train", num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """GPT-1's optimiser for ``num_steps`` under ``train_cfg`` (a ``gpt1_jax.config.Train``)."""
   schedule = learning_rate_schedule(train_cfg, num_steps)
   tx = optax.chain(
-      optax.clip_by_global_norm(float(train_cfg.grad_clip)),
+      optax.clip_by_global_norm(train_cfg.grad_clip),
       # Decoupled decay scaled by the learning rate: p -= lr * (adam + wd * p).
-      optax.adamw(schedule, b1=float(train_cfg.b1), b2=float(train_cfg.b2), eps=float(train_cfg.eps),
-                  weight_decay=float(train_cfg.weight_decay), mask=decay_mask),
+      optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps,
+                  weight_decay=train_cfg.weight_decay, mask=decay_mask),
   )
   return tx, schedule
 
@@ -106,7 +111,7 @@ class LMObjective:
     mask = batch["loss_mask"].astype(jnp.float32)
     if "example_mask" in batch:
       mask = mask * batch["example_mask"][:, None]
-    b, t = batch["inputs"].shape
+    t = batch["inputs"].shape[1]
     chunk = int(self.loss_chunk)
     if not chunk or chunk >= t:
       logits = self.model.apply({"params": params}, batch["inputs"], deterministic=deterministic, rngs=rngs)
@@ -116,20 +121,15 @@ class LMObjective:
       raise ValueError(f"train.lm_loss_chunk={chunk} must divide the sequence length {t}")
     hidden = self.model.apply({"params": params}, batch["inputs"], deterministic=deterministic, rngs=rngs,
                               method=GPT1LM.hidden)
-    # [B, T, ...] -> [T/chunk, B, chunk, ...]: the batch axis keeps its sharding.
-    split = lambda x: jnp.moveaxis(x.reshape((b, t // chunk, chunk) + x.shape[2:]), 1, 0)
 
     @jax.checkpoint  # the backward pass recomputes each chunk's logits instead of storing them
     def chunk_loss(h, y, m):
       logits = self.model.apply({"params": params}, h, method=GPT1LM.project)
       return jnp.sum(cross_entropy(logits, y) * m)
 
-    sums = jax.lax.map(lambda xs: chunk_loss(*xs), (split(hidden), split(batch["targets"]), split(mask)))
+    sums = map_position_chunks(chunk_loss, chunk, hidden, batch["targets"], mask)
     total = jnp.sum(sums)
     return total, jnp.sum(mask), {"lm_loss": total}
-
-  def tokens(self, batch_shape) -> int:
-    return batch_shape["inputs"][0] * batch_shape["inputs"][1]
 
 
 def lm_loss_per_sequence(logits: jax.Array, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -159,7 +159,7 @@ class TaskObjective:
     return GPT1ForTask(self.model_config, self.task_type, self.num_labels, self.clf_pdrop)
 
   def dummy_batch(self, batch_size: int, num_seqs: int, seq_len: int) -> Batch:
-    label_dtype = jnp.float32 if self.task_type == "regression" else jnp.int32
+    label_dtype = task_types.get(self.task_type).label_dtype
     return {
         "input_ids": jnp.zeros((batch_size, num_seqs, seq_len), jnp.int32),
         "attention_mask": jnp.ones((batch_size, num_seqs, seq_len), jnp.int32),
@@ -177,13 +177,13 @@ class TaskObjective:
     logits, hidden = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
                                  batch["cls_index"], deterministic=deterministic,
                                  rngs=None if deterministic else {"dropout": rng})
-    if self.task_type == "multiple_choice":
+    if task_types.get(self.task_type).pooling == "each":
       # Candidates that do not exist (variable counts) get no probability.
       logits = jnp.where(batch["choice_mask"] > 0, logits, jnp.finfo(jnp.float32).min)
     return logits, hidden
 
   def task_losses(self, logits, labels):
-    if self.task_type == "regression":
+    if task_types.get(self.task_type).regression:
       return jnp.square(logits - labels.astype(jnp.float32))
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
 
@@ -204,13 +204,8 @@ class TaskObjective:
 
   def predict(self, params, batch: Batch):
     logits, _ = self.forward(params, batch, None, True)
-    if self.task_type == "regression":
-      return logits
-    return jnp.argmax(logits, axis=-1)
+    return task_types.get(self.task_type).predict(logits, jnp)
 
-  def tokens(self, batch_shape) -> int:
-    b, k, t = batch_shape["input_ids"]
-    return b * k * t
 
 
 # ----------------------------------------------------------------------------

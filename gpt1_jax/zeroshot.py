@@ -73,8 +73,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt1_jax import metrics as metrics_lib
+from gpt1_jax import weights
 from gpt1_jax.data.tasks import TASKS, get_task, load_split
-from gpt1_jax.model import GPT1LM, ModelConfig, gather_positions
+from gpt1_jax.model import GPT1LM, ModelConfig, gather_positions, map_position_chunks
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +115,13 @@ def _token_logprobs(params, ids, mask, *, config: ModelConfig):
   following = jnp.pad(ids[:, 1:], ((0, 0), (0, 1)))
   c = _chunk_len(t)
 
-  # The LM head runs on chunks of positions so that a batch never holds all
-  # [B, T, V] float32 logits at once (32 x 512 x 40,481 floats = 2.6 GB).
+  # The LM head runs on chunks of positions (model.map_position_chunks).
   def chunk(args):
     h, y = args
     logits = _logits(config, params, h)
     return jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
 
-  hs = hidden.reshape(b, t // c, c, -1).swapaxes(0, 1)
-  ys = following.reshape(b, t // c, c).swapaxes(0, 1)
-  lp = jax.lax.map(chunk, (hs, ys)).swapaxes(0, 1).reshape(b, t)
+  lp = map_position_chunks(lambda h, y: chunk((h, y)), c, hidden, following).swapaxes(0, 1).reshape(b, t)
   return jnp.pad(lp[:, :-1], ((0, 0), (1, 0)))
 
 
@@ -155,12 +153,6 @@ def fit_context(prefix: Sequence[int], target: Sequence[int], n_ctx: int) -> tup
   return prefix + target, len(prefix)
 
 
-def _lm_params(config: ModelConfig, params) -> dict:
-  # generate.py's adapter: drops task heads, matches the scanned / per-layer layout to config.
-  from gpt1_jax.generate import _lm_params as adapt
-  return adapt(config, params)
-
-
 class Scorer:
   """A language model's log-probabilities of token sequences, batched by length bucket.
 
@@ -179,7 +171,7 @@ class Scorer:
     if config.attention == "cudnn" and jax.default_backend() != "gpu":
       changes["attention"] = "xla"
     self.config = config.replace(**changes)
-    self.params = _lm_params(self.config, params)
+    self.params = weights.lm_params(self.config, params)
     self.batch_size = batch_size
     self.progress = progress
     self._tokenizer = tokenizer
@@ -551,11 +543,7 @@ def load_model(checkpoint: Optional[str] = None, *, step: Optional[int] = None, 
                from_openai: Optional[str] = None) -> tuple[ModelConfig, Any]:
   if sum(x is not None for x in (checkpoint, from_hf, from_openai)) != 1:
     raise ValueError("give exactly one of checkpoint, from_hf, from_openai")
-  if checkpoint is not None:
-    from gpt1_jax.checkpoint import load_params
-    return load_params(checkpoint, step)
-  from gpt1_jax import convert
-  return convert.from_hf_pretrained(from_hf) if from_hf else convert.from_openai_release(from_openai)
+  return weights.load(checkpoint or (f"hf:{from_hf}" if from_hf else f"openai:{from_openai}"), step=step)
 
 
 # ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_config, micro_cli, micro_model, micro_pretrain_config
+from gpt1_jax import config as config_lib
 from gpt1_jax import checkpoint, loop
 
 pytestmark = pytest.mark.slow
@@ -183,9 +184,9 @@ def test_finetune_from_pretrained_end_to_end(reference_run, tmp_path):
 
 def test_init_from_flag_survives_the_keyword():
   """`from` is a Python keyword: ml_collections cannot parse `--config.init.from`; main.py takes it itself."""
-  rest, value = loop.split_init_from_flag(["prog", "--config=x.py", "--config.init.from=/ckpt/dir", "--workdir=w"])
+  rest, value = config_lib.split_init_from_flag(["prog", "--config=x.py", "--config.init.from=/ckpt/dir", "--workdir=w"])
   assert rest == ["prog", "--config=x.py", "--workdir=w"] and value == "/ckpt/dir"
-  assert loop.split_init_from_flag(["prog", "--config.init.from", "openai:/m"]) == (["prog"], "openai:/m")
+  assert config_lib.split_init_from_flag(["prog", "--config.init.from", "openai:/m"]) == (["prog"], "openai:/m")
 
 
 def test_metrics_jsonl_is_standard_json_with_non_finite_values_as_null(tmp_path):

@@ -8,17 +8,18 @@ import ml_collections
 import numpy as np
 import pytest
 
-from gpt1_jax import loop, sharding
+from gpt1_jax import config as config_lib
+from gpt1_jax import sharding
+from gpt1_jax import state as state_lib
 from gpt1_jax.model import ModelConfig
-from gpt1_jax.train import LMObjective, abstract_with_shardings, make_optimizer, train_step
+from gpt1_jax.train import LMObjective, make_optimizer, train_step
 
 CFG = ModelConfig(vocab_size=256, n_ctx=16, n_embd=64, n_head=8, n_layer=2, vocab_pad_multiple=8)
 BATCH, SEQ, STEPS = 8, 16, 5
 
 
 def train_cfg():
-  return ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=2, warmup_fraction=0.0, schedule="cosine",
-                                        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=1.0))
+  return config_lib.Train(learning_rate=1e-3, warmup_steps=2, schedule="cosine")
 
 
 def mesh_cfg(data=1, fsdp=1, tensor=1):
@@ -37,14 +38,11 @@ def run(mesh_sizes, devices, model_cfg=CFG, accum=1, loss_chunk=0):
   rules = sharding.DEFAULT_RULES
   objective = LMObjective(model_cfg, loss_chunk=loss_chunk)
   tx, schedule = make_optimizer(train_cfg(), 100)
-  init_fn, abstract, shardings = loop.state_layout(objective, tx, objective.dummy_batch(1, 8), mesh, rules)
-  state = loop.create_state(init_fn, shardings, mesh, rules, seed=0)
-  abstract_batch = {k: jax.ShapeDtypeStruct((BATCH, SEQ), d, sharding=sharding.batch_sharding(mesh, rules, 2))
-                    for k, d in (("inputs", np.int32), ("targets", np.int32), ("loss_mask", np.float32))}
-  step_fn = functools.partial(train_step, objective=objective, tx=tx, schedule=schedule, seed=0,
-                              grad_accum_steps=accum)
-  compiled = loop.compile_train_step(step_fn, abstract_with_shardings(abstract, shardings), abstract_batch, mesh,
-                                     rules)
+  avals = {k: ((SEQ,), d) for k, d in (("inputs", np.int32), ("targets", np.int32), ("loss_mask", np.float32))}
+  setup = state_lib.setup(objective, tx, objective.dummy_batch(1, 8), avals, BATCH, mesh, rules)
+  state = setup.create(seed=0)
+  compiled = setup.compile(functools.partial(train_step, objective=objective, tx=tx, schedule=schedule, seed=0,
+                                             grad_accum_steps=accum))
   losses = []
   for b in batches():
     state, m = compiled(state, sharding.global_batch(b, mesh, rules, BATCH))

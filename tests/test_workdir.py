@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_config, micro_cli, micro_model, micro_pretrain_config
+from gpt1_jax import config as config_lib
 from gpt1_jax import checkpoint, loop
 from gpt1_jax import workdir as workdir_lib
 
@@ -260,5 +261,5 @@ def test_cli_bugs_keep_their_traceback():
   with c.unlocked():
     c.model.bogus = 1
   with pytest.raises(ValueError) as e:
-    loop.model_config(c)  # one of ours: its message names the key
+    config_lib.resolve(c)  # one of ours: its message names the key
   assert errors.is_user_error(e.value)

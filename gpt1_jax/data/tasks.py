@@ -1,6 +1,6 @@
 """The fine-tuning tasks of the paper (Section 4.2, Tables 2-4) and their readers.
 
-A :class:`Task` says what a task is (its type, as in ``model.TASK_TYPES``; its
+A :class:`Task` says what a task is (its type, one of ``task_types``; its
 text fields; its label names; its metrics; its splits) and how to read it,
 from local files in the official formats or from tensorflow-datasets. Every
 reader produces the same :class:`Example` records, so the transformation
@@ -45,9 +45,11 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from gpt1_jax import task_types
+
 log = logging.getLogger(__name__)
 
-TASK_TYPES = ("classification", "entailment", "similarity", "multiple_choice", "regression")  # = model.TASK_TYPES
+TASK_TYPES = task_types.NAMES
 
 SPLIT_ALIASES = MappingProxyType({"dev": "validation", "dev_matched": "validation_matched",
                                   "dev_mismatched": "validation_mismatched"})
@@ -151,14 +153,19 @@ class Task:
     object.__setattr__(self, "tfds", MappingProxyType(dict(self.tfds)))
 
   @property
+  def kind(self) -> task_types.TaskType:
+    """What the task's type decides: pooling, head width, labels, predictions (``task_types``)."""
+    return task_types.get(self.type)
+
+  @property
   def num_sequences(self) -> int:
     """K, the transformed sequences per example (the model's ``[B, K, T]``)."""
-    return {"classification": 1, "entailment": 1, "similarity": 2, "regression": 2}.get(self.type, self.num_choices)
+    return self.kind.sequences or self.num_choices
 
   @property
   def num_labels(self) -> int:
-    """Outputs of the task head (``GPT1ForTask(num_labels=...)``)."""
-    return len(self.labels) if self.type in ("classification", "entailment", "similarity") else 1
+    """``GPT1ForTask(num_labels=...)``: the classes, or 1 (a candidate index, a value)."""
+    return self.kind.num_labels(self.labels)
 
   def is_labelled(self, split: str) -> bool:
     return self.labelled_test or not split.startswith("test")

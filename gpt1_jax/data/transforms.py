@@ -220,10 +220,8 @@ def encode_examples(task: Union[str, Task], examples: Sequence[Example], tokeniz
       attention_mask[i, j, :len(seq)] = 1
       cls_index[i, j] = len(seq) - 1 - seq[::-1].index(c)  # the last _classify_: the final real token
       choice_mask[i, j] = 1.0
-  if task.type == "regression":
-    label = np.array([np.nan if ex.label is None else ex.label for ex in examples], np.float32)
-  else:
-    label = np.array([-1 if ex.label is None else ex.label for ex in examples], np.int32)
+  kind = task.kind
+  label = np.array([kind.missing_label if ex.label is None else ex.label for ex in examples], kind.label_dtype)
   return {"input_ids": input_ids, "attention_mask": attention_mask, "cls_index": cls_index,
           "choice_mask": choice_mask, "label": label.reshape(n), "example_index": np.arange(n, dtype=np.int32)}
 
@@ -231,20 +229,21 @@ def encode_examples(task: Union[str, Task], examples: Sequence[Example], tokeniz
 # ----------------------------------------------------------------------------
 # tf.data: the data position is the global step (pipeline.py).
 
+# What a train step reads of ``encode_examples``' arrays; evaluation also reads ``example_index``
+# (to put predictions back in example order).
+TRAIN_KEYS = ("input_ids", "attention_mask", "cls_index", "choice_mask", "label")
+EVAL_KEYS = TRAIN_KEYS + ("example_index",)
+
+
 def task_train_dataset(arrays: dict[str, np.ndarray], rows: pipeline.Rows, *, seed: int, start_step: int = 0,
                        shuffle: bool = True) -> tf.data.Dataset:
-  """Endless shuffled batches of encoded examples for steps ``start_step, ...`` (this host's rows)."""
-  return pipeline.train_dataset(pipeline.gather_fetch(arrays), len(arrays["label"]), rows, seed=seed,
-                                start_step=start_step, shuffle=shuffle)
+  """Endless shuffled batches of encoded examples for steps ``start_step, ...`` (this host's rows):
+  the ``TRAIN_KEYS`` of ``arrays``."""
+  return pipeline.train_dataset(pipeline.gather_fetch({k: arrays[k] for k in TRAIN_KEYS}), len(arrays["label"]),
+                                rows, seed=seed, start_step=start_step, shuffle=shuffle)
 
 
 def task_eval_dataset(arrays: dict[str, np.ndarray], rows: pipeline.Rows) -> tf.data.Dataset:
-  """One ordered pass; padded rows of the last batch carry ``example_mask == 0``."""
-  return pipeline.eval_dataset(pipeline.gather_fetch(arrays), len(arrays["label"]), rows)
-
-
-def task_datasets(train: dict[str, np.ndarray], evals: dict[str, dict[str, np.ndarray]], rows: pipeline.Rows,
-                  eval_rows: pipeline.Rows, *, seed: int, start_step: int = 0):
-  """``(train dataset, {split: eval dataset})`` in one call."""
-  return (task_train_dataset(train, rows, seed=seed, start_step=start_step),
-          {name: task_eval_dataset(arrays, eval_rows) for name, arrays in evals.items()})
+  """One ordered pass (the ``EVAL_KEYS``); padded rows of the last batch carry ``example_mask == 0``."""
+  return pipeline.eval_dataset(pipeline.gather_fetch({k: arrays[k] for k in EVAL_KEYS}), len(arrays["label"]),
+                               rows)

@@ -1,0 +1,227 @@
+"""The run's config, resolved once: an ``ml_collections.ConfigDict`` -> frozen, typed sections.
+
+``configs/*.py`` stay ConfigDicts (overridable from the command line, locked against typos);
+``resolve`` turns one into a ``Run`` of frozen dataclasses right at the start of a run, checking
+every key and value that can be checked without devices or data, and everything below the entry
+point takes these values, never the dict. Defaults are stated once, here; the config files set
+what differs. ``Run.raw`` keeps the dict itself for what must record or compare the config as
+given (``config.json``, checkpoint metadata, ``resume``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from gpt1_jax.model import ModelConfig
+
+SCHEDULES = ("cosine", "linear", "constant")
+ON_NONFINITE = ("stop", "skip")
+
+
+@dataclasses.dataclass(frozen=True)
+class Train:
+  num_steps: int = 100_000  # fine-tuning: 0 means num_epochs over the training set
+  num_epochs: float = 0.0
+  batch_size: int = 64  # global
+  grad_accum_steps: int = 1
+  learning_rate: float = 2.5e-4
+  warmup_steps: int = 2000
+  warmup_fraction: float = 0.0  # > 0: warm up over this fraction of the steps instead
+  schedule: str = "cosine"
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  weight_decay: float = 0.01
+  grad_clip: float = 1.0
+  on_nonfinite: str = "stop"
+  lm_loss_chunk: int = 0  # positions per chunk of the LM output layer (0: all at once)
+
+  def __post_init__(self):
+    _one_of(self, "schedule", SCHEDULES)
+    _one_of(self, "on_nonfinite", ON_NONFINITE)
+    if self.batch_size <= 0:
+      raise ValueError(f"train.batch_size must be positive, got {self.batch_size}")
+    if self.grad_accum_steps <= 0 or self.batch_size % self.grad_accum_steps:
+      raise ValueError(f"train.batch_size={self.batch_size} is not divisible by train.grad_accum_steps="
+                       f"{self.grad_accum_steps}")
+    if self.lm_loss_chunk < 0:
+      raise ValueError(f"train.lm_loss_chunk={self.lm_loss_chunk} must be 0 (off) or positive")
+    if not 0 <= self.warmup_fraction < 1 or self.warmup_steps < 0:
+      raise ValueError(f"train.warmup_steps={self.warmup_steps} / warmup_fraction={self.warmup_fraction}: "
+                       f"expected a non-negative step count and a fraction in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  dir: str = ""  # output of `python -m gpt1_jax.data.prepare`
+  seq_len: int = 0  # 0: model.n_ctx
+  check_tokenizer: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  name: str = "lm"
+  source: str = ""
+  train_split: str = "train"
+  eval_split: str = "dev"
+  max_len: int = 0
+  lm_coef: float = 0.5
+  clf_pdrop: float = 0.1
+  skip_malformed: bool = False
+  max_train_examples: int = 0
+
+  @property
+  def is_lm(self) -> bool:
+    return self.name == "lm"
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  every_steps: int = 1000
+  keep: int = 3
+  keep_period: int = 0
+  every_minutes: float = 0.0
+  async_save: bool = True
+  allow_fallback: bool = False
+  allow_config_change: bool = False
+
+  def __post_init__(self):
+    if self.every_steps <= 0:
+      raise ValueError(f"checkpoint.every_steps must be positive, got {self.every_steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Log:
+  every_steps: int = 50
+  tensorboard: bool = True
+  measure_peak: bool = True
+  peak_flops_per_device: float = 0.0
+
+  def __post_init__(self):
+    if self.every_steps <= 0:
+      raise ValueError(f"log.every_steps must be positive, got {self.every_steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Eval:
+  every_steps: int = 1000  # 0: only at the end (fine-tuning) / never (pretraining)
+  batch_size: int = 0  # 0: train.batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class Mesh:
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+  dcn_data: int = 1
+  dcn_fsdp: int = 1
+  dcn_tensor: int = 1
+  num_devices: int = 0  # first N devices only (0: all)
+  rules: Optional[tuple] = None  # None: sharding.DEFAULT_RULES
+
+
+@dataclasses.dataclass(frozen=True)
+class Debug:
+  nan_at_step: int = -1
+  preempt_at_step: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  seed: int
+  model: ModelConfig
+  train: Train
+  data: Data
+  task: Task
+  checkpoint: Checkpoint
+  log: Log
+  eval: Eval
+  mesh: Mesh
+  debug: Debug
+  init_from: str  # "none", DIR, openai:DIR or hf:PATH (gpt1_jax.weights)
+  raw: dict = dataclasses.field(compare=False, repr=False)
+
+
+_SECTIONS = {"train": Train, "data": Data, "task": Task, "checkpoint": Checkpoint, "log": Log, "eval": Eval,
+             "mesh": Mesh, "debug": Debug}
+
+
+def resolve(config) -> Run:
+  """A ConfigDict (or plain dict) -> ``Run``; errors name the key and the allowed values."""
+  raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  unknown = set(raw) - set(_SECTIONS) - {"seed", "model", "init"}
+  if unknown:
+    raise ValueError(f"config has unknown sections {sorted(unknown)}")
+  sections = {name: section(cls, raw.get(name) or {}, name) for name, cls in _SECTIONS.items()}
+  init = raw.get("init") or {}
+  return Run(seed=int(raw.get("seed", 0)), model=model_config(raw.get("model") or {}),
+             init_from=str(init.get("from", "none") or "none"), raw=raw, **sections)
+
+
+def section(cls, values: dict, name: str):
+  """One section as ``cls``: unknown keys refused, each value converted to its field's type."""
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = set(values) - set(fields)
+  if unknown:
+    raise ValueError(f"config.{name} has unknown keys {sorted(unknown)}; known: {sorted(fields)}")
+  kwargs = {}
+  for key, value in values.items():
+    kind = fields[key].type
+    try:
+      kwargs[key] = _convert(value, kind)
+    except (TypeError, ValueError):
+      raise ValueError(f"config.{name}.{key}={value!r}: expected {kind}") from None
+  return cls(**kwargs)
+
+
+def model_config(values) -> ModelConfig:
+  values = dict(values)
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  unknown = set(values) - fields
+  if unknown:
+    raise ValueError(f"config.model has unknown keys {sorted(unknown)}; ModelConfig fields are {sorted(fields)}")
+  return ModelConfig(**values)
+
+
+def _convert(value: Any, kind: str):
+  if kind == "int":
+    if isinstance(value, float) and not value.is_integer():
+      raise ValueError
+    return int(value)
+  if kind == "float":
+    return float(value)
+  if kind == "bool":
+    if not isinstance(value, (bool, int)):
+      raise TypeError
+    return bool(value)
+  if kind == "str":
+    return str(value)
+  if value is None:
+    return None
+  return tuple(tuple(x) if isinstance(x, list) else x for x in value)  # mesh.rules
+
+
+def split_init_from_flag(argv: list[str]) -> tuple[list[str], Optional[str]]:
+  """Takes ``--config.init.from=X`` out of ``argv``: ``from`` is a Python keyword, which
+  ml_collections' override parser rejects ("Could not parse 'init.from'"); ``main``
+  applies the value to the parsed config instead."""
+  flag, out, value, i = "--config.init.from", [], None, 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith(flag + "="):
+      value = arg[len(flag) + 1:]
+    elif arg == flag and i + 1 < len(argv):
+      value = argv[i + 1]
+      i += 1
+    else:
+      out.append(arg)
+    i += 1
+  return out, value
+
+
+def _one_of(obj, field: str, allowed: tuple):
+  value = getattr(obj, field)
+  if value not in allowed:
+    section = type(obj).__name__.lower()
+    raise ValueError(f"{section}.{field}={value!r}: expected one of {', '.join(allowed)}")

@@ -1,0 +1,112 @@
+"""Jobs: what differs between pretraining and fine-tuning, as values the loop runs.
+
+A ``Job`` is the objective, the step count, the data (train batches from any step, eval
+batches), the batch shapes and what a checkpoint records about the data. ``lm_job`` reads a
+prepared token store (``data/lm.py``); ``task_job`` reads a task's files, applies the paper's
+input transformations and builds the pipelines through ``data/transforms.py``, the same
+functions the tests check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from gpt1_jax.config import Run
+from gpt1_jax.train import LMObjective, TaskObjective
+
+
+@dataclasses.dataclass
+class Job:
+  objective: Any
+  num_steps: int
+  seq_len: int
+  train_batches: Callable  # (Rows, start_step) -> iterator of this host's rows (dicts of NumPy arrays)
+  eval_batches: Optional[Callable]  # (Rows) -> iterator over one pass
+  data_state: dict
+  dummy: dict  # a tiny batch for init
+  batch_avals: dict  # name -> (shape without batch, dtype)
+  tokens_per_example: int
+  task: Any = None
+  eval_examples: Any = None
+  eval_split: str = ""
+  eval_labels: Any = None
+
+
+def make(run: Run) -> Job:
+  return lm_job(run) if run.task.is_lm else task_job(run)
+
+
+def lm_job(run: Run) -> Job:
+  from gpt1_jax.data import lm
+  from gpt1_jax.tokenizer import GPT1Tokenizer
+  model_cfg = run.model
+  fingerprint = GPT1Tokenizer().fingerprint if run.data.check_tokenizer else None
+  n_ctx = run.data.seq_len or model_cfg.n_ctx
+  if not run.data.dir:
+    raise ValueError("data.dir is empty: point it at the output of `python -m gpt1_jax.data.prepare`")
+  manifest = lm.load_manifest(run.data.dir, fingerprint)
+  train = lm.LMData.load(run.data.dir, "train", n_ctx, manifest=manifest)
+  valid = None
+  if run.eval.every_steps and manifest["splits"].get("valid", {}).get("tokens", 0):
+    valid = lm.LMData.load(run.data.dir, "valid", n_ctx, manifest=manifest)
+  elif run.eval.every_steps:
+    logging.warning("eval.every_steps=%d but %s has no held-out ('valid') split: there will be no evaluation. "
+                    "Prepare the data with --valid_fraction > 0, or set eval.every_steps=0 to silence this",
+                    run.eval.every_steps, run.data.dir)
+  objective = LMObjective(model_cfg, loss_chunk=run.train.lm_loss_chunk)
+  return Job(
+      objective=objective, num_steps=run.train.num_steps, seq_len=n_ctx,
+      train_batches=lambda rows, start: train.train_batches(rows, seed=run.seed, start_step=start),
+      eval_batches=valid.eval_batches if valid is not None else None,
+      data_state=train.data_state(run.train.batch_size, run.seed),
+      dummy=objective.dummy_batch(1, min(n_ctx, 8)),
+      batch_avals={"inputs": ((n_ctx,), np.int32), "targets": ((n_ctx,), np.int32),
+                   "loss_mask": ((n_ctx,), np.float32)},
+      tokens_per_example=n_ctx)
+
+
+def task_job(run: Run) -> Job:
+  from gpt1_jax.data import pipeline, tasks, transforms
+  from gpt1_jax.tokenizer import GPT1Tokenizer
+  tc, model_cfg = run.task, run.model
+  if run.train.num_steps < 0:  # before reading any data; 0 is the documented "use epochs"
+    raise ValueError(f"train.num_steps={run.train.num_steps} is negative: give a positive step count, "
+                     f"or 0 to train for train.num_epochs={run.train.num_epochs}")
+  task = tasks.get_task(tc.name)
+  tok = transforms.memoized(GPT1Tokenizer())
+  train_ex = tasks.load_split(task, tc.train_split, tc.source, skip_malformed=tc.skip_malformed).examples
+  eval_ex = tasks.load_split(task, tc.eval_split, tc.source, skip_malformed=tc.skip_malformed).examples
+  if tc.max_train_examples:
+    train_ex = train_ex[:tc.max_train_examples]
+  cap = min(tc.max_len or model_cfg.n_ctx, model_cfg.n_ctx)
+  seq_len = transforms.fit_length(task, tok, train_ex, eval_ex, cap=cap)
+  for split, examples in ((tc.train_split, train_ex), (tc.eval_split, eval_ex)):
+    t = transforms.truncation(task, examples, tok, seq_len)
+    if t["truncated"]:
+      logging.warning("%s %s: %d of %d examples are longer than %d tokens and were truncated (by %.1f tokens on "
+                      "average, at most %d); raise task.max_len (up to model.n_ctx=%d) to keep more", task.name,
+                      split, t["truncated"], t["examples"], seq_len, t["mean_tokens_cut"], t["max_tokens_cut"],
+                      model_cfg.n_ctx)
+  train_arr = transforms.encode_examples(task, train_ex, tok, seq_len)
+  eval_arr = transforms.encode_examples(task, eval_ex, tok, seq_len)
+  n, gb = len(train_ex), run.train.batch_size
+  num_steps = run.train.num_steps or math.ceil(run.train.num_epochs * n / gb)
+  num_seqs = train_arr["input_ids"].shape[1]
+  objective = TaskObjective(model_cfg, task.type, task.num_labels, lm_coef=tc.lm_coef, clf_pdrop=tc.clf_pdrop)
+  return Job(
+      objective=objective, num_steps=num_steps, seq_len=seq_len,
+      train_batches=lambda rows, start: transforms.task_train_dataset(
+          train_arr, rows, seed=run.seed, start_step=start).as_numpy_iterator(),
+      eval_batches=lambda rows: transforms.task_eval_dataset(eval_arr, rows).as_numpy_iterator(),
+      data_state={**pipeline.state_dict(n, gb, run.seed), "task": task.name},
+      dummy=objective.dummy_batch(1, num_seqs, min(seq_len, 8)),
+      batch_avals={"input_ids": ((num_seqs, seq_len), np.int32), "attention_mask": ((num_seqs, seq_len), np.int32),
+                   "cls_index": ((num_seqs,), np.int32), "choice_mask": ((num_seqs,), np.float32),
+                   "label": ((), task.kind.label_dtype)},
+      tokens_per_example=num_seqs * seq_len, task=task, eval_examples=eval_ex, eval_split=tc.eval_split,
+      eval_labels=eval_arr["label"])
