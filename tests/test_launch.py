@@ -454,7 +454,10 @@ def test_tpu_remote_run_line_detaches_logs_per_host_and_stop_ends_it(tmp_path):
   python.write_text(textwrap.dedent(f"""\
       #!{sys.executable}
       import json, os, sys, time
-      json.dump(dict(argv=sys.argv[1:], cwd=os.getcwd(), pid=os.getpid()), open({str(seen)!r}, "w"))
+      # Written whole, then renamed: the test polls for the file and must never read it half-written.
+      with open({str(seen) + ".tmp"!r}, "w") as f:
+        json.dump(dict(argv=sys.argv[1:], cwd=os.getcwd(), pid=os.getpid()), f)
+      os.replace({str(seen) + ".tmp"!r}, {str(seen)!r})
       print("training", flush=True)
       time.sleep(300)
       """))
@@ -465,7 +468,7 @@ def test_tpu_remote_run_line_detaches_logs_per_host_and_stop_ends_it(tmp_path):
   started = subprocess.run(["bash", "-c", flag(run, "command")], cwd=home, env=env,
                            capture_output=True, text=True, timeout=30)
   assert started.returncode == 0, started.stderr
-  deadline = time.time() + 20
+  deadline = time.time() + 120  # generous: a loaded CI machine
   while not seen.exists() and time.time() < deadline:
     time.sleep(0.05)
   record = json.loads(seen.read_text())
