@@ -24,7 +24,7 @@ from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel, OpenAIGPTTokeniz
 from gpt1_jax import tokenizer as tok_lib
 from gpt1_jax.bench.machine import RssPeak, cpu_cores
 from gpt1_jax.bench.options import Shape
-from gpt1_jax.bench.train import OPTIMIZER, Runner, synthetic_lm_batches, throughput
+from gpt1_jax.bench.steps import OPTIMIZER, Runner, synthetic_lm_batches, throughput
 from gpt1_jax.model import ModelConfig
 
 

@@ -15,7 +15,7 @@ import functools
 import math
 import statistics
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ from gpt1_jax import perf, sharding
 from gpt1_jax import state as state_lib
 from gpt1_jax.bench.machine import RssPeak, compiled_memory, device_memory_stats, load_average, log, median_time, on_cpu
 from gpt1_jax.bench.options import Options, Shape
+from gpt1_jax.bench.steps import OPTIMIZER, Runner, synthetic_lm_batches, throughput
 from gpt1_jax.train import LMObjective, cross_entropy, make_optimizer, train_step
 
 FLOP_FORMULA = ("model FLOPs per token (training) = 6*N + 12*n_layer*n_embd*T, N = n_layer*12*n_embd^2 "
@@ -42,63 +43,12 @@ COMPARISON_NOTES = (
     "all cores (XLA's thread pool; torch.set_num_threads). Step times are medians after warmup; ours is the "
     "AOT-compiled, state-donating step of gpt1_jax.loop, timed to block_until_ready of state and metrics.")
 
-# GPT-1's optimiser (Section 4.1) without the schedule, which costs nothing to evaluate:
-# the same update Hugging Face's side runs with torch.optim.AdamW + clip_grad_norm_.
-OPTIMIZER = dict(learning_rate=2.5e-4, warmup_steps=0, warmup_fraction=0.0, schedule="constant", b1=0.9,
-                 b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=1.0)
-
-
 def single_device_mesh():
   return sharding.make_mesh(config_lib.Mesh(data=1), jax.devices()[:1])
 
 
 def _optimizer(num_steps: int):
   return make_optimizer(config_lib.Train(**OPTIMIZER), num_steps)
-
-
-def synthetic_lm_batches(shape: Shape, count: int = 2, seed: int = 0) -> list[dict]:
-  rng = np.random.default_rng(seed)
-  out = []
-  for _ in range(count):
-    x = rng.integers(0, shape.model.vocab_size, (shape.batch, shape.seq_len + 1), dtype=np.int32)
-    out.append({"inputs": x[:, :-1], "targets": x[:, 1:], "loss_mask": np.ones((shape.batch, shape.seq_len),
-                                                                                np.float32)})
-  return out
-
-
-class Runner:
-  """One implementation's train step, set up and warmed up, stepped one timed step at a time.
-
-  ``step(record=False)`` runs a step that is not timed into the result (e.g. under a profiler).
-  ``info`` holds what the setup learnt (compile time, the compiled program).
-  """
-
-  def __init__(self, step: Callable[[int], float], finish: Callable[[list, Optional[float], Optional[float]], dict],
-               warmup_times: list, info: Optional[dict] = None):
-    self._step, self._finish, self.warmup_times, self.times = step, finish, warmup_times, []
-    self._extra = 0
-    self.info = info or {}
-
-  def step(self, record: bool = True) -> float:
-    t = self._step(len(self.warmup_times) + len(self.times) + self._extra)
-    if record:
-      self.times.append(t)
-    else:
-      self._extra += 1
-    return t
-
-  def finish(self, peak: Optional[float], sheet_peak: Optional[float] = None) -> dict:
-    return self._finish(self.times, peak, sheet_peak)
-
-
-def throughput(shape: Shape, times: list, warmup_times: list, peak, sheet_peak) -> dict:
-  step_s = statistics.median(times)
-  tokens = shape.batch * shape.seq_len
-  fpt = perf.flops_per_token(shape.model, shape.seq_len)
-  return {"step_s": step_s, "step_times_s": list(times), "warmup_times_s": list(warmup_times),
-          "tokens_per_s": tokens / step_s, "flops_per_token": fpt, "achieved_flops": fpt * tokens / step_s,
-          "mfu_measured_peak": fpt * tokens / step_s / peak if peak else None,
-          "mfu_datasheet": fpt * tokens / step_s / sheet_peak if sheet_peak else None}
 
 
 def prepare_ours(shape: Shape, *, warmup: int, total_steps: int = 100, breakdown: bool = False,
