@@ -67,20 +67,29 @@ def heldout_perplexity_fn(pretrain_dir: str, max_windows: int = 512):
   return perplexity
 
 
-def finetune(workdir: str, init_from: str, seed: int, task_dir: str, epochs: float = 0.0,
-             model: dict | None = None) -> float:
-  """SST-2 dev accuracy of ``configs/finetune.py:sst2_tiny`` from ``init_from`` (``none``: random
-  init), with the pretraining run's ``model`` section when given (both arms the same shape)."""
-  from gpt1_jax import loop
-  ft = load_config("finetune", "sst2_tiny")
+def finetune_config(task: str, init_from: str, seed: int, source: str, *, model: dict | None = None,
+                    epochs: float = 0.0, recipe: str = "tiny"):
+  """``configs/finetune.py:<task>_tiny`` (``recipe="paper"``: ``:<task>``) from ``init_from`` (``none``:
+  random init) on the task files in ``source``, with a pretraining run's ``model`` section when given
+  (every arm of a comparison gets the same shape)."""
+  ft = load_config("finetune", f"{task}_tiny" if recipe == "tiny" else task)
   if model is not None:
     ft.model.update({k: model[k] for k in ft.model if k in model})
-    ft.task.max_len = ft.model.n_ctx
-  ft.task.source = task_dir
+    if recipe == "tiny":
+      ft.task.max_len = ft.model.n_ctx
+  ft.task.source = source
   ft.seed = seed
   ft.init["from"] = init_from
   if epochs:
     ft.train.num_epochs = float(epochs)
+  return ft
+
+
+def finetune(workdir: str, init_from: str, seed: int, task_dir: str, epochs: float = 0.0,
+             model: dict | None = None) -> float:
+  """SST-2 dev accuracy of ``configs/finetune.py:sst2_tiny`` (:func:`finetune_config`)."""
+  from gpt1_jax import loop
+  ft = finetune_config("sst2", init_from, seed, task_dir, model=model, epochs=epochs)
   return float(loop.train_and_evaluate(ft, workdir)["eval/accuracy"])
 
 
