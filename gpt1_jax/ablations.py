@@ -46,7 +46,8 @@ import time
 
 import numpy as np
 
-from gpt1_jax.bench import REPO, load_config
+from gpt1_jax import project
+from gpt1_jax.project import load_config
 
 RECIPES = ("tiny", "paper")
 
@@ -172,7 +173,7 @@ def assign(config, key: str, value, where: str):
 
 
 def _default_task_dir(task: str) -> str:
-  return os.path.join(REPO, "data", task)
+  return project.path("data", task, must_exist=False)
 
 
 def check_inputs(grid: Grid) -> dict:
@@ -235,11 +236,7 @@ def check_inputs(grid: Grid) -> dict:
 
 
 def _finetune_tasks():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("_ablations_finetune_cfg", os.path.join(REPO, "configs", "finetune.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.TASKS
+  return project.config_module("finetune").TASKS
 
 
 def _read_weights(grid: Grid, name: str, spec: str):
@@ -410,7 +407,7 @@ def _quick_corpus(grid: Grid, log) -> str:
   if not os.path.exists(os.path.join(data, "manifest.json")) and _is_main():
     os.makedirs(root, exist_ok=True)
     text = os.path.join(root, "corpus.txt")
-    with lzma.open(os.path.join(REPO, "data", "imdb", "unlabelled.txt.xz"), "rt") as f, open(text, "w") as g:
+    with lzma.open(project.path("data", "imdb", "unlabelled.txt.xz"), "rt") as f, open(text, "w") as g:
       for _ in range(QUICK_CORPUS_REVIEWS):
         g.write(f.readline())
     log(f"tokenising {QUICK_CORPUS_REVIEWS} shipped IMDb reviews -> {data}")

@@ -27,12 +27,13 @@ import time
 
 from absl import app, flags
 
-from gpt1_jax.bench import REPO, load_config
+from gpt1_jax import project
+from gpt1_jax.project import load_config
 
 FLAGS = flags.FLAGS
 
-CORPUS = os.path.join(REPO, "data", "imdb", "unlabelled.txt.xz")
-TASK_DIR = os.path.join(REPO, "data", "sst2")
+CORPUS = project.path("data", "imdb", "unlabelled.txt.xz", must_exist=False)
+TASK_DIR = project.path("data", "sst2", must_exist=False)
 # Measured on the reference machine (2 cores, BENCHMARKS.md): what the ETA printed up front assumes.
 STEPS_PER_SECOND = 4.0
 FIXED_MINUTES = 5.5  # tokenising, six fine-tuning runs, the probes
@@ -71,7 +72,7 @@ def main(argv):
         f"{steps / STEPS_PER_SECOND / 60 + FIXED_MINUTES * len(seeds) / 3:.0f} min on 2 CPU cores "
         f"(less if resumed)", flush=True)
 
-  print(f"== 1/4 tokenising {os.path.relpath(CORPUS, REPO)} -> {data_dir}", flush=True)
+  print(f"== 1/4 tokenising {os.path.relpath(CORPUS, project.root())} -> {data_dir}", flush=True)
   manifest = prepare.prepare(data_dir, inputs=[CORPUS], doc_split="line", num_shards=4, progress=False)
   print(f"   {manifest['splits']['train']['tokens']:,} training tokens in "
         f"{manifest['splits']['train']['documents']:,} reviews", flush=True)

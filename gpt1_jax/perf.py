@@ -88,6 +88,19 @@ def tree_bytes_per_device(abstract_tree, shardings) -> int:
   return total
 
 
+def compiled_memory(compiled) -> dict:
+  """XLA's memory plan of a compiled program: what one call holds on the device at its peak."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 - not every backend reports it
+    m = None
+  if m is None:
+    return {}
+  total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+  return {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
+          "aliased": int(m.alias_size_in_bytes), "temporaries": int(m.temp_size_in_bytes), "total": int(total)}
+
+
 def device_memory_limit() -> int | None:
   try:
     stats = jax.local_devices()[0].memory_stats() or {}

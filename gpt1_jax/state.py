@@ -99,16 +99,12 @@ def check_memory_plan(s: Setup, model_cfg: ModelConfig, seq_len: int):
 
 def check_compiled_memory(compiled):
   """Logs what the compiled step needs per device; refuses one that exceeds the device."""
-  try:
-    m = compiled.memory_analysis()
-  except Exception:  # noqa: BLE001 - not every backend reports it
+  m = perf.compiled_memory(compiled)
+  if not m:
     return
-  if m is None:
-    return
-  total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+  total = m["total"]
   logging.info("compiled step memory per device: arguments %s, outputs %s (aliased %s), temporaries %s; total %s",
-               perf.fmt_bytes(m.argument_size_in_bytes), perf.fmt_bytes(m.output_size_in_bytes),
-               perf.fmt_bytes(m.alias_size_in_bytes), perf.fmt_bytes(m.temp_size_in_bytes), perf.fmt_bytes(total))
+               *(perf.fmt_bytes(m[k]) for k in ("arguments", "outputs", "aliased", "temporaries", "total")))
   limit = perf.device_memory_limit()
   if limit and total > limit:
     raise MemoryError(f"the compiled train step needs {perf.fmt_bytes(total)} per device but only "

@@ -25,7 +25,8 @@ import time
 
 import numpy as np
 
-from gpt1_jax.bench import REPO, load_config  # configs/ loaded by path, as --config does
+from gpt1_jax import project
+from gpt1_jax.project import load_config  # configs/ loaded by path, as --config does
 
 
 def checkpoint_steps(pretrain_dir: str) -> list[int]:
@@ -110,7 +111,7 @@ def curve(pretrain_dir: str, out: str, seeds=(0, 1, 2), task_dir: str | None = N
   overrides the fine-tuning epochs (0: the demo's)."""
   from gpt1_jax import probe
   from gpt1_jax.tokenizer import GPT1Tokenizer
-  task_dir = task_dir or os.path.join(REPO, "data", "sst2")
+  task_dir = task_dir or project.path("data", "sst2")
   pretrain_dir = os.path.abspath(pretrain_dir)
   available = checkpoint_steps(pretrain_dir)
   steps = available if steps is None else [int(s) for s in steps]

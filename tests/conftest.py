@@ -11,17 +11,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-import importlib.util  # noqa: E402
-
 import pytest  # noqa: E402
 
-
-def load_config(name: str, arg: str):
-  """A config from configs/ by path, as `--config=configs/NAME.py:ARG` loads it."""
-  spec = importlib.util.spec_from_file_location(f"_test_cfg_{name}", os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+# configs/NAME.py:ARG as `--config=configs/NAME.py:ARG` loads it (tests import it from here).
+from gpt1_jax.project import load_config  # noqa: E402,F401
 
 
 def micro_model(config):

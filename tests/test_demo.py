@@ -132,3 +132,20 @@ def test_curve_refuses_a_missing_step_before_any_work(lm_data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"no checkpoint at steps \[30\]"):
     transfer.curve(pre, str(tmp_path / "curve"), seeds=[0], steps=[10, 30])
   assert not (tmp_path / "curve").exists()
+
+
+def test_shipped_files_are_found_in_the_checkout_or_GPT1_JAX_HOME(tmp_path, monkeypatch):
+  """The demo, benchmark and grid find configs/ and data/ in one place: the checkout beside the
+  package, or $GPT1_JAX_HOME; elsewhere they say what is missing instead of using a wrong path."""
+  from gpt1_jax import project
+  monkeypatch.delenv("GPT1_JAX_HOME", raising=False)
+  assert pathlib.Path(project.path("configs", "pretrain.py")) == REPO / "configs" / "pretrain.py"
+  assert project.load_config("pretrain", "tiny").model.n_embd > 0
+  monkeypatch.setenv("GPT1_JAX_HOME", str(tmp_path))
+  with pytest.raises(FileNotFoundError, match=r"configs/pretrain.py.*GPT1_JAX_HOME"):
+    project.load_config("pretrain", "tiny")
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "pretrain.py").write_text(
+      "import ml_collections\ndef get_config(arg):\n  return ml_collections.ConfigDict({'variant': arg})\n")
+  assert project.load_config("pretrain", "x").variant == "x"
+  assert project.path("data", "nowhere", must_exist=False) == str(tmp_path / "data" / "nowhere")

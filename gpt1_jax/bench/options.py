@@ -7,14 +7,14 @@ The benchmark is a tool beside the library: it reads model shapes from the check
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 from typing import Any, Optional
 
 from gpt1_jax.config import model_config
 from gpt1_jax.model import ModelConfig
+from gpt1_jax.project import load_config, root
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = root()
 SST2_DIR = os.path.join(REPO, "data", "sst2")
 CORPUS = os.path.join(SST2_DIR, "unlabelled.txt")
 SUITES = ("train", "pipeline", "tokenizer", "inference")
@@ -67,17 +67,6 @@ class Options:
   prompt_len: int = 8
   new_tokens: int = 32
   inference_reps: int = 5
-
-
-def load_config(name: str, arg: str):
-  """``configs/NAME.py:ARG``, loaded by path as ``--config=configs/NAME.py:ARG`` would."""
-  path = os.path.join(REPO, "configs", f"{name}.py")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: the benchmark reads model shapes from the repository's configs/")
-  spec = importlib.util.spec_from_file_location(f"_bench_cfg_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def tiny_model(dtype: str = "float32") -> ModelConfig:

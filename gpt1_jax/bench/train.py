@@ -25,7 +25,7 @@ import optax
 from gpt1_jax import config as config_lib
 from gpt1_jax import perf, sharding
 from gpt1_jax import state as state_lib
-from gpt1_jax.bench.machine import RssPeak, compiled_memory, device_memory_stats, load_average, log, median_time, on_cpu
+from gpt1_jax.bench.machine import RssPeak, device_memory_stats, load_average, log, median_time, on_cpu
 from gpt1_jax.bench.options import Options, Shape
 from gpt1_jax.bench.steps import OPTIMIZER, Runner, synthetic_lm_batches, throughput
 from gpt1_jax.train import LMObjective, cross_entropy, make_optimizer, train_step
@@ -86,7 +86,7 @@ def prepare_ours(shape: Shape, *, warmup: int, total_steps: int = 100, breakdown
     if not all(math.isfinite(x) for x in losses):
       raise RuntimeError(f"{shape.name}: non-finite loss in the benchmark steps: {losses}")
     out = {"impl": "gpt1_jax", **throughput(shape, times, warmup_times, peak, sheet_peak), "compile_s": compile_s,
-           "memory_compiled": compiled_memory(compiled), "memory_rss_delta": rss.delta,
+           "memory_compiled": perf.compiled_memory(compiled), "memory_rss_delta": rss.delta,
            "loss_first": losses[0], "loss_last": losses[-1], "params": cfg.num_params()}
     if not on_cpu():
       out["memory_device_peak"] = device_memory_stats().get("peak_bytes_in_use")
