@@ -6,6 +6,8 @@ model with tied embeddings mostly repeats its last token, which would make
 differences between the cached and the full computation past 1e-5.
 """
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,22 @@ from gpt1_jax.model import GPT1LM, ModelConfig, init_params
 CFG = ModelConfig(vocab_size=101, n_ctx=32, n_embd=64, n_head=4, n_layer=2, initializer_range=0.2)
 PROMPTS = [[5, 6, 7, 8, 9], [11, 12], [3, 40, 41, 97]]  # lengths 5, 2, 4: left padding differs per row
 N = 8
+
+
+@contextlib.contextmanager
+def xla_compiles(name):
+  """The XLA compilations of the jitted function ``name`` while the block runs, one entry each
+  (JAX's backend-compile monitoring event, which names the function)."""
+  compiles = []
+
+  def listen(event, duration, **labels):
+    if event == "/jax/core/compile/backend_compile_duration" and labels.get("fun_name") == f"jit({name})":
+      compiles.append(duration)
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    yield compiles
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +140,14 @@ def test_stop_token_halts_each_row_and_pads_after(params, greedy):
 def test_compiled_once_per_shape(params):
   prompts_a = [[1, 2, 3], [4, 5]]
   prompts_b = [[7, 8], [9, 10, 11]]  # same batch, same longest prompt
-  before = gen.TRACE_COUNT
-  gen.generate(CFG, params, prompts_a, max_new_tokens=5, greedy=True)
-  assert gen.TRACE_COUNT == before + 1
-  gen.generate(CFG, params, prompts_b, max_new_tokens=5, temperature=0.5, top_k=7, top_p=0.9, seed=2, stop_token=3)
-  gen.generate(CFG, params, prompts_a, max_new_tokens=5, seed=9)
-  assert gen.TRACE_COUNT == before + 1
-  gen.generate(CFG, params, prompts_a, max_new_tokens=6)  # a new shape compiles again
-  assert gen.TRACE_COUNT == before + 2
+  with xla_compiles("_decode") as compiles:
+    gen.generate(CFG, params, prompts_a, max_new_tokens=5, greedy=True)
+    assert len(compiles) == 1
+    gen.generate(CFG, params, prompts_b, max_new_tokens=5, temperature=0.5, top_k=7, top_p=0.9, seed=2, stop_token=3)
+    gen.generate(CFG, params, prompts_a, max_new_tokens=5, seed=9)
+    assert len(compiles) == 1
+    gen.generate(CFG, params, prompts_a, max_new_tokens=6)  # a new shape compiles again
+    assert len(compiles) == 2
 
 
 def test_scanned_layers_generate_the_same(params, greedy):
