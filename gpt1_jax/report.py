@@ -8,23 +8,31 @@ import math
 import os
 import sys
 import time
+from typing import Sequence
 
 import jax
 
 
 class _QuietLibraries:
-  """Drops INFO chatter from Orbax/TF/JAX internals (each save logs dozens of lines); warnings pass."""
+  """Drops records below ``below`` logged from inside ``libraries`` (by source path); the rest pass."""
+
+  def __init__(self, below: int, libraries: Sequence[str]):
+    self.below = below
+    self.paths = tuple(f"/{lib.strip('/')}/" for lib in libraries)
 
   def filter(self, record):
-    if record.levelno >= logging.WARNING:
+    if record.levelno >= self.below:
       return True
     path = record.pathname.replace("\\", "/")
-    return not any(p in path for p in ("/orbax/", "/tensorflow/", "/jax/_src/"))
+    return not any(p in path for p in self.paths)
 
 
-def quiet_library_logs():
+def quiet_library_logs(below: int = logging.WARNING,
+                       libraries: Sequence[str] = ("orbax", "tensorflow", "jax/_src")):
+  """Filters the absl handler: by default, INFO chatter from Orbax/TF/JAX internals goes (each save
+  logs dozens of lines) and their warnings pass; ``below``/``libraries`` narrow or widen that."""
   from absl import logging as absl_logging
-  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries(below, libraries))
 
 
 def _tensorboard_writer(logdir: str):

@@ -12,6 +12,7 @@ Weights are random at 15 times GPT-1's init scale so that the LM's
 distributions are far from uniform and predictions are not decided by ties.
 """
 
+import contextlib
 import json
 import os
 
@@ -50,6 +51,22 @@ def random_params(seed):
 @pytest.fixture(scope="module")
 def params():
   return random_params(0)
+
+
+@contextlib.contextmanager
+def xla_compiles(name):
+  """The XLA compilations of the jitted function ``name`` while the block runs, one entry each
+  (JAX's backend-compile monitoring event, which names the function)."""
+  compiles = []
+
+  def listen(event, duration, **labels):
+    if event == "/jax/core/compile/backend_compile_duration" and labels.get("fun_name") == f"jit({name})":
+      compiles.append(duration)
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    yield compiles
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def scorer(params, tok, batch_size=4):
@@ -127,10 +144,10 @@ def test_token_logprobs_equal_unbatched_reference_across_buckets_padding_and_tru
   shapes = [(1, 2), (5, 1), (20, 11), (31, 1), (33, 3), (40, 20), (3, 61), (70, 4), (100, 7), (60, 5)]
   pairs = [([tok.start_id] + rng.integers(0, 40478, p - 1).tolist(), rng.integers(0, 40478, t).tolist())
            for p, t in shapes]
-  before = Z.TRACE_COUNT
-  got = scorer(params, tok, batch_size=3).token_logprobs(pairs)
+  with xla_compiles("_token_logprobs") as compiles:
+    got = scorer(params, tok, batch_size=3).token_logprobs(pairs)
   # Batch size 3 is used nowhere else: exactly one compilation per bucket (32 and 64).
-  assert Z.TRACE_COUNT - before == 2
+  assert len(compiles) == 2
   for (prefix, target), lp in zip(pairs, got):
     kept = left_truncate(prefix, target)
     assert kept[0] == tok.start_id and len(kept) + len(target) == min(len(prefix) + len(target), CFG.n_ctx)
@@ -164,6 +181,24 @@ def test_score_candidates_is_the_average_answer_logprob_given_start_and_context(
 
 # ----------------------------------------------------------------------------
 # The heuristics of Section 5.
+
+def test_default_source_is_the_checkouts_data_else_tfds_and_an_error_when_the_shipped_sample_is_missing(
+    monkeypatch, tmp_path):
+  monkeypatch.delenv("GPT1_JAX_HOME", raising=False)
+  assert Z.default_source("sst2") == os.path.join(REPO, "data", "sst2")
+  assert Z.default_source("cola") == os.path.join(REPO, "data", "cola")
+  assert Z.default_source("race_middle") == "tfds"  # nothing shipped: tensorflow-datasets, as documented
+  with pytest.raises(ValueError, match="winograd=PATH"):
+    Z.default_source("winograd")
+  # A package with no checkout beside it: a shipped sample is never silently swapped for other data.
+  monkeypatch.setenv("GPT1_JAX_HOME", str(tmp_path))
+  for task in ("sst2", "cola"):
+    with pytest.raises(ValueError, match=f"^{task}: .*--source={task}="):
+      Z.default_source(task)
+  assert Z.default_source("story_cloze") == "tfds"
+  (tmp_path / "data" / "sst2").mkdir(parents=True)
+  assert Z.default_source("sst2") == str(tmp_path / "data" / "sst2")
+
 
 def test_sst2_very_then_positive_vs_negative_on_real_dev_rows(params, tok):
   with open(os.path.join(REPO, "data", "sst2", "dev.tsv"), encoding="utf-8") as f:
