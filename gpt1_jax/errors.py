@@ -70,11 +70,19 @@ def _config_key_message(e: Exception, argv: list[str]) -> str | None:
   return f"{flag.split('=')[0]}: the config has no key {key!r}{hint}"
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl ``flags_parser`` that reports bad flags and misspelt ``--config.*`` keys as one ``error:`` line."""
+def parse_flags(argv: list[str], help_status: int | None = None) -> list[str]:
+  """absl ``flags_parser`` that reports bad flags and misspelt ``--config.*`` keys as one ``error:`` line.
+
+  ``help_status``: the exit status after ``--help`` / ``--helpfull`` have printed the usage (absl's
+  is 1; :func:`parse_flags_help_ok` gives 0, as the commands that once used argparse always did).
+  """
   from absl import flags
   try:
     return flags.FLAGS(argv)
+  except SystemExit:  # only absl's help flags exit while parsing: errors raise flags.Error
+    if help_status is None:
+      raise
+    sys.exit(help_status)
   except flags.Error as e:
     # config_flags puts the config file's own traceback in the message: its last line is the reason.
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
@@ -85,3 +93,60 @@ def parse_flags(argv: list[str]) -> list[str]:
     if message is None:
       raise
     exit_with(message)
+
+
+def parse_flags_help_ok(argv: list[str]) -> list[str]:
+  """:func:`parse_flags` for the commands that once used argparse (generate, convert, export): ``-h`` is
+  ``--help``, and the help exits with status 0, as before."""
+  end = argv.index("--") if "--" in argv else len(argv)
+  argv = [argv[0], *("--help" if a == "-h" else a for a in argv[1:end]), *argv[end:]]
+  return parse_flags(argv, help_status=0)
+
+
+_HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "-helpshort", "--helpfull", "-helpfull", "-?")
+
+
+def parse_own_flags(define_flags, prog: str, argv=None):
+  """A command's flags for its ``main(argv)`` called from Python (tests, notebooks, other code).
+
+  ``define_flags(flag_values)`` defines them on a ``FlagValues`` of their own, never on absl's global
+  ``FLAGS`` (where another command's flags of the same name may live), parsed from ``argv``: the
+  arguments after the program name, ``sys.argv[1:]`` by default, with the same syntax as on the
+  command line. Returns ``(flag_values, leftover)``, ``leftover`` being ``[prog, *positional args]``
+  as ``app.run`` passes to ``main``. A bad, unknown or missing flag raises ``SystemExit("error: ...")``
+  (one line, exit status 1); ``--help`` prints the flags and raises ``SystemExit(0)``.
+  """
+  from absl import flags
+  fv = flags.FlagValues()
+  define_flags(fv)
+  args = list(sys.argv[1:] if argv is None else argv)
+  if any(a in _HELP_ARGS for a in args[:args.index("--") if "--" in args else len(args)]):
+    print(f"usage: {prog} [flags]\n\nflags:\n{fv.get_help(include_special_flags=False)}")
+    raise SystemExit(0)
+  try:
+    leftover = fv([prog, *args])
+  except flags.Error as e:
+    raise SystemExit(f"error: {e}") from None
+  return fv, leftover
+
+
+def absl_main(run):
+  """``app.run``'s ``main`` for a command whose work is ``run(flag_values, argv)`` on absl's ``FLAGS``.
+
+  Logs at WARNING and above unless ``--verbosity`` is given: ``app.run`` turns absl's INFO on, and
+  Orbax logs a dozen INFO lines per checkpoint it opens.
+  """
+  @functools.wraps(run)
+  def main(argv):
+    from absl import flags
+    from absl import logging as absl_logging
+    if not flags.FLAGS["verbosity"].present:
+      absl_logging.set_verbosity(absl_logging.WARNING)
+    return run(flags.FLAGS, argv)
+  return main
+
+
+def no_arguments(argv) -> None:
+  """Refuses positional arguments (``app.run`` passes them to ``main`` after the program name)."""
+  if len(argv) > 1:
+    raise SystemExit(f"error: unexpected arguments: {' '.join(argv[1:])} (every option is a --flag)")

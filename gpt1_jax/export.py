@@ -30,7 +30,6 @@ same ids from elsewhere) and apply the task's input transformation
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -122,16 +121,26 @@ def signature(config: ModelConfig, task=None) -> dict:
   return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m gpt1_jax.export", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--checkpoint", required=True, help="a gpt1_jax weights checkpoint, training workdir or best/")
-  parser.add_argument("--out", required=True, help="file to write (FILE.json beside it describes the signature)")
-  parser.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS),
-                      help=f"comma-separated platforms to lower for (default {','.join(DEFAULT_PLATFORMS)})")
-  parser.add_argument("--dtype", default=None, help="compute dtype (default: the checkpoint's, e.g. float32)")
-  parser.add_argument("--lm", action="store_true", help="export the language model even if there is a task head")
-  args = parser.parse_args(argv)
+PROG = "python -m gpt1_jax.export"
 
+
+def _define_flags(flag_values=None) -> None:
+  """The command's flags, on ``flag_values`` (default absl's global ``FLAGS``)."""
+  from absl import flags
+  fv = dict(flag_values=flags.FLAGS if flag_values is None else flag_values)
+  flags.DEFINE_string("checkpoint", None, "A gpt1_jax weights checkpoint, training workdir or best/.",
+                      required=True, **fv)
+  flags.DEFINE_string("out", None, "File to write (FILE.json beside it describes the signature).", required=True, **fv)
+  flags.DEFINE_string("platforms", ",".join(DEFAULT_PLATFORMS), "Comma-separated platforms to lower for "
+                      f"(some of {', '.join(DEFAULT_PLATFORMS)}).", **fv)
+  flags.DEFINE_string("dtype", None, "Compute dtype (default: the checkpoint's, e.g. float32).", **fv)
+  flags.DEFINE_bool("lm", False, "Export the language model even if there is a task head.", **fv)
+
+
+def _run(args, argv=(PROG,)) -> None:
+  """The command, on parsed flags ``args``; ``argv``: what ``app.run`` leaves (positional arguments)."""
+  from gpt1_jax import errors
+  errors.no_arguments(argv)
   for path in (args.out, args.out + ".json"):
     if os.path.exists(path):
       raise SystemExit(f"error: --out={args.out}: {path} already exists; choose a new path (nothing was written)")
@@ -173,5 +182,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         f"(signature: {args.out}.json)", file=sys.stderr)
 
 
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """``python -m gpt1_jax.export ARGS`` from Python: ``main(["--checkpoint=DIR", "--out=FILE"])``.
+
+  ``argv``: the flags, as on the command line (default ``sys.argv[1:]``), parsed into a ``FlagValues``
+  of their own. Mistakes raise ``SystemExit("error: ...")`` before anything is written.
+  """
+  from gpt1_jax import errors
+  _run(*errors.parse_own_flags(_define_flags, PROG, argv))
+
+
 if __name__ == "__main__":
-  main()
+  # Flags are defined only when run as a program, so importing this module
+  # never clashes with another entry point's flags.
+  from absl import app
+
+  from gpt1_jax import errors
+  _define_flags()
+  app.run(errors.cli(errors.absl_main(_run)), flags_parser=errors.parse_flags_help_ok)

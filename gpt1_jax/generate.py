@@ -17,7 +17,6 @@ stops early once every row has emitted its stop token.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 from typing import Optional, Sequence
@@ -209,41 +208,77 @@ def _parse_ids(text: str, vocab_size: int) -> list[int]:
   return ids
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m gpt1_jax.generate", description=__doc__.split("\n\n")[0])
-  src = parser.add_mutually_exclusive_group(required=True)
-  src.add_argument("--checkpoint", help="a gpt1_jax.checkpoint weights checkpoint or training workdir")
-  src.add_argument("--from_hf", help="a saved Hugging Face OpenAI-GPT model (directory or weights file)")
-  src.add_argument("--from_openai", help="OpenAI's release directory (params_shapes.json, params_*.npy)")
-  prompt = parser.add_mutually_exclusive_group(required=True)
-  prompt.add_argument("--prompt", action="append", help="text; repeat for a batch")
-  prompt.add_argument("--prompt_ids", action="append",
-                      help="token ids, comma-separated; repeat for a batch (no spaCy needed, e.g. on a bare GPU image)")
-  parser.add_argument("--max_new_tokens", type=int, default=40)
-  parser.add_argument("--temperature", type=float, default=1.0)
-  parser.add_argument("--top_k", type=int, default=0)
-  parser.add_argument("--top_p", type=float, default=1.0)
-  parser.add_argument("--greedy", action="store_true")
-  parser.add_argument("--stop_token", type=int, default=None, help="token id that ends a row (e.g. 40477, newline)")
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
+PROG = "python -m gpt1_jax.generate"
+_SOURCES = ("checkpoint", "from_hf", "from_openai")
+_PROMPTS = ("prompt", "prompt_ids")
 
-  spec = args.checkpoint or (f"hf:{args.from_hf}" if args.from_hf else f"openai:{args.from_openai}")
+
+def _define_flags(flag_values=None) -> None:
+  """The command's flags, on ``flag_values`` (default absl's global ``FLAGS``)."""
+  from absl import flags
+  fv = dict(flag_values=flags.FLAGS if flag_values is None else flag_values)
+  flags.DEFINE_string("checkpoint", None, "A gpt1_jax.checkpoint weights checkpoint or training workdir "
+                      "(one of --checkpoint, --from_hf, --from_openai).", **fv)
+  flags.DEFINE_string("from_hf", None, "A saved Hugging Face OpenAI-GPT model (directory or weights file).", **fv)
+  flags.DEFINE_string("from_openai", None, "OpenAI's release directory (params_shapes.json, params_*.npy).", **fv)
+  flags.DEFINE_multi_string("prompt", None, "Text; repeat for a batch (one of --prompt, --prompt_ids)", **fv)
+  flags.DEFINE_multi_string("prompt_ids", None, "Token ids, comma-separated; repeat for a batch (no spaCy needed, "
+                            "e.g. on a bare GPU image)", **fv)
+  flags.DEFINE_integer("max_new_tokens", 40, "New tokens per prompt (at most).", **fv)
+  flags.DEFINE_float("temperature", 1.0, "Sampling temperature (> 0).", **fv)
+  flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens only (0: all).", **fv)
+  flags.DEFINE_float("top_p", 1.0, "Nucleus sampling: the smallest set of tokens of this probability mass.", **fv)
+  flags.DEFINE_bool("greedy", False, "Argmax decoding (temperature, top-k and top-p are then ignored).", **fv)
+  flags.DEFINE_integer("stop_token", None, "Token id that ends a row (e.g. 40477, newline).", **fv)
+  flags.DEFINE_integer("seed", 0, "Sampling seed.", **fv)
+
+
+def _one_of(F, names) -> str:
+  """The one flag of ``names`` that was given; anything else ends in one ``error:`` line."""
+  given = [n for n in names if F[n].value is not None]
+  if len(given) > 1:
+    raise SystemExit(f"error: --{given[0]} and --{given[1]} exclude each other")
+  if not given:
+    raise SystemExit(f"error: give one of {', '.join('--' + n for n in names)}")
+  return given[0]
+
+
+def _run(F, argv=(PROG,)) -> None:
+  """The command, on parsed flags ``F``; ``argv``: what ``app.run`` leaves (positional arguments)."""
+  from gpt1_jax import errors
+  errors.no_arguments(argv)
+  source = _one_of(F, _SOURCES)
+  _one_of(F, _PROMPTS)
+  spec = {"checkpoint": F.checkpoint, "from_hf": f"hf:{F.from_hf}", "from_openai": f"openai:{F.from_openai}"}[source]
   config, params = weights.load(spec)
 
   from gpt1_jax.tokenizer import GPT1Tokenizer
   tokenizer = GPT1Tokenizer()
-  if args.prompt_ids:
-    prompts = [_parse_ids(text, config.vocab_size) for text in args.prompt_ids]
+  if F.prompt_ids:
+    prompts = [_parse_ids(text, config.vocab_size) for text in F.prompt_ids]
   else:
-    prompts = tokenizer.encode_batch(args.prompt)
-  outputs = generate(config, params, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                     top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, stop_token=args.stop_token,
-                     seed=args.seed)
+    prompts = tokenizer.encode_batch(F.prompt)
+  outputs = generate(config, params, prompts, max_new_tokens=F.max_new_tokens, temperature=F.temperature,
+                     top_k=F.top_k, top_p=F.top_p, greedy=F.greedy, stop_token=F.stop_token, seed=F.seed)
   for prompt_ids, new in zip(prompts, outputs):
     print(f"{tokenizer.decode(prompt_ids)} >>> {tokenizer.decode(new)}")
 
 
-if __name__ == "__main__":
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """``python -m gpt1_jax.generate ARGS`` from Python: ``main(["--checkpoint=DIR", "--prompt=hi"])``.
+
+  ``argv``: the flags, as on the command line (default ``sys.argv[1:]``), parsed into a ``FlagValues``
+  of their own. Flag mistakes raise ``SystemExit("error: ...")``; other errors propagate.
+  """
   from gpt1_jax import errors
-  errors.cli(main)()
+  _run(*errors.parse_own_flags(_define_flags, PROG, argv))
+
+
+if __name__ == "__main__":
+  # Flags are defined only when run as a program, so importing this module
+  # never clashes with another entry point's flags.
+  from absl import app
+
+  from gpt1_jax import errors
+  _define_flags()
+  app.run(errors.cli(errors.absl_main(_run)), flags_parser=errors.parse_flags_help_ok)

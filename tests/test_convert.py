@@ -512,3 +512,77 @@ def test_to_hf_bad_inputs_fail_in_one_line_and_touch_nothing(tmp_path):
   # --drop_head: the fine-tuned body of an unmappable head, as the language model.
   convert.main(["--to=hf", f"--checkpoint={tmp_path / 'sim'}", f"--out={tmp_path / 'body'}", "--drop_head"])
   assert json.loads((tmp_path / "body" / "config.json").read_text())["architectures"] == ["OpenAIGPTLMHeadModel"]
+
+
+# ----------------------------------------------------------------------------
+# The command line's flags (absl, as every other command)
+
+def _flags(argv):
+  from gpt1_jax import errors
+  return errors.parse_own_flags(convert._define_flags, convert.PROG, argv)
+
+
+def test_cli_flags_take_both_spellings_defaults_and_sizes():
+  for argv in (["--to=hf", "--checkpoint=ck", "--out=o", "--max_shard_size=500MB", "--drop_head"],
+               ["--to", "hf", "--checkpoint", "ck", "--out", "o", "--max_shard_size", "500MB", "--drop_head"]):
+    F, rest = _flags(argv)
+    assert (F.to, F["from"].value, F.checkpoint, F.out, F.max_shard_size, F.drop_head) == \
+        ("hf", None, "ck", "o", 500 * 10**6, True), argv
+    assert rest == [convert.PROG]
+  F, _ = _flags(["--from", "openai", "--openai_dir", "rel", "--out=o", "--n_head", "4", "--seed=3"])
+  assert (F["from"].value, F.openai_dir, F.n_head, F.seed) == ("openai", "rel", 4, 3)
+  F, _ = _flags(["--from=hf", "--hf_path=p", "--out=o"])
+  assert (F.n_head, F.seed, F.drop_head, F.max_shard_size) == (None, 0, False, convert.DEFAULT_MAX_SHARD_BYTES)
+  for text, size in [("30KB", 30_000), ("2GB", 2 * 10**9), ("1000000", 10**6), ("1.5g", 15 * 10**8), ("7B", 7),
+                     (" 5 MB ", 5 * 10**6)]:
+    assert _flags(["--to=hf", "--out=o", f"--max_shard_size={text}"])[0].max_shard_size == size, text
+
+
+def test_cli_mistakes_are_one_line_errors_before_any_work(tmp_path):
+  out = f"--out={tmp_path / 'o'}"
+  ck = f"--checkpoint={tmp_path}"
+  cases = [
+      (["--to=hf", ck, out, "--max_shard_size=5XB"], ["--max_shard_size=5XB", "expected a size such as 500MB"]),
+      (["--to=hf", ck, out, "--max_shard_size", "lots"], ["--max_shard_size=lots", "expected a size"]),
+      (["--from=hf", "--to=hf", out], ["--from and --to exclude each other"]),
+      ([out], ["give one of --from", "--to"]),
+      (["--to=hf", ck], ["--out"]),
+      (["--to=hf", out], ["--to=hf needs --checkpoint"]),
+      (["--from=hf", out], ["--from=hf needs --hf_path"]),
+      (["--from=openai", out], ["--from=openai needs --openai_dir"]),
+      (["--from=onnx", out], ["--from=onnx", "hf|openai"]),
+      (["--to=openai", ck, out], ["--to=openai", "<hf>"]),
+      (["--to=hf", ck, out, "--seed=x"], ["--seed=x"]),
+      (["--to=hf", ck, out, "--nosuchflag"], ["nosuchflag"]),
+      (["--to=hf", ck, out, "stray"], ["unexpected arguments: stray"]),
+  ]
+  for argv, words in cases:
+    with pytest.raises(SystemExit) as e:
+      convert.main(argv)
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message and all(w in message for w in words), (argv, message)
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_python_m_convert_help_and_one_line_errors(tmp_path):
+  def run(*args):
+    return subprocess.run([sys.executable, "-m", "gpt1_jax.convert", *args], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
+  for flag in ("--help", "-h"):
+    r = run(flag)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert all(f in r.stdout for f in ("--from:", "--to:", "--hf_path", "--openai_dir", "--checkpoint", "--out",
+                                       "--n_head", "--seed", "--[no]drop_head", "--max_shard_size")), r.stdout
+    assert "(default: '5GB')" in r.stdout
+  for args, want in [(["--to", "hf", "--out", str(tmp_path / "o"), "--max_shard_size", "5XB"],
+                      "error: flag --max_shard_size=5XB: expected a size such as 500MB, 2GB or 1000000"),
+                     (["--from=hf", "--to=hf", f"--out={tmp_path / 'o'}"], "error: --from and --to exclude each other"),
+                     (["--from=openai", f"--openai_dir={tmp_path / 'nowhere'}", f"--out={tmp_path / 'o'}"],
+                      "params_shapes.json")]:
+    r = run(*args)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and want in last, r.stderr[-3000:]
+  assert os.listdir(tmp_path) == []

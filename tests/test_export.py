@@ -153,3 +153,40 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path, capsys):
   with pytest.raises(SystemExit, match="unknown task 'no_such_task'"):
     gexport.main([f"--checkpoint={tmp_path / 'odd'}", f"--out={tmp_path / 'y.bin'}"])
   assert not (tmp_path / "y.bin").exists()
+
+
+def test_cli_flags_take_both_spellings_and_keep_their_defaults():
+  from gpt1_jax import errors
+  for argv in (["--checkpoint=ck", "--out=f.bin", "--platforms=cpu,tpu", "--dtype=bfloat16", "--lm"],
+               ["--checkpoint", "ck", "--out", "f.bin", "--platforms", "cpu,tpu", "--dtype", "bfloat16", "--lm"]):
+    F, rest = errors.parse_own_flags(gexport._define_flags, gexport.PROG, argv)
+    assert (F.checkpoint, F.out, F.platforms, F.dtype, F.lm, rest) == \
+        ("ck", "f.bin", "cpu,tpu", "bfloat16", True, [gexport.PROG]), argv
+  F, _ = errors.parse_own_flags(gexport._define_flags, gexport.PROG, ["--checkpoint=ck", "--out=f"])
+  assert (F.platforms, F.dtype, F.lm) == (",".join(gexport.DEFAULT_PLATFORMS), None, False)
+  for argv, words in [(["--out=f"], ["--checkpoint"]), (["--checkpoint=ck"], ["--out"]),
+                      (["--checkpoint=ck", "--out=f", "--lm=perhaps"], ["--lm=perhaps"]),
+                      (["--checkpoint=ck", "--out=f", "extra"], ["unexpected arguments: extra"])]:
+    with pytest.raises(SystemExit) as e:
+      gexport.main(argv)
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message and all(w in message for w in words), message
+
+
+@pytest.mark.slow
+def test_python_m_export_help_and_one_line_errors(tmp_path):
+  def run(*args):
+    return subprocess.run([sys.executable, "-m", "gpt1_jax.export", *args], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
+  r = run("--help")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert all(f in r.stdout for f in ("--checkpoint", "--out", "--platforms", "--dtype", "--[no]lm")), r.stdout
+  for args, want in [([f"--out={tmp_path / 'x.bin'}"], "--checkpoint"),
+                     (["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "x.bin")],
+                      "no such directory")]:
+    r = run(*args)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and want in last, r.stderr[-3000:]
+  assert os.listdir(tmp_path) == []

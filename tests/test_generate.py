@@ -192,3 +192,51 @@ def test_cli_prints_prompt_and_continuation(tmp_path, capsys):
   assert capsys.readouterr().out.strip().splitlines() == lines
   with pytest.raises(ValueError, match=r"--prompt_ids='1,99999': ids \[99999\] are outside \[0, 40481\)"):
     gen.main([f"--checkpoint={tmp_path / 'ckpt'}", "--prompt_ids=1,99999"])
+
+
+def test_cli_flags_take_both_spellings_repeat_and_keep_their_defaults():
+  from gpt1_jax import errors
+  for argv in (["--checkpoint=ck", "--prompt=a, b", "--prompt=c", "--max_new_tokens=5", "--temperature=0.5",
+                "--top_k=-1", "--top_p=0.9", "--greedy", "--stop_token=40477", "--seed=3"],
+               ["--checkpoint", "ck", "--prompt", "a, b", "--prompt", "c", "--max_new_tokens", "5", "--temperature",
+                "0.5", "--top_k", "-1", "--top_p", "0.9", "--greedy", "--stop_token", "40477", "--seed", "3"]):
+    F, rest = errors.parse_own_flags(gen._define_flags, gen.PROG, argv)
+    assert (F.checkpoint, F.prompt, F.prompt_ids, F.max_new_tokens, F.temperature, F.top_k, F.top_p, F.greedy,
+            F.stop_token, F.seed, rest) == ("ck", ["a, b", "c"], None, 5, 0.5, -1, 0.9, True, 40477, 3, [gen.PROG])
+  F, _ = errors.parse_own_flags(gen._define_flags, gen.PROG, ["--from_hf=h", "--prompt_ids=1,2", "--prompt_ids=3"])
+  assert (F.from_hf, F.prompt_ids, F.max_new_tokens, F.temperature, F.top_k, F.top_p, F.greedy, F.stop_token,
+          F.seed) == ("h", ["1,2", "3"], 40, 1.0, 0, 1.0, False, None, 0)
+  for argv, words in [(["--prompt=hi"], ["give one of --checkpoint, --from_hf, --from_openai"]),
+                      (["--checkpoint=a", "--from_openai=b", "--prompt=hi"], ["--checkpoint", "--from_openai",
+                                                                             "exclude each other"]),
+                      (["--checkpoint=a"], ["give one of --prompt, --prompt_ids"]),
+                      (["--checkpoint=a", "--prompt=x", "--prompt_ids=1"], ["--prompt and --prompt_ids exclude"]),
+                      (["--checkpoint=a", "--prompt=x", "--top_p=high"], ["--top_p=high"]),
+                      (["--checkpoint=a", "--prompt=x", "more"], ["unexpected arguments: more"])]:
+    with pytest.raises(SystemExit) as e:
+      gen.main(argv)
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message and all(w in message for w in words), message
+
+
+@pytest.mark.slow
+def test_python_m_generate_help_and_one_line_errors(tmp_path):
+  import os
+  import subprocess
+  import sys
+
+  def run(*args):
+    return subprocess.run([sys.executable, "-m", "gpt1_jax.generate", *args], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
+  r = run("--help")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert all(f in r.stdout for f in ("--checkpoint", "--from_hf", "--from_openai", "--prompt:", "--prompt_ids",
+                                     "--max_new_tokens", "--temperature", "--top_k", "--top_p", "--[no]greedy",
+                                     "--stop_token", "--seed")), r.stdout
+  for args, want in [(["--prompt", "hi"], "error: give one of --checkpoint, --from_hf, --from_openai"),
+                     (["--checkpoint", str(tmp_path / "missing"), "--prompt_ids", "1,2"], str(tmp_path / "missing"))]:
+    r = run(*args)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and want in last, r.stderr[-3000:]
