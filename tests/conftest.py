@@ -1,5 +1,6 @@
 """Test-wide setup: 8 simulated CPU devices, set before JAX is imported anywhere."""
 
+import contextlib
 import os
 import sys
 
@@ -61,3 +62,27 @@ def micro_cli(workdir, data_dir, steps=40, extra=()):
           "--config.train.warmup_steps=5", "--config.checkpoint.every_steps=10", "--config.checkpoint.keep=10",
           "--config.log.every_steps=5", "--config.log.measure_peak=False", "--config.log.peak_flops_per_device=1e12",
           "--config.eval.every_steps=20", "--config.eval.batch_size=8", "--config.mesh.num_devices=1", *extra]
+
+
+@contextlib.contextmanager
+def xla_compiles(name):
+  """The XLA compilations of the jitted function ``name`` while the block runs, one entry each
+  (JAX's backend-compile monitoring event, which names the function)."""
+  import jax
+  compiles = []
+
+  def listen(event, duration, **labels):
+    if event == "/jax/core/compile/backend_compile_duration" and labels.get("fun_name") == f"jit({name})":
+      compiles.append(duration)
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    yield compiles
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def run_module(module: str, *args, timeout: int = 600):
+  """``python -m MODULE ARGS`` from the checkout on CPU, output captured."""
+  import subprocess
+  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=timeout)

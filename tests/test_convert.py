@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from transformers import OpenAIGPTConfig, OpenAIGPTDoubleHeadsModel, OpenAIGPTLMHeadModel, OpenAIGPTModel  # noqa: E402
 
+from conftest import run_module
 from gpt1_jax import convert  # noqa: E402
 from gpt1_jax.model import GPT1ForTask, GPT1LM, ModelConfig, init_params, stack_layers  # noqa: E402
 
@@ -567,9 +568,7 @@ def test_cli_mistakes_are_one_line_errors_before_any_work(tmp_path):
 @pytest.mark.slow
 def test_python_m_convert_help_and_one_line_errors(tmp_path):
   def run(*args):
-    return subprocess.run([sys.executable, "-m", "gpt1_jax.convert", *args], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
+    return run_module("gpt1_jax.convert", *args)
   for flag in ("--help", "-h"):
     r = run(flag)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import run_module
 from gpt1_jax import export as gexport
 from gpt1_jax.checkpoint import save_params
 from gpt1_jax.model import GPT1ForTask, GPT1LM, ModelConfig, init_params
@@ -176,9 +177,7 @@ def test_cli_flags_take_both_spellings_and_keep_their_defaults():
 @pytest.mark.slow
 def test_python_m_export_help_and_one_line_errors(tmp_path):
   def run(*args):
-    return subprocess.run([sys.executable, "-m", "gpt1_jax.export", *args], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
+    return run_module("gpt1_jax.export", *args)
   r = run("--help")
   assert r.returncode == 0, r.stderr[-2000:]
   assert all(f in r.stdout for f in ("--checkpoint", "--out", "--platforms", "--dtype", "--[no]lm")), r.stdout

@@ -6,35 +6,19 @@ model with tied embeddings mostly repeats its last token, which would make
 differences between the cached and the full computation past 1e-5.
 """
 
-import contextlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import run_module, xla_compiles
 from gpt1_jax import generate as gen
 from gpt1_jax.model import GPT1LM, ModelConfig, init_params
 
 CFG = ModelConfig(vocab_size=101, n_ctx=32, n_embd=64, n_head=4, n_layer=2, initializer_range=0.2)
 PROMPTS = [[5, 6, 7, 8, 9], [11, 12], [3, 40, 41, 97]]  # lengths 5, 2, 4: left padding differs per row
 N = 8
-
-
-@contextlib.contextmanager
-def xla_compiles(name):
-  """The XLA compilations of the jitted function ``name`` while the block runs, one entry each
-  (JAX's backend-compile monitoring event, which names the function)."""
-  compiles = []
-
-  def listen(event, duration, **labels):
-    if event == "/jax/core/compile/backend_compile_duration" and labels.get("fun_name") == f"jit({name})":
-      compiles.append(duration)
-  jax.monitoring.register_event_duration_secs_listener(listen)
-  try:
-    yield compiles
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listen)
 
 
 @pytest.fixture(scope="module")
@@ -221,14 +205,8 @@ def test_cli_flags_take_both_spellings_repeat_and_keep_their_defaults():
 
 @pytest.mark.slow
 def test_python_m_generate_help_and_one_line_errors(tmp_path):
-  import os
-  import subprocess
-  import sys
-
   def run(*args):
-    return subprocess.run([sys.executable, "-m", "gpt1_jax.generate", *args], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
+    return run_module("gpt1_jax.generate", *args)
   r = run("--help")
   assert r.returncode == 0, r.stderr[-2000:]
   assert all(f in r.stdout for f in ("--checkpoint", "--from_hf", "--from_openai", "--prompt:", "--prompt_ids",

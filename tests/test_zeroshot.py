@@ -12,7 +12,6 @@ Weights are random at 15 times GPT-1's init scale so that the LM's
 distributions are far from uniform and predictions are not decided by ties.
 """
 
-import contextlib
 import json
 import os
 
@@ -20,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import xla_compiles
 from gpt1_jax import metrics as metrics_lib
 from gpt1_jax import zeroshot as Z
 from gpt1_jax.model import GPT1LM, ModelConfig, init_params
@@ -51,22 +51,6 @@ def random_params(seed):
 @pytest.fixture(scope="module")
 def params():
   return random_params(0)
-
-
-@contextlib.contextmanager
-def xla_compiles(name):
-  """The XLA compilations of the jitted function ``name`` while the block runs, one entry each
-  (JAX's backend-compile monitoring event, which names the function)."""
-  compiles = []
-
-  def listen(event, duration, **labels):
-    if event == "/jax/core/compile/backend_compile_duration" and labels.get("fun_name") == f"jit({name})":
-      compiles.append(duration)
-  jax.monitoring.register_event_duration_secs_listener(listen)
-  try:
-    yield compiles
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def scorer(params, tok, batch_size=4):
