@@ -237,7 +237,7 @@ def test_openai_release_lands_in_the_right_places(tmp_path):
   # The same arrays under Hugging Face names give the same params (and special rows, for the same seed).
   hf_named = {"tokens_embed.weight": arrays[1], "positions_embed.weight": arrays[0]}
   for j, a in enumerate(arrays[2:]):
-    hf_named[f"h.{j // 12}.{convert._LAYER_KEYS[j % 12]}"] = a.reshape(a.shape[1:]) if a.ndim == 3 else a
+    hf_named[f"h.{j // 12}.{convert.LAYER_KEYS[j % 12]}"] = a.reshape(a.shape[1:]) if a.ndim == 3 else a
   jax.tree.map(np.testing.assert_array_equal, params, convert.from_hf(hf_named, n_head=h, seed=0)[1])
 
 
@@ -520,7 +520,7 @@ def test_to_hf_bad_inputs_fail_in_one_line_and_touch_nothing(tmp_path):
 
 def _flags(argv):
   from gpt1_jax import errors
-  return errors.parse_own_flags(convert._define_flags, convert.PROG, argv)
+  return errors.parse_own_flags(convert.cli._define_flags, convert.PROG, argv)
 
 
 def test_cli_flags_take_both_spellings_defaults_and_sizes():

@@ -21,6 +21,7 @@ import pytest
 from gpt1_jax.data import lm
 from gpt1_jax.data import pipeline
 from gpt1_jax.data import prepare
+from gpt1_jax.data import store_writer
 from gpt1_jax.data import tf
 from gpt1_jax.tokenizer import GPT1Tokenizer
 
@@ -198,7 +199,7 @@ def test_an_interrupted_run_never_leaves_a_manifest_over_partial_shards(tmp_path
     raise KeyboardInterrupt
 
   # Killed while writing shards: the previous output is untouched and still consistent.
-  monkeypatch.setattr(prepare, "_write_split", die)
+  monkeypatch.setattr(store_writer, "write_split", die)
   with pytest.raises(KeyboardInterrupt):
     prepare.prepare(str(out), **kwargs)
   np.testing.assert_array_equal(lm.load_tokens(str(out), "train"), before)

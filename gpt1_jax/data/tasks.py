@@ -1,4 +1,4 @@
-"""The fine-tuning tasks of the paper (Section 4.2, Tables 2-4) and their readers.
+"""The fine-tuning tasks of the paper (Section 4.2, Tables 2-4): the registry and ``load_split``.
 
 A :class:`Task` says what a task is (its type, one of ``task_types``; its
 text fields; its label names; its metrics; its splits) and how to read it,
@@ -28,24 +28,25 @@ With ``skip_malformed=True`` such rows are skipped instead, counted in
 ``SplitData.num_skipped`` and reported with ``logging.warning``. Rows without
 a gold label (SNLI/MultiNLI ``-``, tfds ``-1``) are not errors: as is standard
 they are excluded, counted in ``SplitData.num_no_gold`` and logged.
+
+The formats themselves (and :class:`Example`, what every reader produces) are in
+:mod:`gpt1_jax.data.task_formats`; this module says which task reads which.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import glob
-import json
 import logging
-import math
 import os
-import re
 from types import MappingProxyType
-from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
-
-import numpy as np
+from typing import Callable, Mapping, Optional, Union
 
 from gpt1_jax import task_types
+from gpt1_jax.data.task_formats import (RACE_LEVELS, ROCSTORIES_SEED, Collector, Example, LocalReader,  # noqa: F401
+                                        Malformed, SplitData, TfdsMapper, TsvFormat, is_race_split_dir, read_race,
+                                        read_story_cloze, read_tsv, report, rocstories_select, tfds_pair_or_single,
+                                        tfds_race, tfds_story_cloze)
 
 log = logging.getLogger(__name__)
 
@@ -53,69 +54,6 @@ TASK_TYPES = task_types.NAMES
 
 SPLIT_ALIASES = MappingProxyType({"dev": "validation", "dev_matched": "validation_matched",
                                   "dev_mismatched": "validation_mismatched"})
-
-# The Story Cloze split of the original code (datasets.py: test_size=374 of
-# 1,871 rows, sklearn's train_test_split with this seed).
-ROCSTORIES_SEED = 3535999445
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-  """One task example, whatever its source.
-
-  ``texts`` follows ``Task.fields`` (e.g. ``(premise, hypothesis)``; for
-  multiple choice the context parts, e.g. ``(article, question)``);
-  ``choices`` holds the candidate answers of a multiple-choice example and
-  ``label`` the index of the right one. ``label`` is ``None`` where the split
-  has no labels (GLUE test sets). ``source`` is ``"file:line"`` (or
-  ``"tfds:name/split#i"``), for error messages and debugging.
-  """
-
-  texts: tuple[str, ...]
-  label: Union[int, float, None]
-  choices: Optional[tuple[str, ...]] = None
-  id: str = ""
-  source: str = ""
-
-
-@dataclasses.dataclass
-class SplitData:
-  """The examples of one split and what reading them left out."""
-
-  task: "Task"
-  split: str
-  examples: list[Example]
-  origin: str  # the file(s) or tfds dataset read
-  skipped: list[str] = dataclasses.field(default_factory=list)  # "file:line: problem" per skipped row
-  num_no_gold: int = 0  # rows without a gold label, excluded as is standard
-
-  @property
-  def num_skipped(self) -> int:
-    """Malformed rows skipped (``skip_malformed=True``)."""
-    return len(self.skipped)
-
-  def __len__(self) -> int:
-    return len(self.examples)
-
-  def __iter__(self) -> Iterator[Example]:
-    return iter(self.examples)
-
-  def __getitem__(self, i):
-    return self.examples[i]
-
-
-class Malformed(Exception):
-  """A row that breaks the file format; ``load_split`` turns it into ``ValueError`` or a skip."""
-
-
-class _NoGold(Exception):
-  """A row whose gold label is missing ('-' / -1): excluded, not an error."""
-
-
-# The signature of a local reader: (task, path, split, skip_malformed) -> SplitData.
-LocalReader = Callable[["Task", str, str, bool], SplitData]
-# One tfds record -> examples (several for RACE, one question each). Raises Malformed/_NoGold.
-TfdsMapper = Callable[["Task", dict, str, str], list]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -178,363 +116,6 @@ class Task:
 
 
 # ----------------------------------------------------------------------------
-# Labels and example checks, shared by every reader.
-
-_INT = re.compile(r"[+-]?\d+")
-
-
-def _class_label(task: Task, raw) -> int:
-  names = task.labels
-  if isinstance(raw, str):
-    value = raw.strip()
-    if value in names:
-      return names.index(value)
-    if not _INT.fullmatch(value):
-      raise Malformed(f"bad label {raw!r}: expected one of {list(names)} or an integer class id")
-    raw = int(value)
-  raw = int(raw)
-  if not 0 <= raw < len(names):
-    raise Malformed(f"label {raw} out of range: {task.name} has {len(names)} classes {list(names)}")
-  return raw
-
-
-def _regression_label(task: Task, raw) -> float:
-  try:
-    value = float(raw)
-  except (TypeError, ValueError):
-    raise Malformed(f"bad label {raw!r}: expected a number") from None
-  lo, hi = task.label_range
-  if not (math.isfinite(value) and lo <= value <= hi):
-    raise Malformed(f"label {value} out of range [{lo}, {hi}]")
-  return value
-
-
-def _choice_label(raw, num_choices: int, first: str) -> int:
-  """A multiple-choice answer: a letter from ``first`` ('A' for RACE) or a 1-based number ('1' Story Cloze)."""
-  value = str(raw).strip()
-  if len(value) == 1 and value.isalpha() == first.isalpha():
-    index = ord(value.upper()) - ord(first)
-  else:
-    raise Malformed(f"bad answer {raw!r}: expected {first!r}, {chr(ord(first) + 1)!r}, ...")
-  if not 0 <= index < num_choices:
-    raise Malformed(f"answer {raw!r} out of range: the example has {num_choices} candidates")
-  return index
-
-
-def _check_texts(task: Task, texts: Sequence[str], choices: Optional[Sequence[str]] = None):
-  for name, text in zip(task.fields, texts):
-    if not text.strip():
-      raise Malformed(f"empty text in field {name!r}")
-  if choices is not None:
-    if not choices:
-      raise Malformed("no candidate answers")
-    if len(choices) > task.num_choices:
-      raise Malformed(f"{len(choices)} candidate answers, more than {task.name}'s {task.num_choices}")
-    for k, text in enumerate(choices):
-      if not text.strip():
-        raise Malformed(f"empty text in candidate {k}")
-
-
-def _parse_label(task: Task, raw, no_gold: tuple = ()):
-  if raw in no_gold:
-    raise _NoGold()
-  return _regression_label(task, raw) if task.type == "regression" else _class_label(task, raw)
-
-
-# ----------------------------------------------------------------------------
-# Bytes -> lines, keeping 1-based line numbers and naming bad bytes.
-
-def _lines(path: str) -> Iterator[tuple[int, Union[str, Malformed]]]:
-  """``(lineno, text)`` per line (split on ``\\n`` only, ``\\r\\n`` tolerated), or a ``Malformed`` for bad UTF-8.
-
-  Lines are decoded one by one so an undecodable byte is reported at its own
-  line and, with ``skip_malformed``, costs only that line.
-  """
-  with open(path, "rb") as f:
-    for i, raw in enumerate(f):  # binary files split on b"\n" only
-      raw = raw[:-1] if raw.endswith(b"\n") else raw
-      raw = raw[:-1] if raw.endswith(b"\r") else raw
-      try:
-        text = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        yield i + 1, Malformed(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start} of the line)")
-        continue
-      if i == 0 and text.startswith("\ufeff"):  # MRPC's files start with a byte-order mark
-        text = text[1:]
-      yield i + 1, text
-
-
-class _Collector:
-  """Turns ``Malformed`` into ``ValueError`` naming ``file:line``, or counts and skips it."""
-
-  def __init__(self, task: Task, split: str, origin: str, skip_malformed: bool):
-    self.data = SplitData(task, split, [], origin)
-    self.skip = skip_malformed
-
-  def malformed(self, where: str, problem: Malformed):
-    message = f"{where}: {problem}"
-    if not self.skip:
-      raise ValueError(f"{message} (pass skip_malformed=True to skip such rows)")
-    self.data.skipped.append(message)
-
-  def add(self, where: str, make: Callable[[], Union[Example, list]]):
-    try:
-      made = make()
-    except _NoGold:
-      self.data.num_no_gold += 1
-    except Malformed as e:
-      self.malformed(where, e)
-    else:
-      self.data.examples.extend(made if isinstance(made, list) else [made])
-
-
-# ----------------------------------------------------------------------------
-# Local readers: GLUE-style TSVs, the Story Cloze CSV, RACE JSON folders.
-
-@dataclasses.dataclass(frozen=True)
-class TsvFormat:
-  """Where a TSV keeps its fields: header names, or 0-based positions when ``header`` is False."""
-
-  texts: tuple
-  label: Union[str, int, None]
-  ids: tuple = ()  # candidate id columns, first present wins (header files)
-  header: bool = True
-  num_columns: int = 0  # headerless files: the exact column count
-  no_gold: tuple = ()  # label values meaning "no gold label"
-
-
-def _read_tsv(formats: tuple[TsvFormat, ...], task: Task, path: str, split: str, skip_malformed: bool) -> SplitData:
-  """A GLUE-style TSV, quoting disabled (GLUE texts hold literal ``"``).
-
-  The first format whose text columns all appear in the first line is read by
-  header names; otherwise the first headerless format is used.
-  """
-  out = _Collector(task, split, path, skip_malformed)
-  lines = _lines(path)
-  first = next(lines, None)
-  if first is None:
-    raise ValueError(f"{path}: the file is empty")
-  lineno, head = first
-  if isinstance(head, Malformed):
-    raise ValueError(f"{path}:{lineno}: {head}")  # no format can be recognised: never skippable
-  columns = head.split("\t")
-  fmt = next((f for f in formats if f.header and all(c in columns for c in f.texts)), None)
-  if fmt is None:
-    fmt = next((f for f in formats if not f.header), None)
-    if fmt is None:
-      wanted = " or ".join("(" + ", ".join(map(repr, f.texts)) + ")" for f in formats)
-      raise ValueError(f"{path}:1: missing column(s): the header {columns} lacks {wanted}")
-    lines = _lines(path)  # no header: the first line is data
-
-  if fmt.header:
-    index = {c: i for i, c in enumerate(columns)}
-    text_cols = [index[c] for c in fmt.texts]
-    if fmt.label in index:
-      label_col = index[fmt.label]
-    elif task.is_labelled(split):
-      raise ValueError(f"{path}:1: missing column {fmt.label!r} (the labels of split {split!r}); header {columns}")
-    else:
-      label_col = None
-    id_col = next((index[c] for c in fmt.ids if c in index), None)
-    num_columns = len(columns)
-  else:
-    text_cols, label_col, id_col, num_columns = list(fmt.texts), fmt.label, None, fmt.num_columns
-
-  for row, (lineno, line) in enumerate(lines):
-    where = f"{path}:{lineno}"
-    if isinstance(line, Malformed):
-      out.malformed(where, line)
-      continue
-    cells = line.split("\t")
-
-    def make(cells=cells, row=row, where=where):
-      if len(cells) != num_columns:
-        what = "missing column(s)" if len(cells) < num_columns else "too many columns"
-        raise Malformed(f"{what}: expected {num_columns} tab-separated columns, found {len(cells)}")
-      texts = tuple(cells[i] for i in text_cols)
-      _check_texts(task, texts)
-      label = None if label_col is None else _parse_label(task, cells[label_col], fmt.no_gold)
-      ident = cells[id_col] if id_col is not None else str(row)
-      return Example(texts, label, id=ident, source=where)
-
-    out.add(where, make)
-  return out.data
-
-
-def _read_story_cloze(task: Task, path: str, split: str, skip_malformed: bool) -> SplitData:
-  """The Story Cloze Test CSV (RFC 4180 quoting): four sentences, two endings, ``AnswerRightEnding`` (1 or 2)."""
-  out = _Collector(task, split, path, skip_malformed)
-  text_lines = []  # (lineno, text); undecodable lines are reported and left out
-  for lineno, line in _lines(path):
-    if isinstance(line, Malformed):
-      out.malformed(f"{path}:{lineno}", line)
-    else:
-      text_lines.append((lineno, line))
-  if not text_lines:
-    raise ValueError(f"{path}: the file is empty")
-  numbers = [n for n, _ in text_lines]
-  reader = csv.reader(line + "\n" for _, line in text_lines)
-  header = next(reader)
-  story = [f"InputSentence{i}" for i in range(1, 5)]
-  endings = ["RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2"]
-  missing = [c for c in ["InputStoryid"] + story + endings if c not in header]
-  if missing:
-    raise ValueError(f"{path}:{numbers[0]}: missing column(s) {missing}; header {header}")
-  index = {c: i for i, c in enumerate(header)}
-  answer = index.get("AnswerRightEnding")
-  if answer is None and task.is_labelled(split):
-    raise ValueError(f"{path}:{numbers[0]}: missing column 'AnswerRightEnding' (the labels of split {split!r})")
-  consumed = reader.line_num
-  for cells in reader:
-    lineno = numbers[consumed]  # the record's first physical line
-    consumed = reader.line_num
-    where = f"{path}:{lineno}"
-
-    def make(cells=cells, where=where):
-      if len(cells) != len(header):
-        raise Malformed(f"expected {len(header)} columns, found {len(cells)}")
-      # The original joins the four sentences with single spaces (as tfds does).
-      context = " ".join(cells[index[c]] for c in story)
-      choices = tuple(cells[index[c]] for c in endings)
-      if any(not cells[index[c]].strip() for c in story):
-        raise Malformed("empty story sentence")
-      _check_texts(task, (context,), choices)
-      label = None if answer is None else _choice_label(cells[answer], len(choices), "1")
-      return Example((context,), label, choices=choices, id=cells[index["InputStoryid"]], source=where)
-
-    out.add(where, make)
-  return out.data
-
-
-_RACE_LEVELS = {"race": ("middle", "high"), "race_middle": ("middle",), "race_high": ("high",)}
-
-
-def _race_examples(task: Task, record: dict, name: str, where: str) -> list:
-  """One RACE article (several questions) -> one Example per question."""
-  for key in ("article", "questions", "options", "answers"):
-    if key not in record:
-      raise Malformed(f"missing key {key!r}")
-  questions, options, answers = record["questions"], record["options"], record["answers"]
-  if not (len(questions) == len(options) == len(answers)):
-    raise Malformed(f"{len(questions)} questions, {len(options)} option lists and {len(answers)} answers")
-  examples = []
-  for q, (question, choices, answer) in enumerate(zip(questions, options, answers)):
-    choices = tuple(choices)
-    # Only the article is checked: a question may be empty (RACE's cloze
-    # questions can be a bare blank; the options carry the text).
-    _check_texts(task, (record["article"],), choices)
-    label = _choice_label(answer, len(choices), "A")
-    examples.append(Example((record["article"], question), label, choices=choices, id=f"{name}-{q}",
-                            source=f"{where}#q{q}"))
-  return examples
-
-
-def _read_race(task: Task, path: str, split: str, skip_malformed: bool) -> SplitData:
-  """RACE: ``path`` is a split folder (``RACE/dev``, holding ``middle/`` and ``high/``) or one file.
-
-  Each ``*.txt``/``*.json`` file is one JSON article with ``article``,
-  ``questions``, ``options``, ``answers`` (letters) and ``id``.
-  """
-  if os.path.isfile(path):
-    files = [path]
-  else:
-    files = []
-    for level in _RACE_LEVELS[task.name]:
-      folder = os.path.join(path, level)
-      if not os.path.isdir(folder):
-        raise ValueError(f"{task.name}: no folder {folder} (RACE keeps each split in middle/ and high/)")
-      files += sorted(glob.glob(os.path.join(folder, "*.txt")) + glob.glob(os.path.join(folder, "*.json")),
-                      key=_natural_key)
-  out = _Collector(task, split, path, skip_malformed)
-  for file in files:
-    lines = list(_lines(file))
-    bad = next(((n, t) for n, t in lines if isinstance(t, Malformed)), None)
-    if bad is not None:
-      out.malformed(f"{file}:{bad[0]}", bad[1])
-      continue
-    text = "\n".join(t for _, t in lines)
-    try:
-      record = json.loads(text)
-    except json.JSONDecodeError as e:
-      out.malformed(f"{file}:{e.lineno}", Malformed(f"not valid JSON: {e.msg}"))
-      continue
-    if not isinstance(record, dict):
-      out.malformed(f"{file}:1", Malformed("expected a JSON object"))
-      continue
-    name = str(record.get("id", os.path.basename(file)))
-    out.add(f"{file}:1", lambda: _race_examples(task, record, name, f"{file}:1"))
-  return out.data
-
-
-def _natural_key(path: str):
-  return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path)]
-
-
-# ----------------------------------------------------------------------------
-# tensorflow-datasets mappers: one tfds record -> Examples (the same checks).
-
-def _text(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _tfds_label(task: Task, record: dict, split: str):
-  raw = record["label"]
-  if task.type == "regression":
-    raw = float(raw)
-    if raw == -1.0 and not task.is_labelled(split):
-      return None  # GLUE test sets store -1
-    return _regression_label(task, raw)
-  raw = int(raw)
-  if raw == -1:
-    if task.is_labelled(split):
-      raise _NoGold()  # SNLI: no annotator majority
-    return None
-  return _class_label(task, raw)
-
-
-def _tfds_pair_or_single(features: tuple[str, ...]) -> TfdsMapper:
-  def mapper(task: Task, record: dict, split: str, where: str) -> list:
-    texts = tuple(_text(record[f]) for f in features)
-    _check_texts(task, texts)
-    label = _tfds_label(task, record, split)
-    ident = str(int(record["idx"])) if "idx" in record else where.rsplit("#", 1)[-1]
-    return [Example(texts, label, id=ident, source=where)]
-  return mapper
-
-
-def _tfds_race(task: Task, record: dict, split: str, where: str) -> list:
-  rec = {"article": _text(record["article"]),
-         "questions": [_text(q) for q in record["questions"]],
-         "options": [[_text(o) for o in opts] for opts in record["options"]],
-         "answers": [_text(a) for a in record["answers"]]}
-  return _race_examples(task, rec, _text(record.get("example_id", where)), where)
-
-
-def _tfds_story_cloze(task: Task, record: dict, split: str, where: str) -> list:
-  context = _text(record["context"])
-  choices = tuple(_text(e) for e in record["endings"])
-  _check_texts(task, (context,), choices)
-  raw = int(record["label"])
-  label = None if raw == -1 and not task.is_labelled(split) else _choice_label(str(raw), len(choices), "1")
-  return [Example((context,), label, choices=choices, id=where.rsplit("#", 1)[-1], source=where)]
-
-
-def _rocstories_select(split: str, examples: list) -> list:
-  """The original code's split of the validation stories: a seeded permutation, its first fifth held out.
-
-  Equal to ``sklearn.model_selection.train_test_split(..., test_size=n // 5,
-  random_state=3535999445)`` (374 of 1,871), in the same order.
-  """
-  if split == "test":
-    return examples
-  n = len(examples)
-  order = np.random.RandomState(ROCSTORIES_SEED).permutation(n)
-  held_out = n // 5
-  chosen = order[:held_out] if split == "validation" else order[held_out:]
-  return [examples[i] for i in chosen]
-
-
-# ----------------------------------------------------------------------------
 # The registry.
 
 def _glue_tsv(texts, label, ids=("index",), no_gold=()):
@@ -542,7 +123,7 @@ def _glue_tsv(texts, label, ids=("index",), no_gold=()):
 
 
 def _tsv_reader(*formats: TsvFormat) -> LocalReader:
-  return lambda task, path, split, skip: _read_tsv(formats, task, path, split, skip)
+  return lambda task, path, split, skip: read_tsv(formats, task, path, split, skip)
 
 
 _GLUE_FILES = {"train": ("train.tsv",), "validation": ("dev.tsv",), "test": ("test.tsv",)}
@@ -561,55 +142,55 @@ def _make_tasks() -> dict[str, Task]:
   tasks = [
       Task("sst2", "classification", ("sentence",), ("negative", "positive"), acc, _GLUE_SPLITS, _GLUE_FILES,
            _tsv_reader(_glue_tsv(("sentence",), "label")), _glue_tfds("glue/sst2"),
-           _tfds_pair_or_single(("sentence",))),
+           tfds_pair_or_single(("sentence",))),
       Task("cola", "classification", ("sentence",), ("unacceptable", "acceptable"), ("accuracy", "mcc"),
            _GLUE_SPLITS, _GLUE_FILES,
            # train/dev: no header, ``source  label  star  sentence``; test: header ``index  sentence``.
            _tsv_reader(_glue_tsv(("sentence",), "label"),
                        TsvFormat((3,), 1, header=False, num_columns=4)),
-           _glue_tfds("glue/cola"), _tfds_pair_or_single(("sentence",))),
+           _glue_tfds("glue/cola"), tfds_pair_or_single(("sentence",))),
       Task("mnli", "entailment", ("premise", "hypothesis"), _NLI, acc, mnli_splits,
            {"train": ("train.tsv", "multinli_1.0_train.txt"),
             "validation_matched": ("dev_matched.tsv", "multinli_1.0_dev_matched.txt"),
             "validation_mismatched": ("dev_mismatched.tsv", "multinli_1.0_dev_mismatched.txt"),
             "test_matched": ("test_matched.tsv",), "test_mismatched": ("test_mismatched.tsv",)},
-           nli_tsv, _glue_tfds("glue/mnli", mnli_splits), _tfds_pair_or_single(("premise", "hypothesis"))),
+           nli_tsv, _glue_tfds("glue/mnli", mnli_splits), tfds_pair_or_single(("premise", "hypothesis"))),
       Task("snli", "entailment", ("premise", "hypothesis"), _NLI, acc, _GLUE_SPLITS,
            {"train": ("train.tsv", "snli_1.0_train.txt"), "validation": ("dev.tsv", "snli_1.0_dev.txt"),
             "test": ("test.tsv", "snli_1.0_test.txt")},
-           nli_tsv, _glue_tfds("snli"), _tfds_pair_or_single(("premise", "hypothesis")), labelled_test=True),
+           nli_tsv, _glue_tfds("snli"), tfds_pair_or_single(("premise", "hypothesis")), labelled_test=True),
       Task("qnli", "entailment", ("question", "sentence"), ("entailment", "not_entailment"), acc, _GLUE_SPLITS,
            _GLUE_FILES, _tsv_reader(_glue_tsv(("question", "sentence"), "label")), _glue_tfds("glue/qnli"),
-           _tfds_pair_or_single(("question", "sentence"))),
+           tfds_pair_or_single(("question", "sentence"))),
       Task("rte", "entailment", ("premise", "hypothesis"), ("entailment", "not_entailment"), acc, _GLUE_SPLITS,
            _GLUE_FILES, _tsv_reader(_glue_tsv(("sentence1", "sentence2"), "label")), _glue_tfds("glue/rte"),
-           _tfds_pair_or_single(("sentence1", "sentence2"))),
+           tfds_pair_or_single(("sentence1", "sentence2"))),
       Task("scitail", "entailment", ("premise", "hypothesis"), ("entails", "neutral"), acc, _GLUE_SPLITS,
            {"train": ("scitail_1.0_train.tsv", "train.tsv"), "validation": ("scitail_1.0_dev.tsv", "dev.tsv"),
             "test": ("scitail_1.0_test.tsv", "test.tsv")},
            # SciTail's tsv_format has no header: ``premise  hypothesis  label``.
            _tsv_reader(_glue_tsv(("sentence1", "sentence2"), "label"), _glue_tsv(("premise", "hypothesis"), "label"),
                        TsvFormat((0, 1), 2, header=False, num_columns=3)),
-           _glue_tfds("sci_tail"), _tfds_pair_or_single(("premise", "hypothesis")), labelled_test=True),
+           _glue_tfds("sci_tail"), tfds_pair_or_single(("premise", "hypothesis")), labelled_test=True),
       Task("mrpc", "similarity", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), ("accuracy", "f1"),
            _GLUE_SPLITS,
            {"train": ("train.tsv", "msr_paraphrase_train.txt"), "validation": ("dev.tsv",),
             "test": ("test.tsv", "msr_paraphrase_test.txt")},
            _tsv_reader(_glue_tsv(("#1 String", "#2 String"), "Quality")), _glue_tfds("glue/mrpc"),
-           _tfds_pair_or_single(("sentence1", "sentence2"))),
+           tfds_pair_or_single(("sentence1", "sentence2"))),
       Task("qqp", "similarity", ("question1", "question2"), ("not_duplicate", "duplicate"), ("accuracy", "f1"),
            _GLUE_SPLITS, _GLUE_FILES, _tsv_reader(_glue_tsv(("question1", "question2"), "is_duplicate", ("id",))),
-           _glue_tfds("glue/qqp"), _tfds_pair_or_single(("question1", "question2"))),
+           _glue_tfds("glue/qqp"), tfds_pair_or_single(("question1", "question2"))),
       Task("stsb", "regression", ("sentence1", "sentence2"), None, ("pearson", "spearman"), _GLUE_SPLITS,
            _GLUE_FILES, _tsv_reader(_glue_tsv(("sentence1", "sentence2"), "score")), _glue_tfds("glue/stsb"),
-           _tfds_pair_or_single(("sentence1", "sentence2")), label_range=(0.0, 5.0)),
+           tfds_pair_or_single(("sentence1", "sentence2")), label_range=(0.0, 5.0)),
   ]
   race_dirs = {"train": ("train",), "validation": ("dev",), "test": ("test",)}
-  for name, levels in _RACE_LEVELS.items():
+  for name, levels in RACE_LEVELS.items():
     tfds_splits = {s: tuple((f"race/{lv}", t) for lv in levels)
                    for s, t in (("train", "train"), ("validation", "dev"), ("test", "test"))}
     tasks.append(Task(name, "multiple_choice", ("article", "question"), ("A", "B", "C", "D"), acc, _GLUE_SPLITS,
-                      race_dirs, _read_race, tfds_splits, _tfds_race, num_choices=4, labelled_test=True))
+                      race_dirs, read_race, tfds_splits, tfds_race, num_choices=4, labelled_test=True))
   val = ("cloze_test_val__spring2016.csv", "cloze_test_val__spring2016 - cloze_test_ALL_val.csv",
          "cloze_test_val__spring2016*.csv")
   tasks.append(Task(
@@ -617,10 +198,10 @@ def _make_tasks() -> dict[str, Task]:
       {"train": val, "validation": val,
        "test": ("cloze_test_test__spring2016.csv", "cloze_test_test__spring2016 - cloze_test_ALL_test.csv",
                 "cloze_test_test__spring2016*.csv")},
-      _read_story_cloze,
+      read_story_cloze,
       {"train": (("story_cloze/2016", "validation"),), "validation": (("story_cloze/2016", "validation"),),
        "test": (("story_cloze/2016", "test"),)},
-      _tfds_story_cloze, num_choices=2, labelled_test=True, select=_rocstories_select,
+      tfds_story_cloze, num_choices=2, labelled_test=True, select=rocstories_select,
       tfds_manual=("tfds 'story_cloze' needs a manual download: request the Story Cloze Test files at "
                    "https://www.cs.rochester.edu/nlp/rocstories/, save them as cloze_test_val__spring2016.csv and "
                    "cloze_test_test__spring2016.csv in <data_dir>/downloads/manual/, or skip tfds and pass the "
@@ -643,21 +224,13 @@ def get_task(name: Union[str, Task]) -> Task:
 # ----------------------------------------------------------------------------
 # Entry points.
 
-def _report(data: SplitData) -> SplitData:
-  if data.num_skipped:
-    log.warning("%s/%s: skipped %d malformed row(s) of %s (first: %s)", data.task.name, data.split,
-                data.num_skipped, data.origin, data.skipped[0])
-  if data.num_no_gold:
-    log.info("%s/%s: excluded %d example(s) without a gold label from %s", data.task.name, data.split,
-             data.num_no_gold, data.origin)
-  return data
 
 
 def find_file(task: Union[str, Task], split: str, folder: str) -> str:
   """The file (RACE: the folder) of ``split`` inside ``folder``, by the official names."""
   task = get_task(task)
   split = task.canonical_split(split)
-  if task.name in _RACE_LEVELS and os.path.isdir(os.path.join(folder, "RACE")):
+  if task.name in RACE_LEVELS and os.path.isdir(os.path.join(folder, "RACE")):
     folder = os.path.join(folder, "RACE")
   for name in task.files[split]:
     found = sorted(glob.glob(os.path.join(glob.escape(folder), name))) if "*" in name else (
@@ -678,7 +251,7 @@ def read_file(task: Union[str, Task], split: str, path: str, *, skip_malformed: 
   data = task.read_local(task, path, split, skip_malformed)
   if task.select is not None:
     data.examples = task.select(split, data.examples)
-  return _report(data)
+  return report(data)
 
 
 def load_tfds(task: Union[str, Task], split: str, data_dir: Optional[str] = None, *, skip_malformed: bool = False,
@@ -699,7 +272,7 @@ def load_tfds(task: Union[str, Task], split: str, data_dir: Optional[str] = None
       raise ValueError(f"{task.name}/{split} reads {len(sources)} tfds datasets; dataset= cannot replace them")
     sources = ((dataset, sources[0][1]),)
   origin = " + ".join(f"tfds:{name}/{s}" for name, s in sources)
-  out = _Collector(task, split, origin, skip_malformed)
+  out = Collector(task, split, origin, skip_malformed)
   for name, tfds_split in sources:
     try:
       ds = tfds.load(name, split=tfds_split, data_dir=data_dir, download=download, shuffle_files=False)
@@ -713,7 +286,7 @@ def load_tfds(task: Union[str, Task], split: str, data_dir: Optional[str] = None
   data = out.data
   if task.select is not None:
     data.examples = task.select(split, data.examples)
-  return _report(data)
+  return report(data)
 
 
 def load_split(task: Union[str, Task], split: str, source: str, *, skip_malformed: bool = False) -> SplitData:
@@ -723,10 +296,6 @@ def load_split(task: Union[str, Task], split: str, source: str, *, skip_malforme
   if source == "tfds" or source.startswith("tfds:"):
     return load_tfds(task, split, source[5:] or None, skip_malformed=skip_malformed)
   path = source
-  if os.path.isdir(source) and not (task.name in _RACE_LEVELS and _is_race_split_dir(source)):
+  if os.path.isdir(source) and not (task.name in RACE_LEVELS and is_race_split_dir(source)):
     path = find_file(task, split, source)
   return read_file(task, split, path, skip_malformed=skip_malformed)
-
-
-def _is_race_split_dir(folder: str) -> bool:
-  return any(os.path.isdir(os.path.join(folder, lv)) for lv in ("middle", "high"))
