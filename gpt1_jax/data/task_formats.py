@@ -16,12 +16,24 @@ import logging
 import math
 import os
 import re
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
-if TYPE_CHECKING:
-  from gpt1_jax.data.tasks import Task
+
+class Task(Protocol):
+  """What a reader needs of a task: :class:`gpt1_jax.data.tasks.Task` has all of it (the readers are
+  below the registry, so they name this shape instead of importing it)."""
+
+  name: str
+  type: str
+  fields: tuple
+  labels: Optional[tuple]
+  num_choices: int
+  label_range: Optional[tuple]
+
+  def is_labelled(self, split: str) -> bool: ...
+
 
 log = logging.getLogger("gpt1_jax.data.tasks")  # the name these messages have always been logged under
 
