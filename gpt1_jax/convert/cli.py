@@ -13,6 +13,8 @@ from gpt1_jax.convert.hf_dir import (DEFAULT_MAX_SHARD_BYTES, HF_RECORD_KEY, fro
 from gpt1_jax.convert.mapping import ConversionError
 from gpt1_jax.convert.openai import from_openai_release
 
+
+
 def _parse_size(text: str) -> int:
   m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", text.upper())
   if not m:

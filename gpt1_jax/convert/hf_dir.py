@@ -20,6 +20,8 @@ from gpt1_jax.convert.mapping import (MC_HEAD, N_SPECIAL, RELEASE_VOCAB_SIZE, SC
                                       to_hf)
 from gpt1_jax.model import ModelConfig, stack_layers
 
+
+
 def load_hf_state_dict(path: str) -> tuple[dict, Optional[dict]]:
   """A saved model (directory, ``*.safetensors`` or ``*.bin``) -> ``(state_dict, config.json or None)``.
 

@@ -14,6 +14,8 @@ from gpt1_jax.model import ModelConfig
 NUM_SHARDS = 10  # params_0.npy ... params_9.npy
 ARRAYS_PER_LAYER = len(LAYER_KEYS)
 
+
+
 def read_params_shapes(path: str) -> list[tuple[int, ...]]:
   """The shapes in ``params_shapes.json``, checked to be GPT-1's layout: positions, tokens, 12 per layer."""
   if not os.path.isfile(path):
@@ -26,7 +28,7 @@ def read_params_shapes(path: str) -> list[tuple[int, ...]]:
   if len(shapes) < 2 + ARRAYS_PER_LAYER or (len(shapes) - 2) % ARRAYS_PER_LAYER:
     raise ConversionError(f"{path}: {len(shapes)} arrays; expected 2 embedding tables + "
                           f"{ARRAYS_PER_LAYER} per layer")
-  (n_ctx, d), (_, d_tok) = shapes[0], shapes[1]
+  (_, d), (_, d_tok) = shapes[0], shapes[1]
   expected = [(1, d, 3 * d), (3 * d,), (1, d, d), (d,), (d,), (d,), (1, d, 4 * d), (4 * d,), (1, 4 * d, d), (d,),
               (d,), (d,)]
   if d_tok != d or len(shapes[0]) != 2 or len(shapes[1]) != 2:
