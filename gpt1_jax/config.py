@@ -36,6 +36,7 @@ class Train:
   grad_clip: float = 1.0
   on_nonfinite: str = "stop"
   lm_loss_chunk: int = 0  # positions per chunk of the LM output layer (0: all at once)
+  softmax_samples: int = 0  # pretraining only: sampled softmax over this many candidates (0: the full softmax)
 
   def __post_init__(self):
     _one_of(self, "schedule", SCHEDULES)
@@ -47,6 +48,8 @@ class Train:
                        f"{self.grad_accum_steps}")
     if self.lm_loss_chunk < 0:
       raise ValueError(f"train.lm_loss_chunk={self.lm_loss_chunk} must be 0 (off) or positive")
+    if self.softmax_samples < 0:
+      raise ValueError(f"train.softmax_samples={self.softmax_samples} must be 0 (the full softmax) or positive")
     if not 0 <= self.warmup_fraction < 1 or self.warmup_steps < 0:
       raise ValueError(f"train.warmup_steps={self.warmup_steps} / warmup_fraction={self.warmup_fraction}: "
                        f"expected a non-negative step count and a fraction in [0, 1)")

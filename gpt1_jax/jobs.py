@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from gpt1_jax.config import Run
-from gpt1_jax.train import LMObjective, TaskObjective
+from gpt1_jax.train import LMObjective, TaskObjective, unigram_proposal
 
 
 @dataclasses.dataclass
@@ -58,7 +58,11 @@ def lm_job(run: Run) -> Job:
     logging.warning("eval.every_steps=%d but %s has no held-out ('valid') split: there will be no evaluation. "
                     "Prepare the data with --valid_fraction > 0, or set eval.every_steps=0 to silence this",
                     run.eval.every_steps, run.data.dir)
-  objective = LMObjective(model_cfg, loss_chunk=run.train.lm_loss_chunk)
+  proposal = None
+  if run.train.softmax_samples:  # the corpus's own unigram: the proposal closest to the model early on
+    proposal = unigram_proposal(train.unigram_counts(model_cfg.vocab_size))
+  objective = LMObjective(model_cfg, loss_chunk=run.train.lm_loss_chunk, softmax_samples=run.train.softmax_samples,
+                          proposal=proposal)
   return Job(
       objective=objective, num_steps=run.train.num_steps, seq_len=n_ctx,
       train_batches=lambda rows, start: train.train_batches(rows, seed=run.seed, start_step=start),

@@ -306,6 +306,15 @@ class Embed(nn.Module):
     logits = jnp.einsum("...d,vd->...v", h, self.tokens.astype(cfg.dtype))
     return logits[..., :cfg.vocab_size]
 
+  def attend_rows(self, h: Array, ids: Array) -> Array:
+    """Logits of the tied head for the vocabulary rows ``ids [K]`` only: ``[..., n_embd] -> [..., K]``."""
+    return jnp.einsum("...d,kd->...k", h, jnp.take(self.tokens, ids, axis=0).astype(self.config.dtype))
+
+  def target_logits(self, h: Array, ids: Array) -> Array:
+    """The logit of each position's own token: ``h [..., n_embd]``, ``ids [...]`` -> ``[...]``."""
+    rows = jnp.take(self.tokens, ids, axis=0).astype(self.config.dtype)
+    return jnp.sum(h.astype(jnp.float32) * rows.astype(jnp.float32), axis=-1)
+
 
 class LSTMBody(nn.Module):
   """The paper's Table 5 ablation: one 2048-unit LSTM layer in place of the transformer.
@@ -423,6 +432,14 @@ class GPT1LM(nn.Module):
   def project(self, hidden: Array) -> Array:
     """The tied output layer alone: ``[..., n_embd] -> [..., vocab_size]``."""
     return self.transformer.logits(hidden)
+
+  def project_rows(self, hidden: Array, ids: Array) -> Array:
+    """The tied output layer restricted to the vocabulary rows ``ids [K]``: ``[..., K]``."""
+    return self.transformer.embed.attend_rows(hidden, ids)
+
+  def target_logits(self, hidden: Array, targets: Array) -> Array:
+    """The tied output layer's logit of each position's target token alone: ``[...]``."""
+    return self.transformer.embed.target_logits(hidden, targets)
 
 
 def map_position_chunks(fn, chunk: int, *arrays: Array) -> Array:

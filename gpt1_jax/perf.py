@@ -28,7 +28,8 @@ DATASHEET_BF16 = {
 }
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True, lm_head: bool = True) -> float:
+def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True, lm_head: bool = True,
+                    head_rows: int = 0) -> float:
   """Model FLOPs per token (PaLM appendix B convention).
 
   ``6 * N + 12 * n_layer * n_embd * seq_len`` for training (forward + backward),
@@ -36,10 +37,11 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True, lm_he
   blocks plus the tied output projection ``vocab x n_embd`` (the embedding
   lookup itself is free and the position table is not multiplied). The second
   term is attention's scores and weighted sum (2 matmuls of ``T x d`` per
-  token and layer, x3 for backward). Inference: divide by 3.
+  token and layer, x3 for backward). Inference: divide by 3. ``head_rows`` > 0: the output layer
+  multiplies each token by that many vocabulary rows only (a sampled softmax's candidates and target).
   """
   d = cfg.n_embd
-  v = cfg.vocab_size if lm_head else 0  # a task head without the auxiliary LM never projects to the vocabulary
+  v = (head_rows or cfg.vocab_size) if lm_head else 0  # a task head without the auxiliary LM never projects
   if cfg.architecture == "lstm":
     u = cfg.lstm_units
     n = d * 4 * u + u * 4 * u + u * d + v * d

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gpt1_jax import task_types
@@ -94,6 +95,9 @@ class LMObjective:
 
   model_config: ModelConfig
   loss_chunk: int = 0
+  softmax_samples: int = 0
+  # log q [vocab] of the sampled softmax (`unigram_proposal`); not part of equality.
+  proposal: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
   @property
   def model(self) -> nn.Module:
@@ -112,6 +116,12 @@ class LMObjective:
     if "example_mask" in batch:
       mask = mask * batch["example_mask"][:, None]
     t = batch["inputs"].shape[1]
+    if self.softmax_samples and not deterministic:
+      hidden = self.model.apply({"params": params}, batch["inputs"], deterministic=deterministic, rngs=rngs,
+                                method=GPT1LM.hidden)
+      losses = self._sampled_cross_entropy(params, hidden, batch["targets"], jax.random.fold_in(rng, 1))
+      total = jnp.sum(losses * mask)
+      return total, jnp.sum(mask), {"lm_loss": total}
     chunk = int(self.loss_chunk)
     if not chunk or chunk >= t:
       logits = self.model.apply({"params": params}, batch["inputs"], deterministic=deterministic, rngs=rngs)
@@ -130,6 +140,48 @@ class LMObjective:
     sums = map_position_chunks(chunk_loss, chunk, hidden, batch["targets"], mask)
     total = jnp.sum(sums)
     return total, jnp.sum(mask), {"lm_loss": total}
+
+  def _sampled_cross_entropy(self, params, hidden, targets, rng):
+    if self.proposal is None:
+      raise ValueError("softmax_samples > 0 needs a proposal: LMObjective(proposal=train.unigram_proposal(counts))")
+    log_probs = jnp.asarray(self.proposal)
+    sampled = sample_candidates(rng, log_probs, int(self.softmax_samples))
+    apply = lambda method, *a: self.model.apply({"params": params}, *a, method=method)  # noqa: E731
+    return sampled_softmax_cross_entropy(apply(GPT1LM.target_logits, hidden, targets),
+                                         apply(GPT1LM.project_rows, hidden, sampled), targets, sampled, log_probs)
+
+
+def unigram_proposal(counts) -> np.ndarray:
+  """A sampled softmax's proposal from corpus token counts: add-one smoothed unigram log-probabilities
+  (float32 ``[vocab]``), so every id can be drawn and its correction is finite."""
+  counts = np.asarray(counts, np.float64) + 1.0
+  return np.log(counts / counts.sum()).astype(np.float32)
+
+
+def sample_candidates(rng: jax.Array, log_probs: jax.Array, num: int) -> jax.Array:
+  """``num`` ids drawn with replacement from ``exp(log_probs)`` by inverse CDF (``num`` binary
+  searches, not a ``[num, vocab]`` Gumbel draw)."""
+  cdf = jnp.cumsum(jnp.exp(log_probs))
+  u = jax.random.uniform(rng, (num,)) * cdf[-1]
+  return jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, log_probs.shape[0] - 1).astype(jnp.int32)
+
+
+def sampled_softmax_cross_entropy(true_logits: jax.Array, sampled_logits: jax.Array, targets: jax.Array,
+                                  sampled: jax.Array, log_probs: jax.Array) -> jax.Array:
+  """Sampled softmax (Jean et al. 2015; Bengio & Senecal 2008): each position's cross-entropy over its
+  own token and ``K`` shared candidates drawn with replacement from the proposal ``exp(log_probs)``,
+  every logit corrected by ``-log(K * q(id))`` (the id's expected count among the candidates), and
+  candidates equal to the position's target removed. Its gradient estimates the full softmax's at
+  ``K / vocab`` of the output layer's cost; the estimate is the better the closer q is to the model.
+
+  ``true_logits [...]``, ``sampled_logits [..., K]``, ``targets [...]``, ``sampled [K]`` -> ``[...]``.
+  """
+  log_k = jnp.log(float(sampled.shape[0]))
+  true = true_logits.astype(jnp.float32) - (log_k + log_probs[targets])
+  other = sampled_logits.astype(jnp.float32) - (log_k + log_probs[sampled])
+  other = jnp.where(targets[..., None] == sampled, -jnp.inf, other)
+  both = jnp.concatenate([true[..., None], other], axis=-1)
+  return jax.nn.logsumexp(both, axis=-1) - true
 
 
 def lm_loss_per_sequence(logits: jax.Array, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:

@@ -287,6 +287,21 @@ class LMData:
     """The whole token stream, read into memory (for inspection and tests)."""
     return np.array(self._tokens.read(0, self.num_tokens))
 
+  def unigram_counts(self, vocab_size: int, max_tokens: int = 1 << 24, pieces: int = 256) -> np.ndarray:
+    """Token counts ``[vocab_size]`` (int64) of the stream, or of ``pieces`` evenly spaced stretches
+    of it totalling ``max_tokens`` when it is longer: a deterministic function of the data, read
+    by offset like the batches (a sampled softmax's proposal)."""
+    n = self.num_tokens
+    if n <= max_tokens:
+      spans = [(0, n)]
+    else:
+      width = max_tokens // pieces
+      spans = [(int(s), int(s) + width) for s in np.linspace(0, n - width, pieces).astype(np.int64)]
+    counts = np.zeros(vocab_size, np.int64)
+    for start, stop in spans:
+      counts += np.bincount(np.asarray(self._tokens.read(start, stop)), minlength=vocab_size)[:vocab_size]
+    return counts
+
   def fetch(self, idx: np.ndarray) -> dict:
     """Windows ``idx`` (int ``[rows]``) as a batch: one read of ``n_ctx + 1`` tokens each."""
     n = self.n_ctx
