@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 ACCEPTED_PREFIXES = ("log.", "checkpoint.", "eval.", "debug.", "mesh.", "init.")
 ACCEPTED_KEYS = ("data.dir", "task.source", "model.remat", "train.on_nonfinite")
 LENGTH_KEYS = ("train.num_steps", "train.num_epochs")
+# Keys added after runs were already saved: a checkpoint without one ran with this value.
+ADDED_KEYS = {"train.softmax_samples": 0}
 
 
 def run_kind(config: dict) -> str:
@@ -57,7 +59,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 def config_changes(saved: dict, current: dict) -> dict[str, tuple]:
   """``{dotted key: (checkpoint value, value now)}``, compared as JSON (tuples and lists alike)."""
   norm = lambda d: flatten(json.loads(json.dumps(d, default=str)))
-  a, b = norm(saved), norm(current)
+  a, b = {**ADDED_KEYS, **norm(saved)}, norm(current)
   return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
 
 

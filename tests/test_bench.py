@@ -125,7 +125,7 @@ def test_cpu_shapes_state_their_reductions():
   tiny, gpt1 = bench.make_shapes("both", on_cpu=True, layers_cpu=2, batch=0, dtype="float32", attention="xla",
                                  vocab_pad=0)
   demo = load_config("pretrain", "tiny")  # the demo's model, whatever its current size
-  assert (tiny.batch, tiny.seq_len) == (demo.train.batch_size, demo.model.n_ctx) == (8, 64)
+  assert (tiny.batch, tiny.seq_len) == (demo.train.batch_size, demo.model.n_ctx) == (32, 64)
   assert (tiny.model.n_embd, tiny.model.n_layer, tiny.model.resid_pdrop) == (
       demo.model.n_embd, demo.model.n_layer, demo.model.resid_pdrop)
   assert (gpt1.model.n_layer, gpt1.model.n_embd, gpt1.model.n_head, gpt1.seq_len) == (2, 768, 12, 512)

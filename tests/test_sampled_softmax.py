@@ -99,3 +99,11 @@ def test_pretraining_with_a_sampled_softmax_learns_and_evaluates_exactly(lm_data
   # below the uniform model's log(vocab) after training.
   assert result["eval/perplexity"] == pytest.approx(np.exp(result["eval/loss"]), rel=1e-6)
   assert result["eval/loss"] < np.log(c.model.vocab_size)
+
+
+def test_resuming_a_run_saved_before_the_key_existed():
+  from gpt1_jax import resume
+  saved = {"train": {"learning_rate": 1e-3}}  # a config.json written before train.softmax_samples
+  assert resume.config_changes(saved, {"train": {"learning_rate": 1e-3, "softmax_samples": 0}}) == {}
+  assert resume.config_changes(saved, {"train": {"learning_rate": 1e-3, "softmax_samples": 64}}) == {
+      "train.softmax_samples": (0, 64)}
