@@ -1,6 +1,6 @@
 """The transfer curve: what each stretch of pretraining buys the fine-tuned task.
 
-  python -m gpt1_jax.transfer --pretrain=workdirs/demo/pretrain [--out=DIR] [--seeds=0,1,2]
+  python -m gpt1_jax.transfer --pretrain=workdirs/demo/pretrain [--out=DIR] [--seeds=0,1,2] [--task_dir=DIR]
 
 For every checkpoint kept by one pretraining run (``checkpoint.keep_period`` keeps them all),
 and for random initialisation as step 0, it reports:
@@ -112,6 +112,10 @@ def curve(pretrain_dir: str, out: str, seeds=(0, 1, 2), task_dir: str | None = N
   from gpt1_jax import probe
   from gpt1_jax.tokenizer import GPT1Tokenizer
   task_dir = task_dir or project.path("data", "sst2")
+  absent = [n for n in ("train.tsv", "dev.tsv") if not os.path.isfile(os.path.join(task_dir, n))]
+  if absent:
+    raise FileNotFoundError(f"{task_dir}: no {' or '.join(absent)} (a task directory in SST-2's format: "
+                            f"sentence<TAB>label rows under a header)")
   pretrain_dir = os.path.abspath(pretrain_dir)
   available = checkpoint_steps(pretrain_dir)
   steps = available if steps is None else [int(s) for s in steps]
@@ -194,7 +198,7 @@ def main(argv):
   quiet_library_logs()
   f = flags.FLAGS
   out = f.out or os.path.join(os.path.dirname(os.path.abspath(f.pretrain)), "transfer")
-  rows = curve(f.pretrain, out, seeds=[int(s) for s in f.seeds], steps=f.steps or None,
+  rows = curve(f.pretrain, out, seeds=[int(s) for s in f.seeds], task_dir=f.task_dir or None, steps=f.steps or None,
                log=lambda m: print(m, flush=True))
   print(table(rows))
   print(f"wrote {out}/transfer.{{json,md,png}}")
@@ -207,4 +211,6 @@ if __name__ == "__main__":
   flags.DEFINE_string("out", "", "Output directory (default: PRETRAIN/../transfer).")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Fine-tuning seeds.")
   flags.DEFINE_list("steps", [], "Checkpoint steps to evaluate (default: all kept).")
+  flags.DEFINE_string("task_dir", "", "Labelled sentences in SST-2's format (train.tsv, dev.tsv: sentence, label) "
+                      "to fine-tune and probe on instead of the shipped SST-2 sample (a held-back check).")
   app.run(main)

@@ -132,6 +132,11 @@ def test_curve_refuses_a_missing_step_before_any_work(lm_data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"no checkpoint at steps \[30\]"):
     transfer.curve(pre, str(tmp_path / "curve"), seeds=[0], steps=[10, 30])
   assert not (tmp_path / "curve").exists()
+  (tmp_path / "task").mkdir()
+  (tmp_path / "task" / "train.tsv").write_text("sentence\tlabel\ngood\t1\n")
+  with pytest.raises(FileNotFoundError, match=r"task: no dev.tsv"):
+    transfer.curve(pre, str(tmp_path / "curve"), seeds=[0], steps=[10], task_dir=str(tmp_path / "task"))
+  assert not (tmp_path / "curve").exists()
 
 
 def test_shipped_files_are_found_in_the_checkout_or_GPT1_JAX_HOME(tmp_path, monkeypatch):
