@@ -48,6 +48,14 @@ def clean_env(**extra):
   return env
 
 
+def default_signals():
+  """Popen's preexec_fn: SIGINT and SIGTERM at their defaults in the launcher. A shell cannot trap a
+  signal that was ignored when it started, and a non-interactive shell starts its background jobs
+  with SIGINT ignored: pytest run as `cmd &` would otherwise hand the launcher an untrappable SIGINT."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def launch(script, *args, env=None, timeout=60, cwd=REPO):
   return subprocess.run(
       ["bash", str(LAUNCH / script), *args], env=clean_env(**(env or {})), cwd=cwd,
@@ -639,6 +647,7 @@ def test_multihost_failure_stops_the_others_and_passes_on_the_status(fake_main, 
 def test_multihost_signal_stops_every_process(fake_main, sig, status):
   env = dict(fake_main, NUM_PROCESSES=2, FAKE_SLEEP=300, FAKE_CHILD=1)
   launcher = subprocess.Popen(["bash", str(LAUNCH / "local_multihost.sh")], env=clean_env(**env),
+                              preexec_fn=default_signals,
                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   try:
     recs = records(fake_main, 2)
@@ -659,6 +668,7 @@ def test_multihost_signal_stops_every_process(fake_main, sig, status):
 def test_multihost_exits_75_when_every_process_saved(fake_main, sig):
   env = dict(fake_main, NUM_PROCESSES=2, FAKE_SLEEP=300, FAKE_SAVE_ON_TERM=1)
   launcher = subprocess.Popen(["bash", str(LAUNCH / "local_multihost.sh")], env=clean_env(**env),
+                              preexec_fn=default_signals,
                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   try:
     recs = records(fake_main, 2)
