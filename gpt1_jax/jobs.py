@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from gpt1_jax.config import Run
-from gpt1_jax.train import LMObjective, TaskObjective, unigram_proposal
+from gpt1_jax.sampled_softmax import unigram_proposal
+from gpt1_jax.train import LMObjective, TaskObjective
 
 
 @dataclasses.dataclass

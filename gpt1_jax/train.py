@@ -25,6 +25,7 @@ from gpt1_jax import task_types
 if TYPE_CHECKING:
   from gpt1_jax import config
 from gpt1_jax.model import GPT1ForTask, GPT1LM, ModelConfig, map_position_chunks
+from gpt1_jax.sampled_softmax import sample_candidates, sampled_softmax_cross_entropy
 
 Batch = dict[str, jax.Array]
 
@@ -93,10 +94,10 @@ class LMObjective:
   would not fit.
 
   ``softmax_samples`` > 0 trains with a sampled softmax instead
-  (:func:`sampled_softmax_cross_entropy`): each training step scores every
+  (:mod:`gpt1_jax.sampled_softmax`): each training step scores every
   position against its own token and that many candidates drawn from
   ``proposal`` (log-probabilities, the corpus unigram from
-  :func:`unigram_proposal`), shared by the batch. It is a training-time
+  ``sampled_softmax.unigram_proposal``), shared by the batch. It is a training-time
   estimate only: evaluation (``deterministic=True``) always uses the full
   softmax, so held-out perplexities compare across recipes. The tiny CPU config
   uses it, where the output layer is 93% of a step's FLOPs.
@@ -152,45 +153,12 @@ class LMObjective:
 
   def _sampled_cross_entropy(self, params, hidden, targets, rng):
     if self.proposal is None:
-      raise ValueError("softmax_samples > 0 needs a proposal: LMObjective(proposal=train.unigram_proposal(counts))")
+      raise ValueError("softmax_samples > 0 needs a proposal: LMObjective(proposal=sampled_softmax.unigram_proposal(counts))")
     log_probs = jnp.asarray(self.proposal)
     sampled = sample_candidates(rng, log_probs, int(self.softmax_samples))
     apply = lambda method, *a: self.model.apply({"params": params}, *a, method=method)  # noqa: E731
     return sampled_softmax_cross_entropy(apply(GPT1LM.target_logits, hidden, targets),
                                          apply(GPT1LM.project_rows, hidden, sampled), targets, sampled, log_probs)
-
-
-def unigram_proposal(counts) -> np.ndarray:
-  """A sampled softmax's proposal from corpus token counts: add-one smoothed unigram log-probabilities
-  (float32 ``[vocab]``), so every id can be drawn and its correction is finite."""
-  counts = np.asarray(counts, np.float64) + 1.0
-  return np.log(counts / counts.sum()).astype(np.float32)
-
-
-def sample_candidates(rng: jax.Array, log_probs: jax.Array, num: int) -> jax.Array:
-  """``num`` ids drawn with replacement from ``exp(log_probs)`` by inverse CDF (``num`` binary
-  searches, not a ``[num, vocab]`` Gumbel draw)."""
-  cdf = jnp.cumsum(jnp.exp(log_probs))
-  u = jax.random.uniform(rng, (num,)) * cdf[-1]
-  return jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, log_probs.shape[0] - 1).astype(jnp.int32)
-
-
-def sampled_softmax_cross_entropy(true_logits: jax.Array, sampled_logits: jax.Array, targets: jax.Array,
-                                  sampled: jax.Array, log_probs: jax.Array) -> jax.Array:
-  """Sampled softmax (Jean et al. 2015; Bengio & Senecal 2008): each position's cross-entropy over its
-  own token and ``K`` shared candidates drawn with replacement from the proposal ``exp(log_probs)``,
-  every logit corrected by ``-log(K * q(id))`` (the id's expected count among the candidates), and
-  candidates equal to the position's target removed. Its gradient estimates the full softmax's at
-  ``K / vocab`` of the output layer's cost; the estimate is the better the closer q is to the model.
-
-  ``true_logits [...]``, ``sampled_logits [..., K]``, ``targets [...]``, ``sampled [K]`` -> ``[...]``.
-  """
-  log_k = jnp.log(float(sampled.shape[0]))
-  true = true_logits.astype(jnp.float32) - (log_k + log_probs[targets])
-  other = sampled_logits.astype(jnp.float32) - (log_k + log_probs[sampled])
-  other = jnp.where(targets[..., None] == sampled, -jnp.inf, other)
-  both = jnp.concatenate([true[..., None], other], axis=-1)
-  return jax.nn.logsumexp(both, axis=-1) - true
 
 
 def lm_loss_per_sequence(logits: jax.Array, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:

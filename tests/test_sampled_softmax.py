@@ -11,8 +11,8 @@ import pytest
 from conftest import micro_pretrain_config
 from gpt1_jax import loop, perf
 from gpt1_jax.model import ModelConfig
-from gpt1_jax.train import (LMObjective, cross_entropy, sample_candidates, sampled_softmax_cross_entropy,
-                            unigram_proposal)
+from gpt1_jax.sampled_softmax import sample_candidates, sampled_softmax_cross_entropy, unigram_proposal
+from gpt1_jax.train import LMObjective, cross_entropy
 
 
 def test_unigram_proposal_is_smoothed_counts():
