@@ -37,8 +37,8 @@ def base() -> ml_collections.ConfigDict:
       # Positions per chunk of the LM loss's output layer (0: all at once); must
       # divide the sequence length. Saves the [B, T, 40k] logits' memory.
       lm_loss_chunk=0,
-      # > 0: train with a sampled softmax over this many log-uniform candidates (shared by the
-      # batch) instead of the whole vocabulary; evaluation always uses the full softmax.
+      # > 0: train with a sampled softmax over this many candidates drawn from the corpus unigram
+      # (shared by the batch) instead of the whole vocabulary; evaluation always uses the full softmax.
       softmax_samples=0,
   ))
 

@@ -175,7 +175,7 @@ def _train(run, job, mesh, rules, ck, compiled, eval_compiled, state, meta, star
   writer = MetricWriter(workdir, start_step, tensorboard=run.log.tensorboard)
   progress = Progress(job.num_steps, start_step)
   lm_head = not isinstance(job.objective, TaskObjective) or job.objective.lm_coef != 0
-  samples = getattr(job.objective, "softmax_samples", 0)
+  samples = run.train.softmax_samples if run.task.is_lm else 0  # fine-tuning's auxiliary LM is never sampled
   flops = perf.flops_per_token(run.model, job.seq_len, lm_head=lm_head, head_rows=samples + 1 if samples else 0
                                ) * job.tokens_per_example * gb
   peak = perf.peak_flops(run.model.dtype, run.log.peak_flops_per_device, run.log.measure_peak) * jax.device_count()
