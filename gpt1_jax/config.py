@@ -11,6 +11,7 @@ given (``config.json``, checkpoint metadata, ``resume``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional
 
 from gpt1_jax.model import ModelConfig
@@ -41,18 +42,15 @@ class Train:
   def __post_init__(self):
     _one_of(self, "schedule", SCHEDULES)
     _one_of(self, "on_nonfinite", ON_NONFINITE)
-    if self.batch_size <= 0:
-      raise ValueError(f"train.batch_size must be positive, got {self.batch_size}")
-    if self.grad_accum_steps <= 0 or self.batch_size % self.grad_accum_steps:
+    _at_least(self, 0, "num_steps", "lm_loss_chunk", "softmax_samples", "warmup_steps")
+    _at_least(self, 1, "batch_size", "grad_accum_steps")
+    if self.batch_size % self.grad_accum_steps:
       raise ValueError(f"train.batch_size={self.batch_size} is not divisible by train.grad_accum_steps="
                        f"{self.grad_accum_steps}")
-    if self.lm_loss_chunk < 0:
-      raise ValueError(f"train.lm_loss_chunk={self.lm_loss_chunk} must be 0 (off) or positive")
-    if self.softmax_samples < 0:
-      raise ValueError(f"train.softmax_samples={self.softmax_samples} must be 0 (the full softmax) or positive")
-    if not 0 <= self.warmup_fraction < 1 or self.warmup_steps < 0:
-      raise ValueError(f"train.warmup_steps={self.warmup_steps} / warmup_fraction={self.warmup_fraction}: "
-                       f"expected a non-negative step count and a fraction in [0, 1)")
+    _positive(self, "learning_rate", "eps", "grad_clip")
+    _non_negative(self, "num_epochs", "weight_decay")
+    # b2 = 1 never forgets the first gradients' scale; b1 = 1 never moves.
+    _fraction(self, "b1", "b2", "warmup_fraction")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +58,9 @@ class Data:
   dir: str = ""  # output of `python -m gpt1_jax.data.prepare`
   seq_len: int = 0  # 0: model.n_ctx
   check_tokenizer: bool = True
+
+  def __post_init__(self):
+    _at_least(self, 0, "seq_len")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,11 @@ class Task:
   clf_pdrop: float = 0.1
   skip_malformed: bool = False
   max_train_examples: int = 0
+
+  def __post_init__(self):
+    _at_least(self, 0, "max_len", "max_train_examples")
+    _non_negative(self, "lm_coef")
+    _fraction(self, "clf_pdrop")
 
   @property
   def is_lm(self) -> bool:
@@ -90,8 +96,9 @@ class Checkpoint:
   allow_config_change: bool = False
 
   def __post_init__(self):
-    if self.every_steps <= 0:
-      raise ValueError(f"checkpoint.every_steps must be positive, got {self.every_steps}")
+    _at_least(self, 1, "every_steps", "keep")
+    _at_least(self, 0, "keep_period")
+    _non_negative(self, "every_minutes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,14 +109,17 @@ class Log:
   peak_flops_per_device: float = 0.0
 
   def __post_init__(self):
-    if self.every_steps <= 0:
-      raise ValueError(f"log.every_steps must be positive, got {self.every_steps}")
+    _at_least(self, 1, "every_steps")
+    _non_negative(self, "peak_flops_per_device")
 
 
 @dataclasses.dataclass(frozen=True)
 class Eval:
   every_steps: int = 1000  # 0: only at the end (fine-tuning) / never (pretraining)
   batch_size: int = 0  # 0: train.batch_size
+
+  def __post_init__(self):
+    _at_least(self, 0, "every_steps", "batch_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,11 +133,22 @@ class Mesh:
   num_devices: int = 0  # first N devices only (0: all)
   rules: Optional[tuple] = None  # None: sharding.DEFAULT_RULES
 
+  def __post_init__(self):
+    for key in ("data", "fsdp", "tensor"):
+      value = getattr(self, key)
+      if value != -1 and value < 1:
+        raise ValueError(f"mesh.{key}={value!r}: expected -1 (fill the devices) or a size >= 1")
+    _at_least(self, 1, "dcn_data", "dcn_fsdp", "dcn_tensor")
+    _at_least(self, 0, "num_devices")
+
 
 @dataclasses.dataclass(frozen=True)
 class Debug:
   nan_at_step: int = -1
   preempt_at_step: int = -1
+
+  def __post_init__(self):
+    _at_least(self, -1, "nan_at_step", "preempt_at_step")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +179,14 @@ def resolve(config) -> Run:
     raise ValueError(f"config has unknown sections {sorted(unknown)}")
   sections = {name: section(cls, raw.get(name) or {}, name) for name, cls in _SECTIONS.items()}
   init = raw.get("init") or {}
-  return Run(seed=int(raw.get("seed", 0)), model=model_config(raw.get("model") or {}),
-             init_from=str(init.get("from", "none") or "none"), raw=raw, **sections)
+  model = model_config(raw.get("model") or {})
+  samples = sections["train"].softmax_samples
+  if samples >= model.vocab_size:
+    # A "sample" as large as the vocabulary costs more than the full softmax it approximates.
+    raise ValueError(f"train.softmax_samples={samples}: expected 0 (the full softmax) or fewer candidates "
+                     f"than model.vocab_size={model.vocab_size}")
+  return Run(seed=int(raw.get("seed", 0)), model=model, init_from=str(init.get("from", "none") or "none"),
+             raw=raw, **sections)
 
 
 def section(cls, values: dict, name: str):
@@ -221,6 +248,36 @@ def split_init_from_flag(argv: list[str]) -> tuple[list[str], Optional[str]]:
       out.append(arg)
     i += 1
   return out, value
+
+
+def _refuse(obj, field: str, allowed: str):
+  raise ValueError(f"{type(obj).__name__.lower()}.{field}={getattr(obj, field)!r}: expected {allowed}")
+
+
+def _at_least(obj, low: int, *fields: str):
+  for field in fields:
+    if getattr(obj, field) < low:
+      _refuse(obj, field, f"an integer >= {low}")
+
+
+def _positive(obj, *fields: str):
+  for field in fields:
+    value = getattr(obj, field)
+    if not (math.isfinite(value) and value > 0):
+      _refuse(obj, field, "a finite number > 0")
+
+
+def _non_negative(obj, *fields: str):
+  for field in fields:
+    value = getattr(obj, field)
+    if not (math.isfinite(value) and value >= 0):
+      _refuse(obj, field, "a finite number >= 0")
+
+
+def _fraction(obj, *fields: str):
+  for field in fields:
+    if not 0 <= getattr(obj, field) < 1:  # NaN fails both comparisons
+      _refuse(obj, field, "a number in [0, 1)")
 
 
 def _one_of(obj, field: str, allowed: tuple):

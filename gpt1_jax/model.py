@@ -76,16 +76,20 @@ class ModelConfig:
     self.validate()
 
   def validate(self):
-    def bad(msg):
-      raise ValueError(f"ModelConfig: {msg}")
+    def bad(msg):  # named as the config key (config.model.*) that sets it
+      raise ValueError(f"model.{msg}")
     for name in ("vocab_size", "n_ctx", "n_embd", "n_head", "n_layer", "vocab_pad_multiple", "lstm_units"):
       if int(getattr(self, name)) <= 0:
-        bad(f"{name} must be positive, got {getattr(self, name)}")
+        bad(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
     if self.n_embd % self.n_head:
       bad(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
     for name in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
-      if not 0.0 <= getattr(self, name) < 1.0:
-        bad(f"{name} must be in [0, 1), got {getattr(self, name)}")
+      if not 0.0 <= getattr(self, name) < 1.0:  # NaN fails both comparisons
+        bad(f"{name}={getattr(self, name)!r}: expected a probability in [0, 1)")
+    if not (math.isfinite(self.layer_norm_epsilon) and self.layer_norm_epsilon > 0):
+      bad(f"layer_norm_epsilon={self.layer_norm_epsilon!r}: expected a finite number > 0")
+    if not (math.isfinite(self.initializer_range) and self.initializer_range >= 0):
+      bad(f"initializer_range={self.initializer_range!r}: expected a finite number >= 0")
     if self.attention not in ATTENTION_IMPLS:
       bad(f"attention={self.attention!r}, expected one of {ATTENTION_IMPLS}")
     if self.remat not in REMAT_POLICIES:
