@@ -15,6 +15,9 @@ lock file lets two later runs lock two different inodes at once.
 Where it holds: local disks, and NFS v4 (Linux maps ``flock`` to NFS byte-range
 locks). It does not on object stores (``gs://``, ``s3://``), which have no
 locks: there the run logs a warning and the user must not share workdirs.
+
+``prepare`` locks its ``--output`` with the same class (``Lock(output, what="output",
+advice=..., multihost=False)``), which imports no JAX then.
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ import logging
 import os
 import socket
 import sys
-
-import jax
 
 LOCK_NAME = ".lock"
 
@@ -75,36 +76,47 @@ def _owner_text(text: str) -> str:
     return "an unknown run (the lock file does not say who)"
 
 
+_WORKDIR_ADVICE = ("Two runs in one workdir would overwrite each other's checkpoints and metrics: wait for it to "
+                   "finish, stop it, or use another --workdir")
+
+
 class Lock:
   """``with Lock(workdir):`` -- exclusive ownership of ``workdir`` by this job's process 0.
 
   Every process of a multi-host job learns process 0's outcome, so all of them
   refuse together instead of the others waiting in a collective forever.
+  ``multihost=False`` locks from this process alone, without importing JAX (a tool
+  such as ``prepare`` must not start a backend); ``what`` and ``advice`` word the refusal.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, *, what: str = "workdir", advice: str = _WORKDIR_ADVICE,
+               multihost: bool = True):
     self.workdir = workdir
     self.path = os.path.join(workdir, LOCK_NAME)
+    self.what, self.advice, self.multihost = what, advice, multihost
     self._fd = None
 
   def __enter__(self):
-    error = ""
-    if jax.process_index() == 0:
-      error = self._acquire()
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      failed = multihost_utils.broadcast_one_to_all(bool(error))
-      if failed and not error:
-        error = f"process 0 could not lock {self.path}; see its log"
+    error = self._acquire_on_process_0() if self.multihost else self._acquire()
     if error:
       self._release()
       raise WorkdirError(error)
     return self
 
+  def _acquire_on_process_0(self) -> str:
+    import jax  # here, not at the top: the multihost=False lock must not pay for importing JAX
+    error = self._acquire() if jax.process_index() == 0 else ""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      failed = multihost_utils.broadcast_one_to_all(bool(error))
+      if failed and not error:
+        error = f"process 0 could not lock {self.path}; see its log"
+    return error
+
   def _acquire(self) -> str:
     if is_remote(self.workdir):
       logging.warning("%s is on an object store, which has no locks: nothing stops a second run from using "
-                      "this workdir at the same time", self.workdir)
+                      "this %s at the same time", self.workdir, self.what)
       return ""
     os.makedirs(self.workdir, exist_ok=True)
     # No O_TRUNC: the file's text is the current owner's, to be read if we lose.
@@ -114,12 +126,11 @@ class Lock:
     except OSError:
       with open(self.path) as f:
         owner = _owner_text(f.read())
-      return (f"{self.workdir} is in use by another run: {owner}. Two runs in one workdir would overwrite each "
-              f"other's checkpoints and metrics: wait for it to finish, stop it, or use another --workdir")
+      return f"{self.workdir} is in use by another run: {owner}. {self.advice}"
     previous = os.pread(self._fd, 1 << 16, 0).decode("utf-8", "replace").strip()
     if previous:
-      logging.warning("%s: the previous run there (%s) ended without releasing the workdir (killed?); taking it "
-                      "over", self.workdir, _owner_text(previous))
+      logging.warning("%s: the previous run there (%s) ended without releasing the %s (killed?); taking it "
+                      "over", self.workdir, _owner_text(previous), self.what)
     me = {"host": socket.gethostname(), "pid": os.getpid(),
           "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "command": " ".join(sys.argv)[:500]}

@@ -19,6 +19,7 @@ import numpy as np
 from gpt1_jax.data import tf
 
 DOC_SPLITS = ("file", "line", "blank_line")
+DOC_SPLIT_ALIASES = {"paragraph": "blank_line"}  # the name the README and most users reach for
 ERRORS = ("strict", "replace")
 _CHUNK_DOCS = 1024  # documents per worker task...
 _CHUNK_CHARS = 4 << 20  # ...or this many characters, whichever comes first

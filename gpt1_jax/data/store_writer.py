@@ -6,10 +6,12 @@ rewritten in place (:func:`migrate`)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import os
+import socket
 from typing import Callable
 
 from absl import logging
@@ -17,6 +19,7 @@ import numpy as np
 
 from gpt1_jax.data import lm
 from gpt1_jax.data import store
+from gpt1_jax import workdir
 from gpt1_jax.data import tf
 from gpt1_jax.data.corpus import PrepareError
 
@@ -108,6 +111,67 @@ def identity(manifest: dict) -> dict:
           "errors": manifest.get("errors", {}).get("mode")}
 
 
+_locked: set[str] = set()  # outputs this process holds (prepare migrates under its own lock)
+
+
+@contextlib.contextmanager
+def locked(output: str):
+  """Holds ``OUTPUT/.lock`` (``workdir.Lock``) while a writer works on ``output``.
+
+  A second ``prepare`` (or ``--migrate``, ``--synthetic_tokens``) on the same output is refused
+  naming the first, before it imports TensorFlow or tokenises: two writers would delete each
+  other's temporary shards. Re-entrant within a process. A directory this call created that
+  still holds nothing but the lock when the writer fails (bad input) is removed again.
+  """
+  key = output if store.is_url(output) else os.path.abspath(output)
+  if key in _locked:
+    yield
+    return
+  created = not store.is_url(output) and not os.path.exists(output)
+  lock = workdir.Lock(output, what="output", multihost=False,
+                      advice="Two prepare runs on one --output would delete each other's shards: wait for it "
+                             "to finish, stop it, or use another --output")
+  try:
+    lock.__enter__()
+  except workdir.WorkdirError as e:
+    raise PrepareError(str(e)) from None
+  _locked.add(key)
+  try:
+    yield
+  except BaseException:
+    if created and os.listdir(output) == [workdir.LOCK_NAME]:
+      os.remove(lock.path)  # still holding it: no other run can have it open and locked
+      os.rmdir(output)
+    raise
+  finally:
+    _locked.discard(key)
+    lock.__exit__(None, None, None)
+
+
+def _stale_temp_dirs(output: str) -> list[str]:
+  """Temporary directories of killed runs. Locally every one is stale: this run holds
+  ``OUTPUT/.lock``. An object store has no locks, so there only this host's dead processes' are."""
+  found = tf.io.gfile.glob(os.path.join(output, _TMP_PREFIX + "*"))
+  if not store.is_url(output):
+    return found
+  stale = []
+  for path in found:
+    host, _, pid = os.path.basename(path.rstrip("/"))[len(_TMP_PREFIX):].rpartition("-")
+    if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+      stale.append(path)
+  return stale
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
 def existing_manifest(output: str) -> dict | None:
   path = os.path.join(output, lm.MANIFEST)
   if not tf.io.gfile.exists(path):
@@ -122,11 +186,17 @@ def existing_manifest(output: str) -> dict | None:
 
 def write_output(output: str, manifest: dict, write_split: Callable[[str, str], tuple[list[dict], dict]]):
   """Writes every split's shards under temporary names (``write_split(split, tmp_dir)`` returns
-  the shard entries and the split's counts), renames them, then the manifest last."""
+  the shard entries and the split's counts), renames them, then the manifest last, holding
+  ``locked(output)`` (``prepare`` takes it earlier, before tokenising)."""
+  with locked(output):
+    _write_output(output, manifest, write_split)
+
+
+def _write_output(output: str, manifest: dict, write_split):
   tf.io.gfile.makedirs(output)
-  for stale in tf.io.gfile.glob(os.path.join(output, _TMP_PREFIX + "*")):
+  for stale in _stale_temp_dirs(output):
     tf.io.gfile.rmtree(stale)  # left by a killed run
-  tmp_dir = os.path.join(output, f"{_TMP_PREFIX}{os.getpid()}")
+  tmp_dir = os.path.join(output, f"{_TMP_PREFIX}{socket.gethostname()}-{os.getpid()}")
   tf.io.gfile.makedirs(tmp_dir)
   try:
     manifest["splits"] = {}
