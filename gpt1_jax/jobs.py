@@ -1,10 +1,11 @@
 """Jobs: what differs between pretraining and fine-tuning, as values the loop runs.
 
-A ``Job`` is the objective, the step count, the data (train batches from any step, eval
-batches), the batch shapes and what a checkpoint records about the data. ``lm_job`` reads a
-prepared token store (``data/lm.py``); ``task_job`` reads a task's files, applies the paper's
-input transformations and builds the pipelines through ``data/transforms.py``, the same
-functions the tests check.
+A ``Job`` is the objective, the step count, the batch's schema (``batch.BatchSpec``), the data
+(train batches from any step, eval batches) and what a checkpoint records about the data.
+``lm_job`` reads a prepared token store (``data/lm.py``); ``task_job`` reads a task's files,
+applies the paper's input transformations and builds the pipelines through
+``data/transforms.py``, the same functions the tests check. ``shapes_job`` is the job as the
+config alone decides it, with no data: what ``gpt1_jax.aot`` compiles for a TPU slice.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from typing import Any, Callable, Optional
 
 import numpy as np
 
+from gpt1_jax.batch import BatchSpec
 from gpt1_jax.config import Run
 from gpt1_jax.sampled_softmax import unigram_proposal
 from gpt1_jax.train import LMObjective, TaskObjective
@@ -26,12 +29,11 @@ class Job:
   objective: Any
   num_steps: int
   seq_len: int
-  train_batches: Callable  # (Rows, start_step) -> iterator of this host's rows (dicts of NumPy arrays)
+  batch_spec: BatchSpec  # what one row of a train or eval batch is
+  tokens_per_example: int
+  train_batches: Optional[Callable]  # (Rows, start_step) -> iterator of this host's rows (dicts of NumPy arrays)
   eval_batches: Optional[Callable]  # (Rows) -> iterator over one pass
   data_state: dict
-  dummy: dict  # a tiny batch for init
-  batch_avals: dict  # name -> (shape without batch, dtype)
-  tokens_per_example: int
   task: Any = None
   eval_examples: Any = None
   eval_split: str = ""
@@ -40,6 +42,45 @@ class Job:
 
 def make(run: Run) -> Job:
   return lm_job(run) if run.task.is_lm else task_job(run)
+
+
+def shapes_job(run: Run) -> Job:
+  """The job's objective, step count and batch shapes from the config alone: no data is read.
+
+  Pretraining's windows are ``data.seq_len or model.n_ctx``, exactly what ``lm_job`` compiles;
+  its sampled softmax gets a uniform proposal of the same shape (a constant of the program, so the
+  compiled step is the same but for its values). A task's sequence length is its upper bound,
+  ``task.max_len or model.n_ctx`` (``task_job`` fits it to the data, never longer), and its
+  epoch-based step count is unknown (the schedule's length changes no shape). Eval batches exist
+  when the real job would evaluate: fine-tuning always, pretraining when ``eval.every_steps``.
+  """
+  model_cfg = run.model
+  if run.task.is_lm:
+    n_ctx = run.data.seq_len or model_cfg.n_ctx
+    proposal = None
+    if run.train.softmax_samples:
+      proposal = np.full(model_cfg.vocab_size, -np.log(model_cfg.vocab_size), np.float32)
+    objective = lm_objective(run, proposal)
+    return Job(objective=objective, num_steps=run.train.num_steps, seq_len=n_ctx,
+               batch_spec=objective.batch_spec(n_ctx), tokens_per_example=n_ctx, train_batches=None,
+               eval_batches=(lambda rows: iter(())) if run.eval.every_steps else None, data_state={})
+  from gpt1_jax.data import tasks
+  task = tasks.get_task(run.task.name)
+  seq_len = min(run.task.max_len or model_cfg.n_ctx, model_cfg.n_ctx)
+  objective = task_objective(run, task)
+  num_seqs = task.num_sequences
+  return Job(objective=objective, num_steps=max(run.train.num_steps, 1), seq_len=seq_len,
+             batch_spec=objective.batch_spec(num_seqs, seq_len), tokens_per_example=num_seqs * seq_len,
+             train_batches=None, eval_batches=lambda rows: iter(()), data_state={}, task=task)
+
+
+def lm_objective(run: Run, proposal) -> LMObjective:
+  return LMObjective(run.model, loss_chunk=run.train.lm_loss_chunk, softmax_samples=run.train.softmax_samples,
+                     proposal=proposal)
+
+
+def task_objective(run: Run, task) -> TaskObjective:
+  return TaskObjective(run.model, task.type, task.num_labels, lm_coef=run.task.lm_coef, clf_pdrop=run.task.clf_pdrop)
 
 
 def lm_job(run: Run) -> Job:
@@ -52,6 +93,9 @@ def lm_job(run: Run) -> Job:
     raise ValueError("data.dir is empty: point it at the output of `python -m gpt1_jax.data.prepare`")
   manifest = lm.load_manifest(run.data.dir, fingerprint)
   train = lm.LMData.load(run.data.dir, "train", n_ctx, manifest=manifest)
+  # Named at start: a config's default data.dir (the tiny one's workdirs/demo/data) is easy to miss.
+  logging.info("pretraining data: %s (%d tokens, %d windows of %d)", os.path.abspath(run.data.dir)
+               if "://" not in run.data.dir else run.data.dir, train.num_tokens, train.num_windows, n_ctx)
   valid = None
   if run.eval.every_steps and manifest["splits"].get("valid", {}).get("tokens", 0):
     valid = lm.LMData.load(run.data.dir, "valid", n_ctx, manifest=manifest)
@@ -62,17 +106,13 @@ def lm_job(run: Run) -> Job:
   proposal = None
   if run.train.softmax_samples:  # the corpus's own unigram: the proposal closest to the model early on
     proposal = unigram_proposal(train.unigram_counts(model_cfg.vocab_size))
-  objective = LMObjective(model_cfg, loss_chunk=run.train.lm_loss_chunk, softmax_samples=run.train.softmax_samples,
-                          proposal=proposal)
+  objective = lm_objective(run, proposal)
   return Job(
-      objective=objective, num_steps=run.train.num_steps, seq_len=n_ctx,
+      objective=objective, num_steps=run.train.num_steps, seq_len=n_ctx, batch_spec=objective.batch_spec(n_ctx),
+      tokens_per_example=n_ctx,
       train_batches=lambda rows, start: train.train_batches(rows, seed=run.seed, start_step=start),
       eval_batches=valid.eval_batches if valid is not None else None,
-      data_state=train.data_state(run.train.batch_size, run.seed),
-      dummy=objective.dummy_batch(1, min(n_ctx, 8)),
-      batch_avals={"inputs": ((n_ctx,), np.int32), "targets": ((n_ctx,), np.int32),
-                   "loss_mask": ((n_ctx,), np.float32)},
-      tokens_per_example=n_ctx)
+      data_state=train.data_state(run.train.batch_size, run.seed))
 
 
 def task_job(run: Run) -> Job:
@@ -102,16 +142,12 @@ def task_job(run: Run) -> Job:
   n, gb = len(train_ex), run.train.batch_size
   num_steps = run.train.num_steps or math.ceil(run.train.num_epochs * n / gb)
   num_seqs = train_arr["input_ids"].shape[1]
-  objective = TaskObjective(model_cfg, task.type, task.num_labels, lm_coef=tc.lm_coef, clf_pdrop=tc.clf_pdrop)
+  objective = task_objective(run, task)
   return Job(
-      objective=objective, num_steps=num_steps, seq_len=seq_len,
+      objective=objective, num_steps=num_steps, seq_len=seq_len, batch_spec=objective.batch_spec(num_seqs, seq_len),
+      tokens_per_example=num_seqs * seq_len,
       train_batches=lambda rows, start: transforms.task_train_dataset(
           train_arr, rows, seed=run.seed, start_step=start).as_numpy_iterator(),
       eval_batches=lambda rows: transforms.task_eval_dataset(eval_arr, rows).as_numpy_iterator(),
-      data_state={**pipeline.state_dict(n, gb, run.seed), "task": task.name},
-      dummy=objective.dummy_batch(1, num_seqs, min(seq_len, 8)),
-      batch_avals={"input_ids": ((num_seqs, seq_len), np.int32), "attention_mask": ((num_seqs, seq_len), np.int32),
-                   "cls_index": ((num_seqs,), np.int32), "choice_mask": ((num_seqs,), np.float32),
-                   "label": ((), task.kind.label_dtype)},
-      tokens_per_example=num_seqs * seq_len, task=task, eval_examples=eval_ex, eval_split=tc.eval_split,
+      data_state={**pipeline.state_dict(n, gb, run.seed), "task": task.name}, task=task, eval_examples=eval_ex, eval_split=tc.eval_split,
       eval_labels=eval_arr["label"])

@@ -65,8 +65,9 @@ def _run(run: config_lib.Run, workdir: str) -> dict:
   job = jobs.make(run)
   validate(run, mesh, rules, job)
   tx, schedule = make_optimizer(run.train, job.num_steps)
-  setup = state_lib.setup(job.objective, tx, job.dummy, job.batch_avals, run.train.batch_size, mesh, rules)
-  state_lib.check_memory_plan(setup, run.model, job.seq_len)
+  setup = state_lib.setup(job.objective, tx, job.batch_spec, run.train.batch_size, mesh, rules)
+  limit = perf.device_memory_limit()
+  state_lib.check_memory_plan(setup, limit)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
   ck = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), keep=run.checkpoint.keep,
@@ -77,11 +78,8 @@ def _run(run: config_lib.Run, workdir: str) -> dict:
     # refused config must not overwrite the record of the run it was refused for. Atomic.
     ckpt_lib.write_json(os.path.join(workdir, "config.json"), run.raw)
 
-  compiled = setup.compile(functools.partial(
-      train_step, objective=job.objective, tx=tx, schedule=schedule, seed=run.seed,
-      grad_accum_steps=run.train.grad_accum_steps, skip_nonfinite=run.train.on_nonfinite == "skip",
-      nan_at_step=run.debug.nan_at_step))
-  state_lib.check_compiled_memory(compiled)
+  compiled = setup.compile(train_step_fn(run, job, tx, schedule))
+  state_lib.check_compiled_memory(compiled, limit)
   eval_compiled = None
   if job.eval_batches is not None:
     eval_compiled = evaluate_lib.compile_eval(job.objective, setup.abstract_state["params"], setup.shardings["params"],
@@ -93,13 +91,23 @@ def _run(run: config_lib.Run, workdir: str) -> dict:
 # ----------------------------------------------------------------------------
 # Before anything is compiled.
 
-def make_mesh(run: config_lib.Run):
+def make_mesh(run: config_lib.Run, devices=None):
+  """``(mesh, rules)`` over ``devices`` (default: every device of the job; ``gpt1_jax.aot`` passes a
+  TPU slice's compile-only devices)."""
   n = run.mesh.num_devices
   if n and jax.process_count() > 1:
     raise ValueError("mesh.num_devices (a subset of devices) is for single-process runs only")
-  if n > jax.device_count():
-    raise ValueError(f"mesh.num_devices={n} but only {jax.device_count()} devices are visible")
-  return (sharding.make_mesh(run.mesh, jax.devices()[:n] if n else None), sharding.rules_from_config(run.mesh.rules))
+  devices = list(jax.devices() if devices is None else devices)
+  if n > len(devices):
+    raise ValueError(f"mesh.num_devices={n} but only {len(devices)} devices are visible")
+  return sharding.make_mesh(run.mesh, devices[:n] if n else devices), sharding.rules_from_config(run.mesh.rules)
+
+
+def train_step_fn(run: config_lib.Run, job: jobs.Job, tx, schedule):
+  """The step this run compiles (``gpt1_jax.aot`` compiles the same one for a TPU slice)."""
+  return functools.partial(train_step, objective=job.objective, tx=tx, schedule=schedule, seed=run.seed,
+                           grad_accum_steps=run.train.grad_accum_steps,
+                           skip_nonfinite=run.train.on_nonfinite == "skip", nan_at_step=run.debug.nan_at_step)
 
 
 def eval_batch_size(run: config_lib.Run) -> int:
@@ -193,7 +201,10 @@ def _train(run, job, mesh, rules, ck, compiled, eval_compiled, state, meta, star
   with _SignalFlag() as sig:
     try:
       while step < job.num_steps:
-        batch = sharding.global_batch(next(train_iter), mesh, rules, gb)
+        local = next(train_iter)
+        if step == start_step:  # the producer's rows are what the step was compiled for
+          job.batch_spec.check(local, "the train pipeline's first batch", rows.count)
+        batch = sharding.global_batch(local, mesh, rules, gb)
         state, metrics = compiled(state, batch)
         step += 1
         pending.steps.append((step, metrics))

@@ -1,8 +1,10 @@
 """The sharded training state and its compiled step, set up once for the loop, the benchmark and tests.
 
-``setup`` derives everything from ``jax.eval_shape`` (nothing is allocated): the state's
-shardings from the parameters' logical axis names, the abstract batch, and the memory plan,
-which refuses a model that cannot fit before anything is compiled. ``Setup.create`` makes the
+``setup`` derives everything from ``jax.eval_shape`` (nothing is allocated, nothing runs: the
+mesh may be a TPU slice's compile-only devices, see ``gpt1_jax.aot``): the state's shardings
+from the parameters' logical axis names, the abstract batch from the objective's
+``BatchSpec``, and the memory plan, which refuses a state that cannot fit before anything is
+compiled. ``Setup.create`` makes the
 state directly in its shardings; ``Setup.compile`` compiles a step ahead of time with the state
 donated.
 """
@@ -15,10 +17,9 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from gpt1_jax import perf, sharding
-from gpt1_jax.model import ModelConfig
+from gpt1_jax.batch import BatchSpec
 from gpt1_jax.train import abstract_with_shardings, init_state_fn
 
 
@@ -40,21 +41,21 @@ class Setup:
     return compile_train_step(step_fn, self.abstract_state, self.abstract_batch, self.mesh, self.rules)
 
 
-def setup(objective, tx, dummy: dict, batch_avals: dict, global_batch: int, mesh, rules) -> Setup:
-  """``batch_avals``: ``{name: (shape without the batch axis, dtype)}``."""
-  init_fn, abstract, shardings = state_layout(objective, tx, dummy, mesh, rules)
-  batch_sh = {k: sharding.batch_sharding(mesh, rules, 1 + len(shape)) for k, (shape, _) in batch_avals.items()}
-  abstract_batch = {k: jax.ShapeDtypeStruct((global_batch,) + shape, dtype, sharding=batch_sh[k])
-                    for k, (shape, dtype) in batch_avals.items()}
+def setup(objective, tx, batch_spec: BatchSpec, global_batch: int, mesh, rules) -> Setup:
+  """The state and batch layout of ``objective`` trained by ``tx`` on ``mesh``."""
+  init_fn, abstract, shardings = state_layout(objective, tx, batch_spec, mesh, rules)
+  abstract_batch = batch_spec.avals(global_batch, lambda ndim: sharding.batch_sharding(mesh, rules, ndim))
   return Setup(mesh, rules, init_fn, abstract, shardings, abstract_with_shardings(abstract, shardings),
                abstract_batch)
 
 
-def state_layout(objective, tx, dummy, mesh, rules):
+def state_layout(objective, tx, batch_spec: BatchSpec, mesh, rules):
   """``(init_fn, abstract state, shardings)`` from ``jax.eval_shape``: nothing is allocated."""
-  init_fn = init_state_fn(objective, tx, dummy)
+  init_fn = init_state_fn(objective, tx, batch_spec.zeros(1))
   with sharding.activate(mesh, rules):
-    boxed = jax.eval_shape(init_fn, jax.random.key(0))
+    # The key is made inside the traced function: an eager jax.random.key would run on the
+    # mesh's devices, which for an AOT topology cannot execute anything.
+    boxed = jax.eval_shape(lambda: init_fn(jax.random.key(0)))
   shardings = sharding.logical_to_sharding(boxed, mesh, rules)
   abstract = nn.meta.unbox(boxed)
   sharding.check_divisible(abstract, shardings, "model parameters / optimiser state")
@@ -75,21 +76,16 @@ def compile_train_step(step_fn, abstract_state, abstract_batch, mesh, rules):
                    donate_argnums=0).lower(abstract_state, abstract_batch).compile()
 
 
-def check_memory_plan(s: Setup, model_cfg: ModelConfig, seq_len: int):
-  """Logs the per-device memory plan; refuses (``MemoryError``) state that cannot fit at all."""
+def check_memory_plan(s: Setup, limit: int | None):
+  """Logs the per-device state; refuses (``MemoryError``) a state that cannot fit in ``limit`` bytes.
+
+  Activations are left to the compiled step's own figure (``check_compiled_memory``): a formula
+  here overestimated them 5-8x against XLA's, which knows the fusions and the rematerialisation.
+  """
   params_b = perf.tree_bytes_per_device(s.abstract["params"], s.shardings["params"])
   opt_b = perf.tree_bytes_per_device(s.abstract["opt_state"], s.shardings["opt_state"])
-  mesh = s.mesh
-  gb = next(iter(s.abstract_batch.values())).shape[0]
-  n_batch = max(1, jax.device_count() // mesh.shape.get("tensor", 1))
-  local_b = max(1, gb // n_batch)
-  item = jnp.dtype(model_cfg.dtype).itemsize
-  # Per layer the backward pass keeps ~ (qkv, attn probs, mlp hidden, residuals) per token.
-  act = local_b * seq_len * (model_cfg.n_layer * (16 * model_cfg.n_embd * item + 2 * model_cfg.n_head * seq_len * 4)
-                             + 2 * model_cfg.vocab_size * 4 / mesh.shape.get("tensor", 1))
-  limit = perf.device_memory_limit()
-  logging.info("memory plan per device: params %s, optimiser %s, gradients %s, activations ~%s%s",
-               perf.fmt_bytes(params_b), perf.fmt_bytes(opt_b), perf.fmt_bytes(params_b), perf.fmt_bytes(act),
+  logging.info("state per device: params %s, optimiser %s, gradients %s%s", perf.fmt_bytes(params_b),
+               perf.fmt_bytes(opt_b), perf.fmt_bytes(params_b),
                f" (device limit {perf.fmt_bytes(limit)})" if limit else "")
   if limit and 2 * params_b + opt_b > limit:
     raise MemoryError(f"parameters, gradients and optimiser state need {perf.fmt_bytes(2 * params_b + opt_b)} per "
@@ -97,15 +93,14 @@ def check_memory_plan(s: Setup, model_cfg: ModelConfig, seq_len: int):
                       f"(mesh.fsdp) or use a smaller model")
 
 
-def check_compiled_memory(compiled):
-  """Logs what the compiled step needs per device; refuses one that exceeds the device."""
+def check_compiled_memory(compiled, limit: int | None):
+  """Logs what the compiled step needs per device; refuses one that exceeds ``limit`` bytes."""
   m = perf.compiled_memory(compiled)
   if not m:
     return
   total = m["total"]
   logging.info("compiled step memory per device: arguments %s, outputs %s (aliased %s), temporaries %s; total %s",
                *(perf.fmt_bytes(m[k]) for k in ("arguments", "outputs", "aliased", "temporaries", "total")))
-  limit = perf.device_memory_limit()
   if limit and total > limit:
     raise MemoryError(f"the compiled train step needs {perf.fmt_bytes(total)} per device but only "
                       f"{perf.fmt_bytes(limit)} is available: lower train.batch_size, raise "

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from gpt1_jax import task_types
+from gpt1_jax.batch import BatchSpec
 
 if TYPE_CHECKING:
   from gpt1_jax import config
@@ -113,9 +114,14 @@ class LMObjective:
   def model(self) -> nn.Module:
     return GPT1LM(self.model_config)
 
+  @staticmethod
+  def batch_spec(seq_len: int) -> BatchSpec:
+    """Windows of ``seq_len`` tokens, their next tokens, and which targets are real text."""
+    return BatchSpec.of(inputs=((seq_len,), np.int32), targets=((seq_len,), np.int32),
+                        loss_mask=((seq_len,), np.float32, 1))
+
   def dummy_batch(self, batch_size: int, seq_len: int) -> Batch:
-    z = jnp.zeros((batch_size, seq_len), jnp.int32)
-    return {"inputs": z, "targets": z, "loss_mask": jnp.ones((batch_size, seq_len), jnp.float32)}
+    return jax.tree.map(jnp.asarray, self.batch_spec(seq_len).zeros(batch_size))
 
   def init(self, rng, batch: Batch):
     return self.model.init({"params": rng, "dropout": rng}, batch["inputs"])
@@ -187,15 +193,15 @@ class TaskObjective:
   def model(self) -> nn.Module:
     return GPT1ForTask(self.model_config, self.task_type, self.num_labels, self.clf_pdrop)
 
+  def batch_spec(self, num_seqs: int, seq_len: int) -> BatchSpec:
+    """Each example as ``num_seqs`` transformed sequences (one per candidate, or one), where each
+    is read out (``cls_index``), which candidates exist (``choice_mask``) and the label."""
+    return BatchSpec.of(input_ids=((num_seqs, seq_len), np.int32), attention_mask=((num_seqs, seq_len), np.int32, 1),
+                        cls_index=((num_seqs,), np.int32), choice_mask=((num_seqs,), np.float32, 1),
+                        label=((), task_types.get(self.task_type).label_dtype))
+
   def dummy_batch(self, batch_size: int, num_seqs: int, seq_len: int) -> Batch:
-    label_dtype = task_types.get(self.task_type).label_dtype
-    return {
-        "input_ids": jnp.zeros((batch_size, num_seqs, seq_len), jnp.int32),
-        "attention_mask": jnp.ones((batch_size, num_seqs, seq_len), jnp.int32),
-        "cls_index": jnp.zeros((batch_size, num_seqs), jnp.int32),
-        "choice_mask": jnp.ones((batch_size, num_seqs), jnp.float32),
-        "label": jnp.zeros((batch_size,), label_dtype),
-    }
+    return jax.tree.map(jnp.asarray, self.batch_spec(num_seqs, seq_len).zeros(batch_size))
 
   def init(self, rng, batch: Batch):
     return self.model.init({"params": rng, "dropout": rng}, batch["input_ids"], batch["attention_mask"],

@@ -38,8 +38,7 @@ def run(mesh_sizes, devices, model_cfg=CFG, accum=1, loss_chunk=0):
   rules = sharding.DEFAULT_RULES
   objective = LMObjective(model_cfg, loss_chunk=loss_chunk)
   tx, schedule = make_optimizer(train_cfg(), 100)
-  avals = {k: ((SEQ,), d) for k, d in (("inputs", np.int32), ("targets", np.int32), ("loss_mask", np.float32))}
-  setup = state_lib.setup(objective, tx, objective.dummy_batch(1, 8), avals, BATCH, mesh, rules)
+  setup = state_lib.setup(objective, tx, objective.batch_spec(SEQ), BATCH, mesh, rules)
   state = setup.create(seed=0)
   compiled = setup.compile(functools.partial(train_step, objective=objective, tx=tx, schedule=schedule, seed=0,
                                              grad_accum_steps=accum))

@@ -59,9 +59,7 @@ def prepare_ours(shape: Shape, *, warmup: int, total_steps: int = 100, breakdown
   objective = LMObjective(cfg)
   tx, schedule = _optimizer(total_steps)
   t_len = shape.seq_len
-  setup = state_lib.setup(objective, tx, objective.dummy_batch(1, min(8, t_len)),
-                          {"inputs": ((t_len,), np.int32), "targets": ((t_len,), np.int32),
-                           "loss_mask": ((t_len,), np.float32)}, shape.batch, mesh, rules)
+  setup = state_lib.setup(objective, tx, objective.batch_spec(t_len), shape.batch, mesh, rules)
   step_fn = functools.partial(train_step, objective=objective, tx=tx, schedule=schedule, seed=0)
   t = time.perf_counter()
   compiled = setup.compile(step_fn)

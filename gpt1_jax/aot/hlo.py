@@ -1,0 +1,263 @@
+"""What a compiled program does per step, read from its optimised HLO text.
+
+XLA's cost analysis counts every computation once, so the body of a ``while`` loop (``nn.scan``
+over layers, gradient accumulation) is counted for one iteration. Here each computation gets its
+*multiplicity*, the number of times one step runs it (the product of the known trip counts of the
+loops around it), and from that:
+
+- the collectives per step: kind, count, bytes each chip sends, and whether a replica group spans
+  slices (DCN) or stays on one (ICI);
+- the matmul FLOPs (``dot`` and ``convolution``) per step and as XLA counted them, so the
+  difference can be added to XLA's figure.
+
+The text format is XLA's ``HloModule::ToString``; only what is needed is parsed, and an
+instruction this parser does not understand is skipped rather than guessed.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import re
+from typing import Optional, Sequence
+
+import numpy as np
+
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+_OPCODES = {**{k: k for k in COLLECTIVES}, **{f"{k}-start": k for k in COLLECTIVES}}
+_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
+          "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_ARRAY = re.compile(r"([a-z]\w*)\[([\d,]*)\]")
+_HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s+->\s+.*\{\s*$")
+_CALLS = re.compile(r"\b(calls|body|condition|to_apply|true_computation|false_computation)=%?([\w.\-]+)")
+_CALL_LISTS = re.compile(r"\b(branch_computations|called_computations)=\{([^}]*)\}")
+
+
+@dataclasses.dataclass
+class Instr:
+  name: str
+  shape: str
+  opcode: str
+  operands: list
+  attrs: str
+
+
+@dataclasses.dataclass
+class Module:
+  computations: dict  # name -> list[Instr]
+  entry: str
+  num_partitions: int
+
+
+def _split_shape(rest: str) -> tuple[str, str]:
+  """``'(f32[2], s32[]) tuple(...)'`` -> (shape, remainder)."""
+  if rest.startswith("("):
+    depth = 0
+    for i, ch in enumerate(rest):
+      depth += {"(": 1, ")": -1}.get(ch, 0)
+      if depth == 0:
+        return rest[:i + 1], rest[i + 1:].lstrip()
+  sp = rest.find(" ")
+  return (rest, "") if sp < 0 else (rest[:sp], rest[sp + 1:])
+
+
+def _parse_instr(line: str) -> Optional[Instr]:
+  line = line.strip()
+  if line.startswith("ROOT "):
+    line = line[5:]
+  eq = line.find(" = ")
+  if eq < 0 or not line.startswith("%"):
+    return None
+  name = line[1:eq]
+  shape, rest = _split_shape(line[eq + 3:])
+  paren = rest.find("(")
+  if paren <= 0:
+    return None
+  opcode = rest[:paren]
+  depth, end = 0, len(rest)
+  for i in range(paren, len(rest)):
+    depth += {"(": 1, ")": -1}.get(rest[i], 0)
+    if depth == 0:
+      end = i
+      break
+  operands = re.findall(r"%([\w.\-]+)", rest[paren + 1:end])
+  return Instr(name, shape, opcode, operands, rest[end + 1:])
+
+
+def parse(text: str) -> Module:
+  comps, entry, current = {}, None, None
+  m = re.search(r"num_partitions=(\d+)", text)
+  num_partitions = int(m.group(1)) if m else 1
+  for line in text.splitlines():
+    if current is None:
+      h = _HEADER.match(line)
+      if h:
+        current = h.group(2)
+        comps[current] = []
+        if h.group(1):
+          entry = current
+      continue
+    if line.strip() == "}":
+      current = None
+      continue
+    ins = _parse_instr(line)
+    if ins is not None:
+      comps[current].append(ins)
+  if entry is None:
+    raise ValueError("no ENTRY computation in the HLO text")
+  return Module(comps, entry, num_partitions)
+
+
+def shape_bytes(shape: str) -> int:
+  return sum(_BYTES.get(dt, 0) * math.prod(int(d) for d in dims.split(",") if d) for dt, dims in _ARRAY.findall(shape))
+
+
+def _dims(shape: str) -> list[int]:
+  m = _ARRAY.search(shape)
+  return [int(d) for d in m.group(2).split(",") if d] if m else []
+
+
+def trip_count(ins: Instr) -> Optional[int]:
+  m = re.search(r'known_trip_count"?\s*[:=]\s*\{\s*"?n"?\s*[:=]\s*"?(\d+)', ins.attrs)
+  return int(m.group(1)) if m else None
+
+
+def multiplicities(mod: Module, unroll: bool = True) -> tuple[dict, list]:
+  """``({computation: runs per step}, [while loops without a known trip count])``; ``unroll=False``
+  counts every loop body once, as XLA's cost analysis does."""
+  edges = collections.defaultdict(list)  # caller -> [(callee, factor)]
+  unknown = []
+  for comp, instrs in mod.computations.items():
+    for ins in instrs:
+      trips = 1
+      if ins.opcode == "while":
+        t = trip_count(ins)
+        if t is None:
+          unknown.append(ins.name)
+        trips = (t or 1) if unroll else 1
+      for key, callee in _CALLS.findall(ins.attrs):
+        edges[comp].append((callee, trips if key in ("body", "condition") else 1))
+      for _, names in _CALL_LISTS.findall(ins.attrs):
+        for callee in re.findall(r"%?([\w.\-]+)", names):
+          edges[comp].append((callee, 1))
+  mult = collections.Counter()
+  order = _topological(mod.entry, edges)
+  mult[mod.entry] = 1
+  for comp in order:
+    for callee, factor in edges.get(comp, ()):
+      mult[callee] += mult[comp] * factor
+  return dict(mult), unknown
+
+
+def _topological(entry: str, edges: dict) -> list:
+  seen, out = set(), []
+
+  def visit(c):
+    if c in seen:
+      return
+    seen.add(c)
+    for callee, _ in edges.get(c, ()):
+      visit(callee)
+    out.append(c)
+
+  visit(entry)
+  return out[::-1]
+
+
+def _symbols(instrs: list) -> dict:
+  return {i.name: i.shape for i in instrs}
+
+
+def matmul_flops(ins: Instr, symbols: dict) -> float:
+  """FLOPs of a ``dot`` or ``convolution`` (2 x output elements x contracted size), else 0."""
+  out = math.prod(_dims(ins.shape))
+  if ins.opcode == "dot":
+    m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", ins.attrs)
+    lhs = _dims(symbols.get(ins.operands[0], "")) if ins.operands else []
+    if not m or not lhs:
+      return 0.0
+    return 2.0 * out * math.prod(lhs[int(d)] for d in m.group(1).split(",") if d)
+  if ins.opcode == "convolution":
+    m = re.search(r"dim_labels=\w+_(\w+)->\w+", ins.attrs)
+    rhs = _dims(symbols.get(ins.operands[1], "")) if len(ins.operands) > 1 else []
+    if not m or len(m.group(1)) != len(rhs):
+      return 0.0
+    labels = m.group(1)
+    contracted = math.prod(rhs[k] for k, c in enumerate(labels) if c == "i" or c.isdigit())
+    return 2.0 * out * contracted
+  return 0.0
+
+
+def _groups(ins: Instr, num_partitions: int) -> list[list[int]]:
+  a = ins.attrs
+  if ins.opcode.startswith("collective-permute"):
+    m = re.search(r"source_target_pairs=\{((?:\{\d+,\d+\},?)*)\}", a)
+    return [[int(x) for x in p.split(",")] for p in re.findall(r"\{(\d+,\d+)\}", m.group(1))] if m else []
+  m = re.search(r"replica_groups=\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", a)
+  if m:  # iota form: [groups,size]<=[dims]T(perm)
+    shape = [int(x) for x in m.group(1).split(",")]
+    dims = [int(x) for x in m.group(2).split(",")]
+    ids = np.arange(math.prod(dims)).reshape(dims)
+    if m.group(3):
+      ids = ids.transpose([int(x) for x in m.group(3).split(",")])
+    return ids.reshape(shape[0], -1).tolist()
+  m = re.search(r"replica_groups=\{((?:\{[\d,]*\},?)*)\}", a)
+  if m and m.group(1).strip():
+    return [[int(x) for x in g.split(",") if x] for g in re.findall(r"\{([\d,]*)\}", m.group(1))]
+  return [list(range(num_partitions))]
+
+
+def _wire_bytes(kind: str, operand_bytes: int, n: int) -> float:
+  """Bytes one chip sends for one collective of ``operand_bytes`` per chip over groups of ``n``
+  (ring algorithms: the standard counts)."""
+  if n <= 1:
+    return 0.0
+  if kind == "all-gather":
+    return operand_bytes * (n - 1)
+  if kind == "all-reduce":
+    return 2.0 * operand_bytes * (n - 1) / n
+  if kind in ("reduce-scatter", "all-to-all"):
+    return operand_bytes * (n - 1) / n
+  return float(operand_bytes)  # collective-permute
+
+
+@dataclasses.dataclass
+class Analysis:
+  collectives: list  # [{"kind", "count", "bytes", "over"}]
+  matmul_flops: float  # per chip per step, loops unrolled
+  matmul_flops_once: float  # per chip, every loop body counted once (as XLA's cost analysis)
+  unknown_trip_counts: list
+
+
+def analyse(text: str, slice_of: Sequence[int]) -> Analysis:
+  """``slice_of[p]``: the slice of the device with partition id ``p`` (the mesh's device order)."""
+  mod = parse(text)
+  mult, unknown = multiplicities(mod)
+  once, _ = multiplicities(mod, unroll=False)
+  table = collections.defaultdict(lambda: {"count": 0, "bytes": 0.0})
+  flops = flops_once = 0.0
+  for comp, instrs in mod.computations.items():
+    k = mult.get(comp, 0)
+    if not k:
+      continue
+    symbols = _symbols(instrs)
+    for ins in instrs:
+      f = matmul_flops(ins, symbols)
+      flops += k * f
+      flops_once += once.get(comp, 0) * f
+      kind = _OPCODES.get(ins.opcode)
+      if kind is None:
+        continue
+      groups = [g for g in _groups(ins, mod.num_partitions) if g]
+      n = max((len(g) for g in groups), default=1) if kind != "collective-permute" else 2
+      if kind != "collective-permute" and n <= 1:
+        continue  # a group of one chip moves nothing
+      over = "dcn" if any(len({slice_of[p] for p in g if p < len(slice_of)}) > 1 for g in groups) else "ici"
+      operand = sum(shape_bytes(symbols.get(o, "")) for o in ins.operands)
+      row = table[(kind, over)]
+      row["count"] += k
+      row["bytes"] += k * _wire_bytes(kind, operand, n)
+  rows = [{"kind": kind, "count": int(v["count"]), "bytes": int(v["bytes"]), "over": over}
+          for (kind, over), v in sorted(table.items())]
+  return Analysis(rows, flops, flops_once, unknown)
