@@ -35,6 +35,7 @@ The formats themselves (and :class:`Example`, what every reader produces) are in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import logging
@@ -205,7 +206,8 @@ def _make_tasks() -> dict[str, Task]:
       tfds_manual=("tfds 'story_cloze' needs a manual download: request the Story Cloze Test files at "
                    "https://www.cs.rochester.edu/nlp/rocstories/, save them as cloze_test_val__spring2016.csv and "
                    "cloze_test_test__spring2016.csv in <data_dir>/downloads/manual/, or skip tfds and pass the "
-                   "folder holding the CSVs as the source")))
+                   "folder holding the CSVs as task.source (fine-tuning: --config.task.source=DIR; zeroshot: "
+                   "--source=story_cloze=DIR)")))
   return {t.name: t for t in tasks}
 
 
@@ -274,12 +276,7 @@ def load_tfds(task: Union[str, Task], split: str, data_dir: Optional[str] = None
   origin = " + ".join(f"tfds:{name}/{s}" for name, s in sources)
   out = Collector(task, split, origin, skip_malformed)
   for name, tfds_split in sources:
-    try:
-      ds = tfds.load(name, split=tfds_split, data_dir=data_dir, download=download, shuffle_files=False)
-    except Exception as e:  # tfds raises assorted types for a missing manual download
-      if task.tfds_manual:
-        raise RuntimeError(f"{task.name}: could not load {name}: {e}\n{task.tfds_manual}") from e
-      raise
+    ds = _tfds_dataset(task, split, name, tfds_split, data_dir, download)
     for i, record in enumerate(tfds.as_numpy(ds)):
       where = f"tfds:{name}/{tfds_split}#{i}"
       out.add(where, lambda: task.from_tfds(task, record, split, where))
@@ -287,6 +284,57 @@ def load_tfds(task: Union[str, Task], split: str, data_dir: Optional[str] = None
   if task.select is not None:
     data.examples = task.select(split, data.examples)
   return report(data)
+
+
+# tfds retries a failed download 10 times with exponential backoff: with no network it gave up
+# only after 3.5 minutes (RACE, measured). Three tries fail in about a second and still ride
+# out a transient error.
+_TFDS_DOWNLOAD_TRIES = 3
+
+
+@contextlib.contextmanager
+def _tfds_download_tries(tries: int):
+  from tensorflow_datasets.core.download import downloader  # tfds is imported by the caller already
+  saved = getattr(downloader, "MAX_RETRIES", None)
+  if saved is None:  # another tfds version: keep its own policy
+    yield
+    return
+  downloader.MAX_RETRIES = tries
+  try:
+    yield
+  finally:
+    downloader.MAX_RETRIES = saved
+
+
+def _tfds_dataset(task: Task, split: str, name: str, tfds_split: str, data_dir: Optional[str], download: bool):
+  """``name``'s ``tfds_split`` as a tf.data dataset, prepared (downloaded) first if it is not.
+
+  Data that cannot be had (nothing prepared, no network, a manual download missing) is one
+  ``RuntimeError`` line naming the task, where tfds looked, and how to read local files instead.
+  """
+  import tensorflow_datasets as tfds  # slow to import; only this path needs it
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    if task.tfds_manual:
+      advice = task.tfds_manual
+    else:
+      advice = (f"point task.source at a folder holding {' or '.join(task.files[split])} in the official format "
+                f"(fine-tuning: --config.task.source=DIR; zeroshot: --source={task.name}=DIR), or at "
+                f"tfds:DATA_DIR where {name} is prepared")
+    if not download:
+      raise RuntimeError(f"{task.name}: tfds {name} is not prepared in {builder.data_dir} and downloading is off; "
+                         f"{advice}")
+    try:
+      with _tfds_download_tries(_TFDS_DOWNLOAD_TRIES):
+        builder.download_and_prepare()
+    except Exception as e:  # noqa: BLE001 - tfds raises assorted types (network, manual files, checksums)
+      while (e.__cause__ or e.__context__) is not None:  # the root: "Failed to resolve 'host'", not 3 wrappers
+        e = e.__cause__ or e.__context__
+      why = " ".join(str(e).split())
+      why = why if len(why) <= 240 else why[:240] + "..."
+      raise RuntimeError(f"{task.name}: tfds {name} is not prepared in {builder.data_dir} and preparing it "
+                         f"failed ({type(e).__name__}: {why}); {advice}") from None
+  return builder.as_dataset(split=tfds_split, shuffle_files=False)
 
 
 def load_split(task: Union[str, Task], split: str, source: str, *, skip_malformed: bool = False) -> SplitData:
