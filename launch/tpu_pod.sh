@@ -18,8 +18,14 @@
 #   logs     print the end of every worker's log (FOLLOW=1: keep following)
 #   stop     SIGTERM the run started by `run` on every worker
 #   delete   the TPU VM (with --queued: the queued resource and its TPU VM)
-#   all      create, setup, run
-# ARGS (run and all only) go to the entry point verbatim.
+#   plan     here, before renting anything: compile the job's train step for
+#            ACCELERATOR_TYPE (x NUM_SLICES) with `python -m gpt1_jax.aot`
+#            (needs `pip install -e '.[aot]'`); writes PLAN_DIR/aot.md and
+#            fails if the step does not fit in the chips' HBM
+#   all      plan, then create, setup, run; stops after plan if it fails
+#            (PLAN=0 skips it)
+# ARGS (plan, run and all only) go to the entry point verbatim (plan passes
+# on --config and --config.* only).
 #
 #   export TPU_NAME=gpt1-v4-32 ZONE=us-central2-b ACCELERATOR_TYPE=v4-32
 #   export WORKDIR=gs://my-bucket/gpt1/run1 DATA_DIR=gs://my-bucket/bookcorpus
@@ -27,6 +33,7 @@
 #   launch/tpu_pod.sh logs
 #   launch/tpu_pod.sh delete
 #   launch/tpu_pod.sh --queued --spot --dry_run all   # print every command
+#   ACCELERATOR_TYPE=v5e-256 launch/tpu_pod.sh plan --config.mesh.tensor=4
 #
 # Options (each also an environment variable):
 #   --tpu_name=NAME          TPU_NAME            (required)
@@ -49,6 +56,9 @@
 #   REMOTE_PYTHON_VERSION  Python of the workers' virtualenv ~/gpt1_jax_venv (3.12)
 #   QUEUED_RESOURCE_ID  name of the queued resource (TPU_NAME-qr)
 #   WORKER        workers for `logs` (all); LOG_LINES lines per log (50)
+#   NUM_SLICES    slices for plan (1; multi-slice needs the config's mesh.dcn_*)
+#   PLAN_DIR      plan's output directory (aot_plan/ACCELERATOR_TYPE)
+#   PLAN          0: `all` skips plan (1)
 #   GCLOUD        gcloud binary (gcloud); MODULE entry module (gpt1_jax.main)
 set -euo pipefail
 
@@ -84,17 +94,20 @@ done
 split_args "${rest[@]}"
 
 case "${subcommand}" in
-  create | setup | run | logs | stop | delete | all) ;;
+  create | setup | run | logs | stop | delete | plan | all) ;;
   "") die "no subcommand; see --help" ;;
   *) die "unknown subcommand '${subcommand}'; see --help" ;;
 esac
-if ((${#FORWARD[@]})) && [[ ${subcommand} != run && ${subcommand} != all ]]; then
+if ((${#FORWARD[@]})) && [[ ${subcommand} != run && ${subcommand} != all && ${subcommand} != plan ]]; then
   die "'${subcommand}' takes no arguments for gpt1_jax.main (got: $(shell_join "${FORWARD[@]}"))"
 fi
 
-[[ -n ${TPU_NAME:-} ]] || die "set TPU_NAME (or --tpu_name=)"
-[[ -n ${ZONE:-} ]] || die "set ZONE (or --zone=)"
 ACCELERATOR_TYPE=${ACCELERATOR_TYPE:-v4-32}
+if [[ ${subcommand} != plan ]]; then
+  [[ -n ${TPU_NAME:-} ]] || die "set TPU_NAME (or --tpu_name=)"
+  [[ -n ${ZONE:-} ]] || die "set ZONE (or --zone=)"
+fi
+[[ ${NUM_SLICES:-1} =~ ^[1-9][0-9]*$ ]] || die "NUM_SLICES must be a positive whole number"
 if [[ -z ${RUNTIME_VERSION:-} ]]; then
   # Google's recommended TPU VM images for JAX, by TPU generation.
   case "${ACCELERATOR_TYPE}" in
@@ -105,7 +118,7 @@ if [[ -z ${RUNTIME_VERSION:-} ]]; then
   esac
 fi
 GCLOUD=${GCLOUD:-gcloud}
-QUEUED_RESOURCE_ID=${QUEUED_RESOURCE_ID:-${TPU_NAME}-qr}
+QUEUED_RESOURCE_ID=${QUEUED_RESOURCE_ID:-${TPU_NAME:-}-qr}
 REMOTE_DIR=${REMOTE_DIR:-gpt1_jax}
 # jax >= 0.7 needs Python >= 3.11 and the TPU VM images ship Ubuntu 22.04's
 # 3.10, so setup builds a virtualenv with uv's own Python in ~/gpt1_jax_venv.
@@ -120,7 +133,7 @@ LOGS=gpt1_jax_logs # under ~ on every worker
   die "REMOTE_DIR must be a plain relative path under ~ (got '${REMOTE_DIR}')"
 [[ ${REMOTE_PYTHON_VERSION} =~ ^3\.[0-9]+$ ]] || die "REMOTE_PYTHON_VERSION must look like 3.12"
 
-gcloud_flags=(--zone="${ZONE}")
+gcloud_flags=(--zone="${ZONE:-}")
 [[ -n ${PROJECT:-} ]] && gcloud_flags+=(--project="${PROJECT}")
 spot_flag=()
 is_true "${SPOT:-0}" && spot_flag=(--spot)
@@ -224,6 +237,20 @@ kill -TERM -- -\$pid 2>/dev/null || kill -TERM \$pid 2>/dev/null || true; \
 rm -f ~/${LOGS}/run.pid; echo \"\$(hostname): stopped \$pid\"; fi"
 }
 
+# plan: the AOT compile of the job for ACCELERATOR_TYPE, on this machine.
+plan() {
+  local args=() arg
+  has_flag config "${FORWARD[@]}" || args+=("--config=${CONFIG:-configs/pretrain.py:gpt1}")
+  for arg in "${FORWARD[@]}"; do
+    case "${arg}" in
+      --config=* | --config.*=*) args+=("${arg}") ;;
+    esac
+  done
+  # From the checkout: the configs' paths are relative to it.
+  (cd "${REPO_DIR}" && run_cmd "${PYTHON}" -m gpt1_jax.aot --topology="${ACCELERATOR_TYPE}" \
+    --num_slices="${NUM_SLICES:-1}" "${args[@]}" --out="${PLAN_DIR:-aot_plan/${ACCELERATOR_TYPE}}")
+}
+
 delete() {
   if is_true "${QUEUED:-0}"; then
     run_cmd "${GCLOUD}" compute tpus queued-resources delete "${QUEUED_RESOURCE_ID}" \
@@ -235,6 +262,9 @@ delete() {
 
 case "${subcommand}" in
   all)
+    if is_true "${PLAN:-1}"; then
+      plan || die "plan: the job does not compile or fit on ${ACCELERATOR_TYPE}; nothing was created"
+    fi
     create
     setup
     run

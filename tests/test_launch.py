@@ -405,11 +405,34 @@ def test_tpu_run_wants_a_workdir_every_host_can_reach():
   assert "gs://other/w" in flag(argv, "command")
 
 
-def test_tpu_all_creates_sets_up_then_runs():
+def test_tpu_all_plans_creates_sets_up_then_runs():
   commands = dry_run("tpu_pod.sh", "all", "--config.train.num_steps=3", **TPU)
   verbs = [gcloud_verb(a)[3] if a[0] == "gcloud" else a[0] for a in commands]
-  assert verbs == ["create", "tar", "scp", "ssh", "ssh", "ssh"]
-  assert "--config.train.num_steps=3" in flag(commands[-1], "command")
+  assert verbs[1:] == ["create", "tar", "scp", "ssh", "ssh", "ssh"]
+  assert commands[0][1:4] == ["-m", "gpt1_jax.aot", "--topology=v4-32"]
+  assert "--config.train.num_steps=3" in commands[0] and "--config.train.num_steps=3" in flag(commands[-1], "command")
+  commands = dry_run("tpu_pod.sh", "all", **TPU, PLAN="0")
+  assert commands[0][0] == "gcloud"
+
+
+def test_tpu_plan_compiles_here_for_the_accelerator_type():
+  env = {"ACCELERATOR_TYPE": "v5e-16", "NUM_SLICES": "2", "PLAN_DIR": "/tmp/plan"}
+  (argv,) = dry_run("tpu_pod.sh", "plan", "--config.mesh.dcn_data=2", "--workdir=gs://x/y", **env)
+  assert argv[1:] == ["-m", "gpt1_jax.aot", "--topology=v5e-16", "--num_slices=2", "--config=configs/pretrain.py:gpt1",
+                      "--config.mesh.dcn_data=2", "--out=/tmp/plan"]  # no TPU_NAME or ZONE needed; --workdir dropped
+
+
+def test_tpu_all_stops_before_creating_when_the_plan_fails(tmp_path):
+  """A plan that fails (here: a python that exits 1) creates nothing."""
+  fake = tmp_path / "python"
+  fake.write_text("#!/bin/sh\necho 'error: does not fit in HBM' >&2\nexit 1\n")
+  fake.chmod(0o755)
+  gcloud = tmp_path / "gcloud"
+  gcloud.write_text(f"#!/bin/sh\ntouch {tmp_path}/gcloud_ran\n")
+  gcloud.chmod(0o755)
+  result = launch("tpu_pod.sh", "all", env=dict(TPU, PYTHON=str(fake), GCLOUD=str(gcloud)))
+  assert result.returncode != 0 and "nothing was created" in result.stderr
+  assert not (tmp_path / "gcloud_ran").exists()
 
 
 def test_tpu_logs_stop_and_delete():
