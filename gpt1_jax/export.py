@@ -20,8 +20,14 @@ Loading it needs neither this package nor Flax::
       fn = export.deserialize(f.read())
     logits = fn.call(input_ids, attention_mask)
 
-``FILE.json`` beside it records the signature, the task and its label names,
-and the special token ids. Tokenise with ``gpt1_jax.tokenizer`` (or the
+The length is at most ``max_length`` (the model's ``n_ctx``, 512 for GPT-1, in ``FILE.json``):
+the position table has that many rows. A longer input fails inside JAX with the opaque
+``Error refining shapes``; truncate first, or load with :func:`load`, which checks the
+inputs against ``FILE.json`` (rank, K, length <= ``max_length``) and says which limit was
+passed before calling the same function.
+
+``FILE.json`` beside it records the signature (``max_length`` included), the task and its
+label names, and the special token ids. Tokenise with ``gpt1_jax.tokenizer`` (or the
 same ids from elsewhere) and apply the task's input transformation
 (``gpt1_jax.data.transforms``)::
 
@@ -119,6 +125,44 @@ def signature(config: ModelConfig, task=None) -> dict:
                output={"multiple_choice": f"one score per candidate [batch, {k}], float32",
                        "regression": "[batch] float32"}.get(task.type, f"[batch, {task.num_labels}] float32 logits"))
   return out
+
+
+class Served:
+  """A loaded artifact (:func:`load`): ``served(input_ids, attention_mask) -> logits``, the inputs
+  checked against the signature first, so a length over ``max_length`` is a ``ValueError`` that
+  says so instead of JAX's ``Error refining shapes``."""
+
+  def __init__(self, exported, signature: dict, path: str = "the artifact"):
+    self.exported, self.signature, self.path = exported, signature, path
+    self.max_length = int(signature["max_length"])
+    # Everything but the symbolic batch and length: () for the LM, (K,) for a task.
+    self._middle = tuple(exported.in_avals[0].shape[1:-1])
+
+  def check(self, input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
+    ids, mask = np.asarray(input_ids), np.asarray(attention_mask)
+    expected = self.signature["input_shape"]
+    if ids.shape != mask.shape:
+      raise ValueError(f"{self.path}: input_ids {ids.shape} and attention_mask {mask.shape} differ in shape; "
+                       f"expected {expected}")
+    if ids.ndim != len(self._middle) + 2 or ids.shape[1:-1] != self._middle:
+      raise ValueError(f"{self.path}: inputs of shape {ids.shape}; expected {expected}")
+    if not 1 <= ids.shape[-1] <= self.max_length:
+      raise ValueError(f"{self.path}: input length {ids.shape[-1]} is outside 1..{self.max_length}: the model's "
+                       f"context (n_ctx, max_length in its .json) is {self.max_length} tokens; truncate the "
+                       f"input to fit")
+    return ids.astype(np.int32), mask.astype(np.int32)
+
+  def __call__(self, input_ids, attention_mask):
+    return self.exported.call(*self.check(input_ids, attention_mask))
+
+
+def load(path: str) -> Served:
+  """The artifact at ``path`` with its signature (``path + ".json"``), as a checked callable."""
+  with open(path, "rb") as f:
+    exported = jax.export.deserialize(f.read())
+  with open(path + ".json") as f:
+    sig = json.load(f)
+  return Served(exported, sig, path)
 
 
 PROG = "python -m gpt1_jax.export"

@@ -264,7 +264,8 @@ def write_hf(out: str, config: ModelConfig, params: Mapping[str, Any], *, task=N
   head's bias is folded into ``score``, see :func:`fold_bias_into_score`).
   The tokenizer files are written when the vocabulary is GPT-1's (40,481
   rows). Everything is written to a temporary directory renamed to ``out``
-  at the end, so a failure leaves no partial ``out``. Returns the file names.
+  at the end, so a failure leaves no partial ``out``; modes follow the umask.
+  Returns the file names.
   """
   architecture = hf_architecture(task)
   if config.architecture != "transformer":
@@ -297,11 +298,22 @@ def write_hf(out: str, config: ModelConfig, params: Mapping[str, Any], *, task=N
     files.append("config.json")
     if config.vocab_size == RELEASE_VOCAB_SIZE + N_SPECIAL:
       files += _write_tokenizer(tmp, config.n_ctx)
+    _honour_umask(tmp)
     os.replace(tmp, out)  # onto a missing or empty directory (the CLI refuses a non-empty one)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return files
+
+
+def _honour_umask(directory: str):
+  """The modes a plain ``mkdir`` and ``open`` would give: ``mkdtemp`` makes the directory 0700 and
+  safetensors writes its files 0600, which would keep a serving account or a colleague out."""
+  mask = os.umask(0)
+  os.umask(mask)  # reading the umask means setting it: put it straight back
+  os.chmod(directory, 0o777 & ~mask)
+  for name in os.listdir(directory):
+    os.chmod(os.path.join(directory, name), 0o666 & ~mask)
 
 
 def _trained_head(path: str, config: ModelConfig, params: Mapping[str, Any]) -> Optional[dict]:
