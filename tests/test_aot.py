@@ -108,6 +108,28 @@ def test_loop_bodies_count_once_per_trip():
   assert a.matmul_flops == 12 * 2 * 4 * 8 * 8 and a.matmul_flops_once == 2 * 4 * 8 * 8
 
 
+def test_mesh_replica_groups_and_megascale_transfers():
+  ins = hlo.Instr("x", "f32[2]", "all-gather", [], ", replica_groups=mesh['axis_0'=4,'axis_1'=1,'axis_2'=2] "
+                  "{'axis_0'}, dimensions={0}")
+  assert hlo._groups(ins, 8) == [[0, 2, 4, 6], [1, 3, 5, 7]]
+  ins = hlo.Instr("x", "f32[2]", "all-gather", [], ", replica_groups=mesh['axis_0'=2,'axis_1'=4], dimensions={0}")
+  assert hlo._groups(ins, 8) == [list(range(8))]
+  # A multi-slice program is compiled per slice; its DCN collectives are Megascale host transfers,
+  # repeated as send/recv pairs under one rendezvous name.
+  text = """HloModule m, num_partitions=4
+
+ENTRY %main (a: f32[256]) -> f32[256] {
+  %a = f32[256]{0} parameter(0)
+  %t = token[] after-all()
+  %s = (f32[256]{0}, u32[], token[]) send(%a, %t), channel_id=5, is_host_transfer=true, frontend_attributes={_xla_host_transfer_handler_name="xla_megascale_runtime",_xla_host_transfer_rendezvous="all-reduce.1_0",_xla_megascale_reduce_operation="SUM",_xla_megascale_target="{1,2}x{0:3}",_xla_megascale_transfer_type="ALL_REDUCE"}
+  %s2 = (f32[256]{0}, u32[], token[]) send(%a, %t), channel_id=6, is_host_transfer=true, frontend_attributes={_xla_host_transfer_rendezvous="all-reduce.1_0",_xla_megascale_transfer_type="ALL_REDUCE"}
+  ROOT %r = f32[256]{0} copy(%a)
+}
+"""
+  (row,) = hlo.analyse(text, [0, 0, 0, 0], num_slices=2).collectives
+  assert (row["kind"], row["over"], row["count"], row["bytes"]) == ("all-reduce", "dcn", 1, 1024)
+
+
 def test_iota_replica_groups():
   ins = hlo.Instr("x", "f32[2]", "all-reduce", [], ", replica_groups=[4,2]<=[2,4]T(1,0), to_apply=%a")
   assert hlo._groups(ins, 8) == [[0, 4], [1, 5], [2, 6], [3, 7]]

@@ -205,6 +205,62 @@ def test_negative_finetune_steps_are_refused_before_reading_data(tmp_path):
   c = micro_model(load_config("finetune", "sst2_tiny"))
   c.task.source = str(tmp_path / "no_such_task_dir")  # reading it would fail differently
   c.train.num_steps = -5
-  with pytest.raises(ValueError, match=r"train.num_steps=-5 is negative"):
+  with pytest.raises(ValueError, match=r"train.num_steps=-5"):
     loop.train_and_evaluate(c, str(tmp_path / "wd"))
   assert not (tmp_path / "wd" / "config.json").exists()
+
+
+def test_speed_after_a_resume_counts_only_the_steps_run(lm_data_dir, tmp_path, monkeypatch):
+  """The first window after a resume holds restored steps (for the loss means) that this process
+  did not run: its tokens/s, steps/s and MFU must divide only the steps it ran by its time."""
+  from gpt1_jax import sharding
+  wd = str(tmp_path)
+  with pytest.raises(loop.Preempted):  # log every 5: steps 16 and 17 are saved as pending
+    loop.train_and_evaluate(pretrain_config(lm_data_dir, steps=25, **{"debug.preempt_at_step": 17,
+                                                                      "eval.every_steps": 0}), wd)
+  # A clock that advances 1000 s per step this process runs (no evaluation: it would build batches
+  # too), so the figures are exact step counts.
+  real, ran = time.perf_counter, [0]
+  monkeypatch.setattr(time, "perf_counter", lambda: real() + 1000.0 * ran[0])
+  global_batch = sharding.global_batch
+
+  def counting(*args, **kwargs):
+    ran[0] += 1
+    return global_batch(*args, **kwargs)
+  monkeypatch.setattr(sharding, "global_batch", counting)
+  loop.train_and_evaluate(pretrain_config(lm_data_dir, steps=25, **{"eval.every_steps": 0}), wd)
+  with open(os.path.join(wd, "metrics.jsonl")) as f:
+    rows = {r["step"]: r for r in map(json.loads, f) if "train/loss" in r}
+  first, steady = rows[20], rows[25]  # steps 16-20 (3 run here), then 21-25 (5 run)
+  print(f"first window after resume: {first['perf/steps_per_sec'] * 1000:.4f} steps per 1000 s "
+        f"(3 run, 5 logged); the next: {steady['perf/steps_per_sec'] * 1000:.4f}")
+  assert first["perf/steps_per_sec"] == pytest.approx(1e-3, rel=1e-3)  # not 5 / 3000 s
+  assert steady["perf/steps_per_sec"] == pytest.approx(1e-3, rel=1e-3)
+  tokens_per_step = 32 * 8  # seq_len x global batch
+  for row in (first, steady):
+    assert row["perf/tokens_per_sec"] == pytest.approx(tokens_per_step * row["perf/steps_per_sec"], rel=1e-9)
+  assert first["perf/mfu"] / first["perf/steps_per_sec"] == pytest.approx(
+      steady["perf/mfu"] / steady["perf/steps_per_sec"], rel=1e-9)
+  # The peak MFU divides by, once per process: in the first row each of the two runs logged.
+  peaks = {s: r["perf/peak_flops_per_device"] for s, r in rows.items() if "perf/peak_flops_per_device" in r}
+  assert peaks == {5: 1e12, 20: 1e12}
+
+
+def test_non_finite_loss_at_the_first_steps_names_absurd_settings():
+  class Ck:
+    def step_dir(self, step):
+      return f"ckpt/{step}"
+  nan = {"finite": np.asarray(False), "loss": np.asarray(np.nan), "grad_norm": np.asarray(np.nan)}
+
+  def message(step, **train):
+    c = load_config("pretrain", "tiny")
+    c.train.update(**train)
+    with pytest.raises(loop.NonFiniteError) as e:
+      loop._check_finite([(step, nan)], config_lib.resolve(c), Ck(), None)
+    return str(e.value)
+  blamed = message(2, learning_rate=10.0)
+  assert "train.learning_rate=10 (Adam moves every weight" in blamed
+  assert "the settings rather than the data are the likely cause" in blamed and "global batch #1" in blamed
+  assert "train.eps=1e+30" in message(3, eps=1e30) and "train.weight_decay=1e+09" in message(3, weight_decay=1e9)
+  for plain in (message(2, learning_rate=3e-3), message(5000, learning_rate=10.0)):  # sane, or late: the data
+    assert "settings" not in plain and "the batch was global batch" in plain and "on_nonfinite='skip'" in plain

@@ -194,7 +194,7 @@ def report(run, s: topology.Slice, num_slices: int, mesh, job, compiled, hbm: Op
            eval_report: Optional[dict]) -> dict:
   chips = topology.total_chips(s, num_slices)
   slice_of = [getattr(d, "slice_index", 0) for d in mesh.devices.flat]
-  analysis = hlo.analyse(compiled.as_text(), slice_of)
+  analysis = hlo.analyse(compiled.as_text(), slice_of, num_slices)
   cost = compiled.cost_analysis() or {}
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
     cost = cost[0] if cost else {}

@@ -41,6 +41,7 @@ class Instr:
   opcode: str
   operands: list
   attrs: str
+  args: str = ""  # the text between the opcode's parentheses (a constant's value)
 
 
 @dataclasses.dataclass
@@ -82,7 +83,7 @@ def _parse_instr(line: str) -> Optional[Instr]:
       end = i
       break
   operands = re.findall(r"%([\w.\-]+)", rest[paren + 1:end])
-  return Instr(name, shape, opcode, operands, rest[end + 1:])
+  return Instr(name, shape, opcode, operands, rest[end + 1:], rest[paren + 1:end])
 
 
 def parse(text: str) -> Module:
@@ -118,9 +119,35 @@ def _dims(shape: str) -> list[int]:
   return [int(d) for d in m.group(2).split(",") if d] if m else []
 
 
-def trip_count(ins: Instr) -> Optional[int]:
+def trip_count(ins: Instr, mod: Optional[Module] = None, caller: Optional[list] = None) -> Optional[int]:
+  """The loop's trip count: from ``known_trip_count`` when the compiler kept it, else from its
+  condition ``i < N`` (``compare(get-tuple-element(param, index=k), constant(N)), direction=LT``)
+  and the initial ``i`` in the while's operand tuple (a constant, else 0)."""
   m = re.search(r'known_trip_count"?\s*[:=]\s*\{\s*"?n"?\s*[:=]\s*"?(\d+)', ins.attrs)
-  return int(m.group(1)) if m else None
+  if m:
+    return int(m.group(1))
+  cond = re.search(r"\bcondition=%?([\w.\-]+)", ins.attrs)
+  if mod is None or not cond or cond.group(1) not in mod.computations:
+    return None
+  body = {i.name: i for i in mod.computations[cond.group(1)]}
+  root = mod.computations[cond.group(1)][-1] if mod.computations[cond.group(1)] else None
+  if root is None or root.opcode != "compare" or "direction=LT" not in root.attrs or len(root.operands) != 2:
+    return None
+  lhs, rhs = (body.get(o) for o in root.operands)
+  if lhs is None or rhs is None or rhs.opcode != "constant" or lhs.opcode != "get-tuple-element":
+    return None
+  index = re.search(r"index=(\d+)", lhs.attrs)
+  start = 0
+  callers = {i.name: i for i in caller or []}
+  init = callers.get(ins.operands[0]) if ins.operands else None
+  if index and init is not None and init.opcode == "tuple" and int(index.group(1)) < len(init.operands):
+    first = callers.get(init.operands[int(index.group(1))])
+    if first is not None and first.opcode == "constant" and re.fullmatch(r"-?\d+", first.args.strip()):
+      start = int(first.args)
+  try:
+    return max(int(rhs.args) - start, 0)
+  except ValueError:
+    return None
 
 
 def multiplicities(mod: Module, unroll: bool = True) -> tuple[dict, list]:
@@ -132,7 +159,7 @@ def multiplicities(mod: Module, unroll: bool = True) -> tuple[dict, list]:
     for ins in instrs:
       trips = 1
       if ins.opcode == "while":
-        t = trip_count(ins)
+        t = trip_count(ins, mod, instrs)
         if t is None:
           unknown.append(ins.name)
         trips = (t or 1) if unroll else 1
@@ -194,6 +221,15 @@ def _groups(ins: Instr, num_partitions: int) -> list[list[int]]:
   if ins.opcode.startswith("collective-permute"):
     m = re.search(r"source_target_pairs=\{((?:\{\d+,\d+\},?)*)\}", a)
     return [[int(x) for x in p.split(",")] for p in re.findall(r"\{(\d+,\d+)\}", m.group(1))] if m else []
+  m = re.search(r"replica_groups=mesh\[([^\]]*)\](?:\s*\{([^}]*)\})?", a)
+  if m:  # mesh form: mesh['axis_0'=4,'axis_1'=2] {'axis_1'}: groups vary the listed axes
+    axes = re.findall(r"'([^']+)'=(\d+)", m.group(1))
+    names, sizes = [n for n, _ in axes], [int(v) for _, v in axes]
+    grouped = re.findall(r"'([^']+)'", m.group(2)) if m.group(2) is not None else names
+    ids = np.arange(math.prod(sizes)).reshape(sizes)
+    inner = [names.index(g) for g in grouped]
+    outer = [k for k in range(len(names)) if k not in inner]
+    return ids.transpose(outer + inner).reshape(-1, math.prod(sizes[k] for k in inner) if inner else 1).tolist()
   m = re.search(r"replica_groups=\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", a)
   if m:  # iota form: [groups,size]<=[dims]T(perm)
     shape = [int(x) for x in m.group(1).split(",")]
@@ -206,6 +242,15 @@ def _groups(ins: Instr, num_partitions: int) -> list[list[int]]:
   if m and m.group(1).strip():
     return [[int(x) for x in g.split(",") if x] for g in re.findall(r"\{([\d,]*)\}", m.group(1))]
   return [list(range(num_partitions))]
+
+
+def _source(ins: Instr) -> str:
+  """The JAX operation a collective serves (its ``op_name``, layer numbers folded): where to look."""
+  m = re.search(r'op_name="([^"]*)"', ins.attrs)
+  if not m:
+    return "(unnamed)"
+  name = re.sub(r"^jit\([^)]*\)/", "", m.group(1))
+  return re.sub(r"(?<=[_/])\d+(?=/|$)", "N", name)
 
 
 def _wire_bytes(kind: str, operand_bytes: int, n: int) -> float:
@@ -230,13 +275,26 @@ class Analysis:
   unknown_trip_counts: list
 
 
-def analyse(text: str, slice_of: Sequence[int]) -> Analysis:
-  """``slice_of[p]``: the slice of the device with partition id ``p`` (the mesh's device order)."""
+_MEGASCALE = {"ALL_REDUCE": "all-reduce", "ALL_GATHER": "all-gather", "REDUCE_SCATTER": "reduce-scatter",
+              "ALL_TO_ALL": "all-to-all"}
+
+
+def analyse(text: str, slice_of: Sequence[int], num_slices: int = 1) -> Analysis:
+  """``slice_of[p]``: the slice of the device with partition id ``p`` (the mesh's device order).
+
+  A multi-slice program is compiled per slice (``num_partitions`` = one slice's chips): its
+  collectives over the mesh's ``dcn_*`` axes are host transfers to the Megascale runtime,
+  ``send`` instructions whose ``_xla_megascale_transfer_type`` says which collective; those are
+  the DCN rows. A replica group of the SPMD program that spans slices (older compilers) is one too.
+  """
   mod = parse(text)
   mult, unknown = multiplicities(mod)
   once, _ = multiplicities(mod, unroll=False)
   table = collections.defaultdict(lambda: {"count": 0, "bytes": 0.0})
   flops = flops_once = 0.0
+  # XLA:TPU's async collective fusions repeat a collective in each fusion of its chain (the start
+  # and its continuations), all with the collective's one channel_id: count each channel once.
+  seen_channels = set()
   for comp, instrs in mod.computations.items():
     k = mult.get(comp, 0)
     if not k:
@@ -246,18 +304,45 @@ def analyse(text: str, slice_of: Sequence[int]) -> Analysis:
       f = matmul_flops(ins, symbols)
       flops += k * f
       flops_once += once.get(comp, 0) * f
+      if ins.opcode == "send" and "_xla_megascale_transfer_type" in ins.attrs:
+        t = re.search(r'_xla_megascale_transfer_type="(\w+)"', ins.attrs).group(1)
+        key = re.search(r'_xla_host_transfer_rendezvous="([^"]+)"', ins.attrs)
+        if key and ("dcn", key.group(1)) in seen_channels:
+          continue
+        seen_channels.add(("dcn", key.group(1) if key else ins.name))
+        kind = _MEGASCALE.get(t, "collective-permute")
+        operand = sum(shape_bytes(symbols.get(o, "")) for o in ins.operands)
+        sent = k * _wire_bytes(kind, operand, max(num_slices, 2))
+        row = table[(kind, "dcn")]
+        row["count"] += k
+        row["bytes"] += sent
+        src = row.setdefault("ops", collections.defaultdict(lambda: [0, 0.0]))[_source(ins)]
+        src[0] += k
+        src[1] += sent
+        continue
       kind = _OPCODES.get(ins.opcode)
       if kind is None:
         continue
+      channel = re.search(r"\bchannel_id=(\d+)", ins.attrs)
+      if channel:
+        if (kind, channel.group(1)) in seen_channels:
+          continue
+        seen_channels.add((kind, channel.group(1)))
       groups = [g for g in _groups(ins, mod.num_partitions) if g]
       n = max((len(g) for g in groups), default=1) if kind != "collective-permute" else 2
       if kind != "collective-permute" and n <= 1:
         continue  # a group of one chip moves nothing
       over = "dcn" if any(len({slice_of[p] for p in g if p < len(slice_of)}) > 1 for g in groups) else "ici"
       operand = sum(shape_bytes(symbols.get(o, "")) for o in ins.operands)
+      sent = k * _wire_bytes(kind, operand, n)
       row = table[(kind, over)]
       row["count"] += k
-      row["bytes"] += k * _wire_bytes(kind, operand, n)
-  rows = [{"kind": kind, "count": int(v["count"]), "bytes": int(v["bytes"]), "over": over}
+      row["bytes"] += sent
+      src = row.setdefault("ops", collections.defaultdict(lambda: [0, 0.0]))[_source(ins)]
+      src[0] += k
+      src[1] += sent
+  rows = [{"kind": kind, "count": int(v["count"]), "bytes": int(v["bytes"]), "over": over,
+           "top_ops": [{"op": op, "count": int(c), "bytes": int(b)} for op, (c, b) in
+                       sorted(v.get("ops", {}).items(), key=lambda x: -x[1][1])[:6]]}
           for (kind, over), v in sorted(table.items())]
   return Analysis(rows, flops, flops_once, unknown)

@@ -56,6 +56,12 @@ def report_markdown(r: dict) -> str:
       "|---|---|---|---|",
       *(f"| {c['kind']} | {c['over']} | {c['count']} | {_gib(c['bytes'])} |" for c in r["collectives"]),
       "",
+      "Where they come from (the JAX operation each serves, layers folded into N; most bytes first):",
+      "",
+      *(f"- {c['kind']} ({c['over']}): " + "; ".join(f"`{o['op']}` x{o['count']}, {_gib(o['bytes'])}"
+                                                       for o in c.get("top_ops", [])[:3])
+        for c in r["collectives"]),
+      "",
       f"**Estimate** (not measured): step {e['step_s'] * 1e3:.1f} ms, {e['tokens_per_s']:,.0f} tokens/s, "
       f"MFU {e['mfu']:.1%}, bound by {e['bound']} (compute {e['times_s']['compute'] * 1e3:.1f} ms, HBM "
       f"{e['times_s']['hbm'] * 1e3:.1f} ms, ICI {e['times_s']['ici'] * 1e3:.1f} ms, DCN "
