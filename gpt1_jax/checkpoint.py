@@ -11,6 +11,11 @@ or a temporary directory, which is ignored and removed at the next start.
 A weights checkpoint (``save_params``: converted OpenAI / Hugging Face weights,
 or the best fine-tuned model) has items ``params`` and ``meta``.
 
+A save that fails (disk full, a read-only or unreachable mount) stops the run at once with one
+``CheckpointError`` that says which step failed, where, the space needed and free, which earlier
+checkpoint is intact and how to resume. Orbax deletes old steps only after a new one is committed,
+so a failed save loses nothing.
+
 Every save records two 32-bit checksums per array in ``meta`` (``checksums``: the
 sum and the sum of squares of its 32-bit words),
 verified on restore: a bit flipped on disk after the save (same size, so Orbax
@@ -21,9 +26,12 @@ surfacing hours later as a NaN blamed on a data batch.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
+import re
+import shutil
 import time
 from typing import Any, Callable
 
@@ -33,6 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from gpt1_jax.model import ModelConfig
+from gpt1_jax.perf import fmt_bytes
 
 # Model fields that change parameter shapes or meaning: a checkpoint that
 # differs in any of them cannot be loaded into the current model.
@@ -176,6 +185,38 @@ def _tmp_dirs(directory: str) -> list[str]:
   return sorted(n for n in os.listdir(directory) if "orbax-checkpoint-tmp" in n)
 
 
+# Failures of the disk or mount rather than of the code: reported in one line (any other save
+# failure is re-raised as it is, traceback and all, as a bug).
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_ENVIRONMENT = _DISK_FULL + (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+def _os_errno(e: BaseException | None) -> int | None:
+  """The OS error behind ``e`` or its causes: an ``OSError``'s errno, or the code TensorStore (Orbax's
+  array writer) puts in a ``ValueError``'s text, e.g. ``No space left on device [os_error_code='28']``."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno is not None:
+      return e.errno
+    code = re.search(r"os_error_code='(\d+)'", str(e))
+    if code:
+      return int(code.group(1))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _dir_bytes(path: str) -> int:
+  total = 0
+  for root, _, files in os.walk(path):
+    for name in files:
+      try:
+        total += os.path.getsize(os.path.join(root, name))
+      except OSError:
+        pass
+  return total
+
+
 def _to_numpy_args(metadata_tree):
   return jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata_tree)
 
@@ -197,6 +238,10 @@ class Checkpoints:
     # state's array index can be read without restoring it (check_structure).
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
         "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+    self.async_save = async_save
+    self._writing = None  # the step of an async save not yet known to have succeeded
+    self._state_bytes = 0
+    self._failed = False
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -205,14 +250,64 @@ class Checkpoints:
     return self.manager.latest_step()
 
   def save(self, step: int, state: dict, meta: dict, *, force: bool = False) -> bool:
-    # A previous async save that failed surfaces here rather than being lost.
-    self.manager.check_for_errors()
+    """Starts saving ``step`` (in the background if async); raises ``CheckpointError`` if this save or
+    the previous one failed."""
+    self.wait()  # a previous async save that failed surfaces here, with its own step
     if not (force or self.manager.should_save(step)):
       return False
     meta = {**meta, "checksums": checksums(state)}
-    return self.manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=force)
+    self._state_bytes = sum(int(x.nbytes) for x in jax.tree.leaves(state) if hasattr(x, "nbytes"))
+    try:
+      saved = self.manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          force=force)
+    except Exception as e:  # noqa: BLE001 - a disk error becomes one line, anything else is re-raised
+      raise self._save_failed(step, e) from e
+    if saved and self.async_save:
+      self._writing = step
+    return saved
+
+  def check(self) -> None:
+    """Raises ``CheckpointError`` if a background save has failed; never waits for one still writing.
+
+    Cheap (a flag read), so the loop calls it every step: a run whose save failed stops at the next
+    step, not a checkpoint interval later, and not after losing more than one interval of work.
+    """
+    if self._writing is not None and not self.manager.is_saving_in_progress():
+      self.wait()
+
+  def _save_failed(self, step: int | None, e: Exception) -> Exception:
+    """The error a failed save of ``step`` stops the run with: one line for a disk or mount error."""
+    self._failed = True
+    code = _os_errno(e)
+    if code not in _ENVIRONMENT:
+      return e
+    local = "://" not in self.directory
+    partial = [os.path.join(self.directory, n) for n in _tmp_dirs(self.directory)] if local else []
+    # Orbax commits a step by renaming its temporary directory: on a local disk, a step-named
+    # directory is complete (the manager's own list may still hold the failed step).
+    on_disk = (int(n) for n in os.listdir(self.directory) if n.isdigit()) if local else self.all_steps()
+    steps = sorted(s for s in on_disk if s != step)
+    if steps:
+      intact = f"nothing saved is lost: step {steps[-1]} ({self.step_dir(steps[-1])}) is intact"
+      resume = f"resume from step {steps[-1]}"
+    else:
+      intact = "no earlier checkpoint exists yet"
+      resume = "start again from step 0"
+    if code in _DISK_FULL:
+      space = f"the training state is {fmt_bytes(self._state_bytes)}"
+      if local:
+        space += f"; {fmt_bytes(shutil.disk_usage(self.directory).free)} is free there now"
+        held = sum(_dir_bytes(p) for p in partial)
+        if held:
+          space += f", plus {fmt_bytes(held)} held by the incomplete save, which the next start deletes"
+      what = f"{os.strerror(code).lower()} in {self.directory} ({space})"
+      fix = "free space there, or move the workdir to a larger disk (and point --workdir at it)"
+    else:
+      what = f"{os.strerror(code).lower()} in {self.directory} ({str(e).splitlines()[0][:300]})"
+      fix = "make it writable again (check the disk or the mount)"
+    return CheckpointError(f"saving checkpoint step {step} failed: {what}. The run stopped; {intact}. To "
+                           f"continue, {fix}, then rerun the same command to {resume}")
 
   def read_meta(self, step: int) -> dict:
     try:
@@ -310,10 +405,23 @@ class Checkpoints:
     self.manager.reload()
 
   def wait(self):
-    self.manager.wait_until_finished()
-    self.manager.check_for_errors()
+    """Blocks until the async save in flight is committed; ``CheckpointError`` if it failed."""
+    if self._failed:
+      return  # already reported: Orbax would raise the same failure again
+    step, self._writing = self._writing, None
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001 - see _save_failed
+      raise self._save_failed(step, e) from e
 
   def close(self):
+    if self._failed:
+      try:  # releases Orbax's threads; the failure it would raise again was reported
+        self.manager.close()
+      except Exception:  # noqa: BLE001
+        pass
+      return
     self.wait()
     self.manager.close()
 

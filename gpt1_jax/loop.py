@@ -27,13 +27,13 @@ import numpy as np
 from gpt1_jax import checkpoint as ckpt_lib
 from gpt1_jax import config as config_lib
 from gpt1_jax import evaluate as evaluate_lib
-from gpt1_jax import jobs, perf, resume, sharding
+from gpt1_jax import interrupts, jobs, perf, resume, sharding
 from gpt1_jax import state as state_lib
 from gpt1_jax import weights
 from gpt1_jax import workdir as workdir_lib
 from gpt1_jax.train import TaskObjective, make_optimizer, train_step
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again" — the job saved and can be restarted as is
+EXIT_PREEMPTED = interrupts.EXIT_PREEMPTED  # the job saved and can be restarted as is
 
 
 class NonFiniteError(RuntimeError):
@@ -170,9 +170,15 @@ def restore_or_create(run: config_lib.Run, job: jobs.Job, setup: state_lib.Setup
 
 @dataclasses.dataclass
 class _Pending:
-  """Per-step metrics since the last log line, still on device (fetched once per log)."""
+  """Per-step metrics since the last log line, still on device (fetched once per log).
+
+  After a resume, the first ``restored`` steps are the interrupted run's: they count in the logged
+  means (so the log is an uninterrupted run's) but not in the speed, which times only the steps run
+  since ``since``.
+  """
   steps: list = dataclasses.field(default_factory=list)
-  since: float = dataclasses.field(default_factory=time.perf_counter)
+  restored: int = 0
+  since: float = dataclasses.field(default_factory=lambda: time.perf_counter())
 
 
 def _train(run, job, mesh, rules, ck, compiled, eval_compiled, state, meta, start_step, workdir) -> dict:
@@ -186,7 +192,10 @@ def _train(run, job, mesh, rules, ck, compiled, eval_compiled, state, meta, star
   samples = run.train.softmax_samples if run.task.is_lm else 0  # fine-tuning's auxiliary LM is never sampled
   flops = perf.flops_per_token(run.model, job.seq_len, lm_head=lm_head, head_rows=samples + 1 if samples else 0
                                ) * job.tokens_per_example * gb
-  peak = perf.peak_flops(run.model.dtype, run.log.peak_flops_per_device, run.log.measure_peak) * jax.device_count()
+  peak_per_device = perf.peak_flops(run.model.dtype, run.log.peak_flops_per_device, run.log.measure_peak)
+  peak = peak_per_device * jax.device_count()
+  logging.info("MFU divides by a peak of %.4g FLOP/s per device (%s)", peak_per_device, _peak_source(run))
+  peak_row = {"perf/peak_flops_per_device": peak_per_device}  # in this process's first logged row
   model_dict = ckpt_lib.model_config_to_dict(run.model)
   best = {"value": -math.inf, "step": None}
   last_ckpt_time = time.monotonic()
@@ -196,6 +205,7 @@ def _train(run, job, mesh, rules, ck, compiled, eval_compiled, state, meta, star
     # Steps after the last log line of the interrupted run: restored so the
     # next logged means cover the same steps as an uninterrupted run's.
     pending.steps = [(int(s), {k: np.asarray(v) for k, v in m.items()}) for s, m in meta["pending_metrics"]]
+    pending.restored = len(pending.steps)
   final = {}
   step = start_step
   with _SignalFlag() as sig:
@@ -208,9 +218,11 @@ def _train(run, job, mesh, rules, ck, compiled, eval_compiled, state, meta, star
         state, metrics = compiled(state, batch)
         step += 1
         pending.steps.append((step, metrics))
+        ck.check()  # a failed background save stops the run now (a flag read; never waits for a save)
         at_log = step % run.log.every_steps == 0 or step == job.num_steps
         if at_log:
           scalars = _log_scalars(pending, job, run, ck, last_saved, flops, peak)
+          scalars, peak_row = {**scalars, **peak_row}, {}
           pending = _Pending()
           writer.write(step, scalars)
           progress.update(step, scalars)
@@ -260,7 +272,8 @@ def _train(run, job, mesh, rules, ck, compiled, eval_compiled, state, meta, star
 
 
 class _SignalFlag:
-  """SIGTERM/SIGINT -> finish the step, save, exit(EXIT_PREEMPTED). A second SIGINT aborts at once."""
+  """SIGTERM/SIGINT -> finish the step, save, exit(EXIT_PREEMPTED). A second SIGINT aborts at once
+  (``gpt1_jax.interrupts`` exits 130 under the CLI; a library caller gets ``KeyboardInterrupt``)."""
 
   def __init__(self):
     self.received = None
@@ -276,6 +289,8 @@ class _SignalFlag:
 
   def _handle(self, signum, frame):
     if self.received is not None and signum == signal.SIGINT:
+      if interrupts.watching():
+        return  # its thread has already exited, or is exiting, with one line
       raise KeyboardInterrupt
     self.received = signal.Signals(signum).name
     logging.warning("received %s: finishing the current step, then saving a checkpoint", self.received)
@@ -314,7 +329,7 @@ def _log_scalars(pending: _Pending, job, run, ck, last_saved: Optional[int], flo
   host = _host_scalars(pending.steps)
   _check_finite(host, run, ck, last_saved)
   elapsed = max(time.perf_counter() - pending.since, 1e-9)
-  steps = len(host)
+  steps = len(host) - pending.restored  # run in this window by this process
   # float64 means of the float32 step values: the same result whether a value
   # came from the device or from a checkpoint's JSON (exact resume of the log).
   mean = lambda k: float(np.mean(np.asarray([m[k] for _, m in host if bool(m["finite"])] or [np.nan], np.float64)))
@@ -329,6 +344,17 @@ def _log_scalars(pending: _Pending, job, run, ck, last_saved: Optional[int], flo
   return out
 
 
+def _peak_source(run) -> str:
+  """Where ``perf.peak_flops``'s figure came from, in its order of preference."""
+  if run.log.peak_flops_per_device:
+    return "log.peak_flops_per_device"
+  if perf.device_peak_flops(run.model.dtype):
+    return f"datasheet for {jax.devices()[0].device_kind}, {run.model.dtype}"
+  if run.log.measure_peak:
+    return f"measured at start with a {run.model.dtype} matmul: it varies with the machine's load"
+  return "none: MFU not reported; set log.peak_flops_per_device"
+
+
 def _check_finite(host, run, ck, last_saved):
   gb = run.train.batch_size
   for s, m in host:
@@ -337,9 +363,39 @@ def _check_finite(host, run, ck, last_saved):
         logging.warning("step %d: non-finite loss/grad norm (loss=%s, grad_norm=%s): update skipped", s,
                         m["loss"], m["grad_norm"])
         continue
+      batch = (f"the batch was global batch #{s - 1} of the data stream (examples {(s - 1) * gb}..{s * gb - 1} "
+               f"of seed {run.seed}'s order)")
+      suspects = _suspicious_settings(run) if s <= _EARLY_STEPS else []
+      if suspects:
+        blame = (f"this early, with {'; '.join(suspects)}, the settings rather than the data are the likely cause "
+                 f"({batch})")
+        advice = "Correct those settings and rerun"
+      else:
+        blame, advice = batch, "Set train.on_nonfinite='skip' to skip such updates instead"
       raise NonFiniteError(
           f"non-finite loss or gradient norm at step {s} (loss={float(m['loss'])}, grad_norm="
-          f"{float(m['grad_norm'])}); the batch was global batch #{s - 1} of the data stream "
-          f"(examples {(s - 1) * gb}..{s * gb - 1} of seed {run.seed}'s order); last good checkpoint: "
-          f"{ck.step_dir(last_saved) if last_saved is not None else 'none'}. Set train.on_nonfinite='skip' "
-          f"to skip such updates instead")
+          f"{float(m['grad_norm'])}); {blame}; last good checkpoint: "
+          f"{ck.step_dir(last_saved) if last_saved is not None else 'none'}. {advice}")
+
+
+# A divergence this early (warmup included: an absurd peak rate reaches the weights within tens of
+# steps) is the settings' doing rather than one batch's.
+_EARLY_STEPS = 100
+_EXTREME = 1e6  # no float setting of this trainer is plausible beyond it
+
+
+def _suspicious_settings(run) -> list[str]:
+  """``section.key=value`` (with the reason) for each setting that alone can make a loss non-finite."""
+  out = []
+  if run.train.learning_rate > 0.1:
+    # Adam moves every weight by about the learning rate each step, whatever the gradient's scale.
+    out.append(f"train.learning_rate={run.train.learning_rate:g} (Adam moves every weight by about that much per "
+               f"step; GPT-1 used 2.5e-4)")
+  for section in ("train", "task", "model"):
+    obj = getattr(run, section)
+    for field in dataclasses.fields(obj):
+      value = getattr(obj, field.name)
+      named = f"{section}.{field.name}"
+      if isinstance(value, float) and not abs(value) <= _EXTREME and named != "train.learning_rate":  # NaN too
+        out.append(f"{named}={value:g}")
+  return out

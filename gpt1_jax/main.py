@@ -14,6 +14,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from gpt1_jax import interrupts
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file and variant, e.g. configs/pretrain.py:tiny.",
                                 lock_config=True)
@@ -55,19 +57,20 @@ def init_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from gpt1_jax.report import quiet_library_logs
-  quiet_library_logs()
-  if _init_from_override is not None:
-    FLAGS.config.init["from"] = _init_from_override
-  init_distributed()
-  import jax
-  from gpt1_jax import loop
-  if jax.process_index() != 0:
-    logging.set_verbosity(logging.WARNING)
-  try:
-    result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except loop.Preempted as e:
-    sys.exit(e.code)
+  with interrupts.Watch():  # Ctrl-C before the first step (imports, compiling) exits 75 at once
+    from gpt1_jax.report import quiet_library_logs
+    quiet_library_logs()
+    if _init_from_override is not None:
+      FLAGS.config.init["from"] = _init_from_override
+    init_distributed()
+    import jax
+    from gpt1_jax import loop
+    if jax.process_index() != 0:
+      logging.set_verbosity(logging.WARNING)
+    try:
+      result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except loop.Preempted as e:
+      sys.exit(e.code)
   logging.info("done: %s", {k: v for k, v in result.items() if not k.startswith("perf/")})
 
 

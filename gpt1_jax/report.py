@@ -21,9 +21,14 @@ class _QuietLibraries:
     self.paths = tuple(f"/{lib.strip('/')}/" for lib in libraries)
 
   def filter(self, record):
+    path = record.pathname.replace("\\", "/")
+    if record.exc_info and "/orbax/" in path and not os.environ.get("GPT1_JAX_TRACEBACK"):
+      # Orbax logs a failed save from each of its threads, traceback and all (four tracebacks,
+      # ~400 lines, for one full disk); checkpoint.Checkpoints raises the failure in the main
+      # thread, where the CLI reports it in one line (or with its traceback if it is a bug).
+      return False
     if record.levelno >= self.below:
       return True
-    path = record.pathname.replace("\\", "/")
     return not any(p in path for p in self.paths)
 
 

@@ -10,7 +10,10 @@ way (``kill -9`` included), so a lock left by a dead run is never "stale": the
 next run simply gets it, and says whose it was. While held, the file names the
 owner (host, pid, start time, command) so a refused run can say who is there.
 Released, it is left empty: ``.lock`` is never unlinked, because unlinking a
-lock file lets two later runs lock two different inodes at once.
+lock file lets two later runs lock two different inodes at once. The one
+exception is a run that fails before writing anything (a refused config, bad
+data): leaving ``with Lock(...)`` on an exception, it removes what it added (the
+lock file, empty directories, the workdir itself if it created it).
 
 Where it holds: local disks, and NFS v4 (Linux maps ``flock`` to NFS byte-range
 locks). It does not on object stores (``gs://``, ``s3://``), which have no
@@ -27,6 +30,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 
@@ -95,6 +99,8 @@ class Lock:
     self.path = os.path.join(workdir, LOCK_NAME)
     self.what, self.advice, self.multihost = what, advice, multihost
     self._fd = None
+    self._created = []  # directories _acquire made, outermost first
+    self._entries_before = set()
 
   def __enter__(self):
     error = self._acquire_on_process_0() if self.multihost else self._acquire()
@@ -118,7 +124,13 @@ class Lock:
       logging.warning("%s is on an object store, which has no locks: nothing stops a second run from using "
                       "this %s at the same time", self.workdir, self.what)
       return ""
+    missing, path = [], os.path.abspath(self.workdir)
+    while not os.path.exists(path):
+      missing.insert(0, path)
+      path = os.path.dirname(path)
+    self._entries_before = set() if missing else set(os.listdir(self.workdir))
     os.makedirs(self.workdir, exist_ok=True)
+    self._created = missing
     # No O_TRUNC: the file's text is the current owner's, to be read if we lose.
     self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -151,5 +163,33 @@ class Lock:
       os.close(self._fd)  # closing drops the flock
       self._fd = None
 
-  def __exit__(self, *exc):
+  def _remove_traces(self):
+    """After a failed run: removes what it added, if all it added is the lock file and empty directories.
+
+    Anything with content (a checkpoint, ``metrics.jsonl``, ``config.json``) means the run was accepted:
+    then everything stays. The lock file goes while still locked; a run that opened it in that instant
+    could lock the unlinked inode (the race in the module docstring), accepted for a refusal.
+    """
+    def empty(path):
+      return os.path.isdir(path) and not os.path.islink(path) and all(
+          empty(os.path.join(path, n)) for n in os.listdir(path))
+    added = set(os.listdir(self.workdir)) - self._entries_before
+    if any(n != LOCK_NAME and not empty(os.path.join(self.workdir, n)) for n in added):
+      return
+    for name in added:
+      path = os.path.join(self.workdir, name)
+      if name == LOCK_NAME:
+        os.unlink(path)
+      else:
+        shutil.rmtree(path)
+    for path in reversed(self._created):
+      if not os.listdir(path):
+        os.rmdir(path)
+
+  def __exit__(self, exc_type, *exc):
+    if exc_type is not None and self._fd is not None:
+      try:
+        self._remove_traces()
+      except OSError as e:  # never mask the run's own error
+        logging.warning("could not remove what the failed run added to %s: %s", self.workdir, e)
     self._release()

@@ -263,3 +263,44 @@ def test_cli_bugs_keep_their_traceback():
   with pytest.raises(ValueError) as e:
     config_lib.resolve(c)  # one of ours: its message names the key
   assert errors.is_user_error(e.value)
+
+
+def finetune_config(**overrides):
+  c = micro_model(load_config("finetune", "sst2_tiny"))
+  c.train.update(num_steps=2, batch_size=8)
+  c.mesh.num_devices = 1
+  for k, v in overrides.items():
+    section, key = k.split(".")
+    c[section][key] = v
+  return c
+
+
+@pytest.mark.parametrize("make_config, refusal", [
+    (lambda data: micro_pretrain_config("/nonexistent/data"), "/nonexistent/data"),  # bad data, pretraining
+    (lambda data: micro_pretrain_config(data, **{"data.seq_len": 64}), "exceeds model.n_ctx"),  # bad config
+    (lambda data: finetune_config(), "nonexistent"),  # fine-tuning: refused after checkpoints/ was made
+])
+def test_a_refused_run_on_a_new_workdir_leaves_nothing(lm_data_dir, tmp_path, make_config, refusal):
+  c = make_config(lm_data_dir)
+  if c.task.name != "lm":
+    with c.unlocked():
+      c.init["from"] = str(tmp_path / "nonexistent_pretrained")
+  wd = tmp_path / "new" / "nested" / "wd"  # makedirs made two parents too
+  with pytest.raises(Exception, match=refusal):
+    loop.train_and_evaluate(c, str(wd))
+  assert not (tmp_path / "new").exists(), sorted(str(p) for p in tmp_path.rglob("*"))
+  existing = tmp_path / "existing"
+  existing.mkdir()
+  (existing / "notes.txt").write_text("mine")
+  with pytest.raises(Exception, match=refusal):
+    loop.train_and_evaluate(c, str(existing))
+  assert sorted(os.listdir(existing)) == ["notes.txt"]  # no .lock, no checkpoints/: only what was there
+  print(f"verified: refused ({refusal!r}) and left no directory, lock or checkpoints/ behind")
+
+
+def test_a_run_that_failed_after_writing_keeps_everything(lm_data_dir, tmp_path):
+  wd = str(tmp_path / "wd")
+  with pytest.raises(loop.NonFiniteError):
+    loop.train_and_evaluate(micro_pretrain_config(lm_data_dir, steps=20, **{"debug.nan_at_step": 12}), wd)
+  assert {".lock", "checkpoints", "config.json", "metrics.jsonl"} <= set(os.listdir(wd))
+  assert os.listdir(os.path.join(wd, "checkpoints")) == ["10"]
