@@ -27,7 +27,7 @@ import time
 
 from absl import app, flags
 
-from gpt1_jax import project
+from gpt1_jax import extras, project
 from gpt1_jax.project import load_config
 
 FLAGS = flags.FLAGS
@@ -55,6 +55,9 @@ def samples(workdir: str) -> list[str]:
 
 def main(argv):
   del argv
+  # Before anything else: the demo tokenises (ftfy, spaCy), fine-tunes through tf.data and probes
+  # with scikit-learn, and a missing one would otherwise stop it minutes in.
+  extras.check(("ftfy", "spacy", "tensorflow", "sklearn"), "demo", "the demo")
   from gpt1_jax.report import quiet_library_logs
   quiet_library_logs()
   from gpt1_jax import loop, probe, transfer
@@ -145,5 +148,6 @@ def _define_flags():
 
 
 if __name__ == "__main__":
+  from gpt1_jax import errors
   _define_flags()
-  app.run(main)
+  app.run(errors.cli(main))

@@ -29,6 +29,8 @@ import warnings
 
 import numpy as np
 
+from gpt1_jax import extras
+
 
 def documents(stream: np.ndarray, start_id: int) -> list[np.ndarray]:
   """Splits a prepared token stream (each document preceded by ``_start_``) into documents."""
@@ -101,7 +103,7 @@ def centred_embeddings(params: dict, vocab_size: int) -> np.ndarray:
 def accuracy(words: dict, labels: dict, ids: dict, extra: np.ndarray | None = None) -> float:
   """Dev accuracy of logistic regression on ``words`` (+ the sentence mean of ``extra`` rows)."""
   import scipy.sparse as sp
-  from sklearn.linear_model import LogisticRegressionCV
+  LogisticRegressionCV = extras.require("sklearn.linear_model", "experiments", "the probe").LogisticRegressionCV
   # Only tokens of the labelled sample can get a weight: dropping the other columns changes
   # nothing but the solver's time.
   seen = np.flatnonzero(np.asarray(words["train"].sum(0)).ravel())

@@ -36,6 +36,8 @@ import os
 import re
 from typing import Iterable
 
+from gpt1_jax import extras
+
 
 ENCODER_FILE = "encoder_bpe_40000.json"
 MERGES_FILE = "vocab_40000.bpe"
@@ -62,10 +64,8 @@ def fix_text(text: str) -> str:
   """``ftfy.fix_text`` with its default settings, skipped where it cannot change anything."""
   if text.isascii() and _FTFY_MAY_CHANGE.search(text) is None:
     return text
-  try:
-    import ftfy  # here, not at the top: ids, decoding and the fingerprint work where ftfy is not installed
-  except ImportError as e:
-    raise ImportError(f"encoding non-ASCII text needs ftfy, which is not importable ({e}): `pip install 'ftfy>=6'`") from e
+  # Here, not at the top: ids, decoding and the fingerprint work where ftfy is not installed.
+  ftfy = extras.require("ftfy", "tokenizer", "encoding non-ASCII text")
   return ftfy.fix_text(text)
 
 
@@ -285,11 +285,8 @@ class GPT1Tokenizer:
   # -------------------------------------------------------------------- chunks
   def _load_spacy(self):
     if self._nlp is None:
-      try:
-        import spacy
-      except ImportError as e:
-        raise ImportError(f"encoding text needs spaCy, which is not importable ({e}): `pip install 'spacy>=3.7,<4'`; "
-                          f"ids, decoding and the fingerprint work without it") from e
+      # ids, decoding and the fingerprint work without spaCy: only encoding text needs it.
+      spacy = extras.require("spacy", "tokenizer", "encoding text")
 
       nlp = spacy.blank("en")
       self._ends, self._inner = _cross_space_tables(nlp.tokenizer)

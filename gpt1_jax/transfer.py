@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from gpt1_jax import extras
 from gpt1_jax import project
 from gpt1_jax.project import load_config  # configs/ loaded by path, as --config does
 
@@ -169,7 +170,7 @@ def write(rows: list[dict], out: str, pretrain_dir: str):
     json.dump({"pretrain": pretrain_dir, "rows": rows}, f, indent=2)
   with open(os.path.join(out, "transfer.md"), "w") as f:
     f.write(table(rows) + "\n")
-  import matplotlib
+  matplotlib = extras.require("matplotlib", "experiments", "plotting")
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   tok = [r["tokens"] / 1e6 for r in rows]

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from gpt1_jax import extras
 from gpt1_jax.ablations.grid import Grid, _lstm_units, run_dir
 
 # Table 5's metric per task (the paper's tables report F1 for MRPC/QQP and Pearson for STS-B);
@@ -101,7 +102,7 @@ def write(record: dict, out: str):
   with open(os.path.join(out, "ablations.md"), "w") as f:
     f.write(table(record) + f"\n\nmean ± sample standard deviation over {n} seed(s) "
             f"({', '.join(map(str, record['seeds']))}), x100; the average is over tasks, per seed.\n")
-  import matplotlib
+  matplotlib = extras.require("matplotlib", "experiments", "plotting")
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   tasks, arms = record["tasks"] + ["average"], list(record["cells"])

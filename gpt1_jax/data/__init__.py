@@ -22,7 +22,8 @@ def import_tensorflow():
     except ImportError as e:
       raise ImportError(f"TensorFlow is not importable ({e}); it is needed only for the fine-tuning "
                         f"pipelines, TFRecord data directories (migrate them with `python -m "
-                        f"gpt1_jax.data.prepare --migrate=DIR`) and prepare --tfds") from e
+                        f"gpt1_jax.data.prepare --migrate=DIR`) and prepare --tfds: "
+                        f"pip install -e '.[tasks]'") from None
     # TF only feeds data: the accelerator (and its memory) belongs to JAX.
     tensorflow.config.set_visible_devices([], "GPU")
     if tensorflow.config.list_physical_devices("TPU"):

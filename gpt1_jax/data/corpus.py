@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from gpt1_jax import extras
 from gpt1_jax.data import tf
 
 DOC_SPLITS = ("file", "line", "blank_line")
@@ -128,7 +129,7 @@ def file_source(patterns: Sequence[str]) -> Source:
 
 
 def tfds_source(spec: str, text_key: str | None, data_dir: str | None) -> Source:
-  import tensorflow_datasets as tfds  # only for --tfds: importing it is slow
+  tfds = extras.require("tensorflow_datasets", "tasks", "--tfds")  # importing it is slow: only here
 
   name, _, split = spec.partition(":")
   split = split or "train"

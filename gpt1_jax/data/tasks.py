@@ -43,6 +43,7 @@ import os
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional, Union
 
+from gpt1_jax import extras
 from gpt1_jax import task_types
 from gpt1_jax.data.task_formats import (RACE_LEVELS, ROCSTORIES_SEED, Collector, Example, LocalReader,  # noqa: F401
                                         Malformed, SplitData, TfdsMapper, TsvFormat, is_race_split_dir, read_race,
@@ -264,7 +265,7 @@ def load_tfds(task: Union[str, Task], split: str, data_dir: Optional[str] = None
   e.g. ``"multi_nli"`` for ``mnli`` (which defaults to ``glue/mnli``, the one
   with the GLUE test splits).
   """
-  import tensorflow_datasets as tfds  # slow to import; only this path needs it
+  tfds = extras.require("tensorflow_datasets", "tasks", "reading a task from tensorflow-datasets")  # slow: only here
 
   task = get_task(task)
   split = task.canonical_split(split)
@@ -312,7 +313,7 @@ def _tfds_dataset(task: Task, split: str, name: str, tfds_split: str, data_dir: 
   Data that cannot be had (nothing prepared, no network, a manual download missing) is one
   ``RuntimeError`` line naming the task, where tfds looked, and how to read local files instead.
   """
-  import tensorflow_datasets as tfds  # slow to import; only this path needs it
+  tfds = extras.require("tensorflow_datasets", "tasks", "reading a task from tensorflow-datasets")  # slow: only here
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     if task.tfds_manual:

@@ -11,6 +11,7 @@ import math
 import os
 from typing import Optional, Sequence
 
+from gpt1_jax import extras
 from gpt1_jax.zeroshot.scoring import Scorer
 from gpt1_jax.zeroshot.suite import build, default_source, evaluate, summary
 
@@ -45,7 +46,7 @@ def _fmt(v) -> str:
 
 
 def plot_curve(scores: dict, tasks: Sequence[str], metrics: dict, chance: dict, path: str) -> str:
-  import matplotlib
+  matplotlib = extras.require("matplotlib", "experiments", "plotting")
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import matplotlib.ticker  # noqa: F401 - binds matplotlib.ticker
