@@ -252,9 +252,10 @@ class Checkpoints:
   def save(self, step: int, state: dict, meta: dict, *, force: bool = False) -> bool:
     """Starts saving ``step`` (in the background if async); raises ``CheckpointError`` if this save or
     the previous one failed."""
-    self.wait()  # a previous async save that failed surfaces here, with its own step
     if not (force or self.manager.should_save(step)):
+      self.check()
       return False
+    self.wait()  # Orbax waits for the previous save anyway; if it failed, it is reported with its own step
     meta = {**meta, "checksums": checksums(state)}
     self._state_bytes = sum(int(x.nbytes) for x in jax.tree.leaves(state) if hasattr(x, "nbytes"))
     try:
