@@ -147,3 +147,44 @@ def test_unreadable_or_wrong_checkpoints_are_refused(tmp_path):
   with pytest.raises(ValueError, match="--lstm=.*model.architecture is 'transformer', expected 'lstm'"):
     ablations.check_inputs(grid(transformer=str(tmp_path / "tr"), lstm=str(tmp_path / "tr")))
   assert not (tmp_path / "out").exists()
+
+
+def _fresh_clone(root):
+  """A checkout as cloned: configs/ and the tasks the project ships, none of ../shared's data."""
+  os.makedirs(os.path.join(root, "data"))
+  os.symlink(os.path.join(REPO, "configs"), os.path.join(root, "configs"))
+  for task in ("sst2", "cola", "stsb", "rte", "imdb"):
+    os.symlink(os.path.join(REPO, "data", task), os.path.join(root, "data", task))
+  return str(root)
+
+
+def test_default_tasks_are_those_with_data_and_the_rest_are_named(tmp_path, monkeypatch):
+  monkeypatch.setenv("GPT1_JAX_HOME", _fresh_clone(tmp_path / "clone"))
+  dirs = ablations.task_dirs_with_defaults(ablations.DEFAULT_TASKS, {})
+  assert set(dirs) == {"sst2", "cola", "stsb", "rte"}
+  assert ablations.tasks_with_data(ablations.DEFAULT_TASKS, dirs) == (("sst2", "cola", "stsb", "rte"),
+                                                                      ("mrpc", "story_cloze"))
+  # A directory given for an unshipped task brings it back, in Table 5's order.
+  dirs = ablations.task_dirs_with_defaults(ablations.DEFAULT_TASKS, {"mrpc": "/somewhere/MRPC"})
+  assert ablations.tasks_with_data(ablations.DEFAULT_TASKS, dirs) == (
+      ("sst2", "cola", "stsb", "rte", "mrpc"), ("story_cloze",))
+  assert ablations.left_out_message(("mrpc", "story_cloze")) == (
+      "left out mrpc, story_cloze: no data directory (the project cannot ship them); "
+      "add with --task_dirs=mrpc=DIR,story_cloze=DIR")
+  monkeypatch.setenv("GPT1_JAX_HOME", str(tmp_path / "no_checkout"))
+  with pytest.raises(ValueError, match=r"no data for any of the default tasks .*GPT1_JAX_HOME"):
+    ablations.tasks_with_data(ablations.DEFAULT_TASKS, ablations.task_dirs_with_defaults(ablations.DEFAULT_TASKS, {}))
+
+
+def test_cli_on_a_fresh_clone_names_the_left_out_tasks_and_checks_the_rest(tmp_path):
+  """The message comes before any work; the grid then goes on with the four shipped tasks (stopped
+  here at the input checks by a missing --transformer, so the test takes seconds, not the grid's minutes)."""
+  env = {**os.environ, "GPT1_JAX_HOME": _fresh_clone(tmp_path / "clone")}
+  out = tmp_path / "out"
+  p = subprocess.run([sys.executable, "-m", "gpt1_jax.ablations", f"--out={out}", "--quick",
+                      f"--transformer={tmp_path / 'missing'}"], cwd=REPO, env=env, capture_output=True, text=True,
+                     timeout=300)
+  assert p.stdout.splitlines()[0] == ablations.left_out_message(("mrpc", "story_cloze")), p.stdout
+  errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+  assert p.returncode == 1 and errors == [f"error: --transformer={tmp_path / 'missing'}: no such directory"], p.stderr
+  assert "mrpc" not in p.stderr and not out.exists()

@@ -10,6 +10,10 @@ The arms are the rows of Table 5 (Radford et al. 2018, Section 5 "Ablation studi
 * ``no_aux_lm``: the pretrained transformer, lambda = 0 (L2 alone);
 * ``lstm``: a single-layer LSTM pretrained on the same data for the same steps, lambda = 0.5.
 
+Without ``--tasks`` the grid runs every task of Table 5 whose data is here (``data/TASK`` of the
+checkout, or ``--task_dirs``) and names the ones it left out: MRPC and Story Cloze cannot be
+shipped, so a fresh clone runs four tasks. An explicit ``--tasks`` runs exactly those or refuses.
+
 Every (task, arm, seed) is its own ``train_and_evaluate`` run in ``OUT/runs/TASK/ARM/seedS``; a run
 that finished has ``result.json`` there and is never rerun, an interrupted one resumes from its
 checkpoint, so an interrupted grid continues where it stopped. Each cell is the metric of the
@@ -45,13 +49,14 @@ cell from a run's log, ``ablations.json/.md/.png``, the paper's Table 5), ``cli`
 from gpt1_jax.ablations.cli import _define_flags, grid_from_flags, main
 from gpt1_jax.ablations.grid import (ARM_NAMES, ARMS, DEFAULT_TASKS, LSTM_UNITS, QUICK_CORPUS_REVIEWS, QUICK_FINETUNE,
                                      QUICK_LSTM_UNITS, QUICK_PRETRAIN, RECIPES, TINY_SIZES, Arm, Grid, assign,
-                                     check_inputs, finetune_config, parse_assignments, pretrain_config, run_dir)
+                                     check_inputs, finetune_config, left_out_message, parse_assignments,
+                                     pretrain_config, run_dir, task_dirs_with_defaults, tasks_with_data)
 from gpt1_jax.ablations.run import pretrain, run_grid, run_once
 from gpt1_jax.ablations.table import (METRIC_NAMES, PAPER_TABLE5, TABLE_METRIC, collect, final_eval, table,
                                       table_metric, write)
 
 __all__ = ["ARMS", "ARM_NAMES", "DEFAULT_TASKS", "LSTM_UNITS", "METRIC_NAMES", "PAPER_TABLE5", "QUICK_CORPUS_REVIEWS",
            "QUICK_FINETUNE", "QUICK_LSTM_UNITS", "QUICK_PRETRAIN", "RECIPES", "TABLE_METRIC", "TINY_SIZES", "Arm",
-           "Grid", "assign", "check_inputs", "collect", "final_eval", "finetune_config", "grid_from_flags", "main",
-           "parse_assignments", "pretrain", "pretrain_config", "run_dir", "run_grid", "run_once", "table",
-           "table_metric", "write"]
+           "Grid", "assign", "check_inputs", "collect", "final_eval", "finetune_config", "grid_from_flags",
+           "left_out_message", "main", "parse_assignments", "pretrain", "pretrain_config", "run_dir", "run_grid",
+           "run_once", "table", "table_metric", "task_dirs_with_defaults", "tasks_with_data", "write"]

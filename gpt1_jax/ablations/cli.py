@@ -6,26 +6,27 @@ never clashes with another entry point's flags.
 
 from __future__ import annotations
 
-import os
-
 from absl import flags
 
-from gpt1_jax.ablations.grid import DEFAULT_TASKS, RECIPES, Grid, _default_task_dir
+from gpt1_jax.ablations.grid import (DEFAULT_TASKS, RECIPES, Grid, left_out_message, task_dirs_with_defaults,
+                                     tasks_with_data)
 from gpt1_jax.ablations.run import run_grid
 from gpt1_jax.ablations.table import table
 
 
-def grid_from_flags(f) -> Grid:
+def grid_from_flags(f) -> tuple[Grid, tuple]:
+  """The grid the flags describe, and the default tasks left out of it for want of data."""
   tasks = tuple(f.tasks)
-  dirs = {}
+  given = {}
   for item in f.task_dirs:
     task, eq, d = item.partition("=")
     if not eq or not task or not d:
       raise ValueError(f"--task_dirs: {item!r}: expected TASK=DIR")
-    dirs[task] = d
-  for t in tasks:
-    if t not in dirs and os.path.isdir(_default_task_dir(t)):
-      dirs[t] = _default_task_dir(t)
+    given[task] = d
+  dirs = task_dirs_with_defaults(tasks, given)
+  left_out = ()
+  if not f["tasks"].present:
+    tasks, left_out = tasks_with_data(tasks, dirs)
   try:
     seeds = tuple(int(s) for s in f.seeds)
   except ValueError:
@@ -34,7 +35,7 @@ def grid_from_flags(f) -> Grid:
     seeds = (0,)
   return Grid(out=f.out, tasks=tasks, task_dirs=dirs, seeds=seeds, recipe=f.recipe, transformer=f.transformer,
               lstm=f.lstm, pretrain_data=f.pretrain_data, lstm_units=f.lstm_units, finetune_set=tuple(f.set),
-              pretrain_set=tuple(f.pretrain_set), quick=f.quick, keep_weights=f.keep_weights)
+              pretrain_set=tuple(f.pretrain_set), quick=f.quick, keep_weights=f.keep_weights), left_out
 
 
 def main(argv):
@@ -45,15 +46,20 @@ def main(argv):
   if flags.FLAGS.distributed:
     import jax
     jax.distributed.initialize()  # auto-detects Cloud TPU / SLURM, as gpt1_jax.main --distributed
-  grid = grid_from_flags(flags.FLAGS)
+  grid, left_out = grid_from_flags(flags.FLAGS)
+  if left_out:  # said first, and again under the table, where a long run's reader looks
+    print(left_out_message(left_out), flush=True)
   record = run_grid(grid, log=lambda m: print(m, flush=True))
   print(table(record))
   print(f"wrote {grid.out}/ablations.{{json,md,png}}")
+  if left_out:
+    print(left_out_message(left_out))
 
 
 def _define_flags():
   flags.DEFINE_string("out", None, "Output directory: runs, frozen weights, the table (resumes).", required=True)
-  flags.DEFINE_list("tasks", list(DEFAULT_TASKS), "Tasks (columns of the table).")
+  flags.DEFINE_list("tasks", list(DEFAULT_TASKS), "Tasks (columns of the table). Unset: those of the default "
+                    "list with data here (the others are named, with how to add them); set: exactly these.")
   flags.DEFINE_list("task_dirs", [], "TASK=DIR for tasks the project does not ship (MRPC, Story Cloze) or "
                     "other copies; shipped tasks default to data/TASK.")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Fine-tuning seeds (--quick: 0).")

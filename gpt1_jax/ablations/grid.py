@@ -128,6 +128,38 @@ def _default_task_dir(task: str) -> str:
   return project.path("data", task, must_exist=False)
 
 
+def task_dirs_with_defaults(tasks, given: dict) -> dict:
+  """``given`` (``--task_dirs``) plus the checkout's ``data/TASK`` for each of ``tasks`` it holds."""
+  dirs = dict(given)
+  for t in tasks:
+    if t not in dirs and os.path.isdir(_default_task_dir(t)):
+      dirs[t] = _default_task_dir(t)
+  return dirs
+
+
+def tasks_with_data(tasks, task_dirs: dict) -> tuple[tuple, tuple]:
+  """``(kept, left_out)``: the default task list cut to the tasks that have a data directory.
+
+  Two of Table 5's tasks (MRPC, Story Cloze) cannot be shipped, so a fresh clone holds no data for
+  them: the default grid runs without them and says how to add them (:func:`left_out_message`),
+  where an explicit ``--tasks`` list is taken as it is and refused by :func:`check_inputs`.
+  """
+  kept = tuple(t for t in tasks if t in task_dirs)
+  left_out = tuple(t for t in tasks if t not in task_dirs)
+  if not kept:
+    raise ValueError(f"no data for any of the default tasks ({', '.join(tasks)}) under "
+                     f"{project.path('data', must_exist=False)}: run from a clone (or set GPT1_JAX_HOME to one), "
+                     f"or pass --tasks=TASK --task_dirs=TASK=DIR")
+  return kept, left_out
+
+
+def left_out_message(left_out) -> str:
+  """One line: which default tasks the grid runs without, and the flag that adds them."""
+  dirs = ",".join(f"{t}=DIR" for t in left_out)
+  return (f"left out {', '.join(left_out)}: no data directory (the project cannot ship "
+          f"{'it' if len(left_out) == 1 else 'them'}); add with --task_dirs={dirs}")
+
+
 def check_inputs(grid: Grid) -> dict:
   """Everything that can be wrong with the grid's inputs, checked before any work; then freezes
   the given weights into ``OUT/weights/`` and returns their model configs by name."""
