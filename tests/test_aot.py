@@ -282,3 +282,23 @@ def test_gpt1_117m_at_the_papers_batch_compiles_for_v5e_8(tmp_path):
   assert r["compiler_flops_per_step"] == pytest.approx(r["model_flops_per_step"], rel=0.25)
   assert any(c["kind"] == "all-gather" for c in r["collectives"])
   assert np.isfinite(r["estimate"]["tokens_per_s"]) and perf.fmt_bytes(r["hbm_per_chip_bytes"]) == "15.8 GiB"
+
+
+@pytest.mark.slow
+def test_sweep_ranks_the_meshes_that_fit_and_skips_impossible_ones(tmp_path):
+  p = run_cli("--topology=v5e-4", *MICRO_FLAGS, "--config.train.batch_size=16", "--sweep", "--budget_s=1200",
+              "--workers=1", f"--out={tmp_path}", timeout=2400)
+  assert p.returncode == 0, p.stderr[-3000:]
+  r = json.loads((tmp_path / "sweep.json").read_text())
+  rows = r["candidates"]
+  meshes = {(c["candidate"]["data"], c["candidate"]["fsdp"], c["candidate"]["tensor"]) for c in rows}
+  assert set(sweep.meshes(4)) <= meshes
+  skipped = [c for c in rows if c["candidate"]["tensor"] == 4]
+  assert skipped and all(c["status"] == "skipped" and "heads" in c["reason"] for c in skipped)
+  fitting = [c for c in rows if c.get("fits")]
+  assert len(fitting) >= 5 and [c["tokens_per_s"] for c in fitting] == sorted((c["tokens_per_s"] for c in fitting),
+                                                                             reverse=True)
+  best = fitting[0]["candidate"]
+  assert r["best_flags"][:3] == [f"--config.mesh.data={best['data']}", f"--config.mesh.fsdp={best['fsdp']}",
+                                 f"--config.mesh.tensor={best['tensor']}"]
+  assert "Best: --config.mesh.data=" in (tmp_path / "sweep.md").read_text()
