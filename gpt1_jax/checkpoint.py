@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from gpt1_jax.model import ModelConfig
 from gpt1_jax.perf import fmt_bytes
@@ -440,6 +441,12 @@ def save_params(directory: str, model_config: ModelConfig, params, *, extra_meta
   mngr.close()
 
 
+def complete_steps(directory: str) -> list[int]:
+  """The committed steps in a checkpoint directory, read without opening (or changing) it: safe on
+  a run that is still saving, whose temporary step directories are not listed."""
+  return sorted(ocp.step.checkpoint_steps(directory))
+
+
 def load_params(directory: str, step: int | None = None, *, with_meta: bool = False):
   """``(ModelConfig, params as numpy)`` from a weights checkpoint or a training run.
 
@@ -452,22 +459,25 @@ def load_params(directory: str, step: int | None = None, *, with_meta: bool = Fa
     raise FileNotFoundError(f"no checkpoint directory at {directory}")
   if os.path.isdir(os.path.join(directory, "checkpoints")):
     directory = os.path.join(directory, "checkpoints")
-  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-  step = mngr.latest_step() if step is None else step
+  steps = complete_steps(directory)
+  step = (steps[-1] if steps else None) if step is None else step
   if step is None:
     raise FileNotFoundError(f"no complete checkpoint in {directory}")
   step_dir = os.path.join(directory, str(step))
   items = set(os.listdir(step_dir))
+  # The items are read with their handlers: a read-only CheckpointManager logs four warnings about
+  # its own options at every open, and a Checkpointer given an item's directory one more about the
+  # step's metadata file, which lies a level up.
+  reader = ocp.PyTreeCheckpointHandler()
   try:
-    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    meta = ocp.JsonCheckpointHandler().restore(epath.Path(step_dir) / "meta", args=ocp.args.JsonRestore())
     item = "params" if "params" in items else "state" if "state" in items else None
     if item is None:
       raise CheckpointError(f"{step_dir} has neither 'params' nor 'state' (found {sorted(items)})")
-    reader = ocp.PyTreeCheckpointer()
-    tree = reader.metadata(os.path.join(step_dir, item)).item_metadata.tree
+    tree = reader.metadata(epath.Path(step_dir) / item).tree
     # A training state holds the optimiser moments too: read only the params.
     wanted = tree if item == "params" else {"params": tree["params"]}
-    out = reader.restore(os.path.join(step_dir, item), args=ocp.args.PyTreeRestore(
+    out = reader.restore(epath.Path(step_dir) / item, args=ocp.args.PyTreeRestore(
         item=wanted, restore_args=_to_numpy_args(wanted), partial_restore=item == "state"))
     params = out if item == "params" else out["params"]
     sums = meta.get("checksums")
@@ -480,7 +490,7 @@ def load_params(directory: str, step: int | None = None, *, with_meta: bool = Fa
     raise CheckpointError(f"checkpoint {step_dir} is corrupt or unreadable ({type(e).__name__}: "
                           f"{str(e)[:500]})") from e
   finally:
-    mngr.close()
+    reader.close()
   if with_meta:
     return model_config_from_dict(meta["model"]), params, dict(meta)
   return model_config_from_dict(meta["model"]), params

@@ -187,7 +187,7 @@ def _train(run, job, mesh, rules, ck, compiled, eval_compiled, state, meta, star
   rows = sharding.host_rows(mesh, rules, gb)
   train_iter = iter(job.train_batches(rows, start_step))  # from exactly the step we resume at
   writer = MetricWriter(workdir, start_step, tensorboard=run.log.tensorboard)
-  progress = Progress(job.num_steps, start_step)
+  progress = Progress(job.num_steps, start_step, desc=os.path.basename(os.path.normpath(workdir)))
   lm_head = not isinstance(job.objective, TaskObjective) or job.objective.lm_coef != 0
   samples = run.train.softmax_samples if run.task.is_lm else 0  # fine-tuning's auxiliary LM is never sampled
   flops = perf.flops_per_token(run.model, job.seq_len, lm_head=lm_head, head_rows=samples + 1 if samples else 0

@@ -1,4 +1,11 @@
-"""Metrics out: ``metrics.jsonl``, TensorBoard events and a progress line. Process 0 only."""
+"""Metrics out: ``metrics.jsonl``, TensorBoard events and progress. Process 0 only.
+
+Progress is a tqdm bar (ETA, steps/s, tokens/s) where a person watches: process 0 with stderr on
+a terminal (:func:`interactive`). Elsewhere (a file, a pipe, a scheduler's or another host's log)
+it is a plain log line per logged step. A program that owns its console (the demo) sends every
+log record to a file with :func:`log_to_file`; its runs then print a line at each quarter away
+from a terminal, and nothing else of theirs reaches the console.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +45,33 @@ def quiet_library_logs(below: int = logging.WARNING,
   logs dozens of lines) and their warnings pass; ``below``/``libraries`` narrow or widen that."""
   from absl import logging as absl_logging
   absl_logging.get_absl_handler().addFilter(_QuietLibraries(below, libraries))
+
+
+def interactive() -> bool:
+  """Progress bars or log lines: bars only for process 0 writing to a terminal."""
+  return sys.stderr.isatty() and jax.process_index() == 0
+
+
+_log_file = None  # set by log_to_file: the program owns the console, the records go here
+
+
+def log_to_file(path: str) -> str:
+  """Every logging record from here on (INFO and up, from every library: Orbax, JAX, TensorFlow)
+  and every Python warning goes to ``path`` (appended, one plain line each) and none to the
+  console, which is left to the program's own lines and progress bars; returns ``path``."""
+  global _log_file
+  from absl import logging as absl_logging
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  handler = logging.FileHandler(path)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)d] %(message)s"))
+  root = logging.getLogger()
+  root.removeHandler(absl_logging.get_absl_handler())
+  root.addHandler(handler)
+  if root.level > logging.INFO or root.level == logging.NOTSET:
+    root.setLevel(logging.INFO)
+  logging.captureWarnings(True)
+  _log_file = os.path.abspath(path)
+  return _log_file
 
 
 def _tensorboard_writer(logdir: str):
@@ -112,15 +146,19 @@ class MetricWriter:
 
 
 class Progress:
-  """The periodic progress line (and a tqdm bar when attached to a terminal)."""
+  """A run's progress: a tqdm bar on a terminal, else a log line per logged step (see the module
+  docstring); under :func:`log_to_file`, also a console line at each quarter once ``QUIET_S`` passed."""
 
-  def __init__(self, total_steps: int, start_step: int):
-    self.total, self.start = total_steps, start_step
-    self.t0 = time.perf_counter()
+  QUIET_S = 30.0  # a short run (a fine-tuning run of the demo) prints only its result
+
+  def __init__(self, total_steps: int, start_step: int, desc: str = ""):
+    self.total, self.start, self.desc = total_steps, start_step, desc
+    self.t0 = self.last_print = time.perf_counter()
+    self.quarter = 4 * start_step // max(total_steps, 1)
     self.bar = None
-    if jax.process_index() == 0 and sys.stderr.isatty():
+    if interactive():
       from tqdm import tqdm
-      self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+      self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, desc=desc or None)
 
   def update(self, step: int, scalars: dict):
     if jax.process_index() != 0:
@@ -139,8 +177,15 @@ class Progress:
       self.bar.n = step
       self.bar.set_postfix_str(line.split(" | ", 1)[-1])
       self.bar.refresh()
-    else:
-      logging.info(line)
+    if self.bar is None or _log_file:
+      logging.info("%s%s", f"{self.desc}: " if self.desc else "", line)
+    quarter = 4 * step // max(self.total, 1)
+    if self.bar is None and _log_file and quarter > self.quarter:
+      self.quarter = quarter
+      now = time.perf_counter()
+      if quarter < 4 and now - self.last_print >= self.QUIET_S:
+        self.last_print = now
+        print(f"   {self.desc + ': ' if self.desc else ''}{line}", flush=True)
 
   def close(self):
     if self.bar is not None:

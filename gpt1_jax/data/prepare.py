@@ -225,8 +225,9 @@ def prepare(output: str, *, inputs: Sequence[str] = (), tfds_name: str | None = 
     replaced: collections.Counter = collections.Counter()
     data = {split: _SplitTokens() for split in SPLITS}
     empty = unknown = documents = 0
+    # disable=None: tqdm's own test, a bar only on a terminal (a scheduler's log gets the summary lines)
     bar = tqdm.tqdm(total=source.total or None, unit=source.unit, unit_scale=True, desc="tokenising",
-                    disable=not progress)
+                    disable=None if progress else True)
     tokenising = time.time()
     with bar:
       for chunk, (flat, lengths, unk) in _tokenise(chunks(source.items(doc_split, errors, replaced)),

@@ -11,7 +11,7 @@ import math
 import os
 from typing import Optional, Sequence
 
-from gpt1_jax import extras
+from gpt1_jax import checkpoint, extras
 from gpt1_jax.zeroshot.scoring import Scorer
 from gpt1_jax.zeroshot.suite import build, default_source, evaluate, summary
 
@@ -20,17 +20,12 @@ CURVE_JSON, CURVE_PNG = "zeroshot_curve.json", "zeroshot_curve.png"
 
 def checkpoint_steps(run_dir: str) -> list[int]:
   """The complete checkpoint steps of a run (read-only: never touches a run that is still saving)."""
-  import orbax.checkpoint as ocp
   directory = os.path.abspath(run_dir)
   if os.path.isdir(os.path.join(directory, "checkpoints")):
     directory = os.path.join(directory, "checkpoints")
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"no checkpoints under {run_dir}")
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-  try:
-    return sorted(manager.all_steps())
-  finally:
-    manager.close()
+  return checkpoint.complete_steps(directory)
 
 
 def markdown_table(scores: dict, tasks: Sequence[str], metrics: dict) -> str:

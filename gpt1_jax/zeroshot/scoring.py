@@ -119,7 +119,8 @@ class Scorer:
     batches = [(rows[k:k + self.batch_size], length) for length, rows in groups.items()
                for k in range(0, len(rows), self.batch_size)]
     from tqdm.auto import tqdm
-    return tqdm(batches, desc=desc, unit="batch", disable=not self.progress or not batches, leave=False)
+    # disable=None: tqdm's own test, a bar only on a terminal (a log file gets no carriage returns)
+    return tqdm(batches, desc=desc, unit="batch", disable=None if self.progress and batches else True, leave=False)
 
   def _arrays(self, seqs: Sequence[Sequence[int]], rows: Sequence[int], length: int):
     # Short batches are filled with empty rows: one shape per bucket, not one per remainder.
