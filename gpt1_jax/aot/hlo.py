@@ -300,6 +300,7 @@ def analyse(text: str, slice_of: Sequence[int], num_slices: int = 1) -> Analysis
     if not k:
       continue
     symbols = _symbols(instrs)
+    root = instrs[-1] if instrs else None
     for ins in instrs:
       f = matmul_flops(ins, symbols)
       flops += k * f
@@ -323,6 +324,11 @@ def analyse(text: str, slice_of: Sequence[int], num_slices: int = 1) -> Analysis
       kind = _OPCODES.get(ins.opcode)
       if kind is None:
         continue
+      if (kind == "all-reduce" and root is not None and root.opcode == "dynamic-slice"
+          and root.operands[:1] == [ins.name]):
+        # XLA:TPU writes a reduce-scatter as a computation `all-reduce-scatter` whose all-reduce
+        # feeds a dynamic-slice: the backend runs it as a reduce-scatter.
+        kind = "reduce-scatter"
       channel = re.search(r"\bchannel_id=(\d+)", ins.attrs)
       if channel:
         if (kind, channel.group(1)) in seen_channels:
