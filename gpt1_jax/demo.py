@@ -22,6 +22,7 @@ curve the budget is picked from (BENCHMARKS.md).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -32,6 +33,7 @@ from gpt1_jax.project import load_config
 
 FLAGS = flags.FLAGS
 
+LOG_NAME = "demo.log"  # in the workdir: every log record of the run
 CORPUS = project.path("data", "imdb", "unlabelled.txt.xz", must_exist=False)
 TASK_DIR = project.path("data", "sst2", must_exist=False)
 # Measured on the reference machine (2 cores, BENCHMARKS.md): what the ETA printed up front assumes.
@@ -58,12 +60,13 @@ def main(argv):
   # Before anything else: the demo tokenises (ftfy, spaCy), fine-tunes through tf.data and probes
   # with scikit-learn, and a missing one would otherwise stop it minutes in.
   extras.check(("ftfy", "spacy", "tensorflow", "sklearn"), "demo", "the demo")
-  from gpt1_jax.report import quiet_library_logs
-  quiet_library_logs()
-  from gpt1_jax import loop, probe, transfer
+  from gpt1_jax import checkpoint, loop, probe, report, transfer  # after the check: they import those
   from gpt1_jax.data import prepare
   t0 = time.perf_counter()
   root = os.path.abspath(FLAGS.workdir)
+  # The console holds the stages and the results; the details (every record of ours, Orbax's,
+  # JAX's and TensorFlow's, library warnings) go to the log, for when something needs explaining.
+  log = report.log_to_file(os.path.join(root, LOG_NAME))
   data_dir = os.path.join(root, "data")
   pre = load_config("pretrain", "tiny")
   pre.data.dir = data_dir
@@ -71,27 +74,27 @@ def main(argv):
     pre.train.num_steps = FLAGS.budget
   steps = int(pre.train.num_steps)
   seeds = [int(s) for s in FLAGS.seeds]
-  print(f"gpt1_jax demo: {steps:,} pretraining steps, {len(seeds)} seeds; about "
-        f"{steps / STEPS_PER_SECOND / 60 + FIXED_MINUTES * len(seeds) / 3:.0f} min on 2 CPU cores "
-        f"(less if resumed)", flush=True)
+  say(f"gpt1_jax demo: {steps:,} pretraining steps, {len(seeds)} seeds; about "
+      f"{steps / STEPS_PER_SECOND / 60 + FIXED_MINUTES * len(seeds) / 3:.0f} min on 2 CPU cores "
+      f"(less if resumed); full log: {log}")
 
-  print(f"== 1/4 tokenising {os.path.relpath(CORPUS, project.root())} -> {data_dir}", flush=True)
-  manifest = prepare.prepare(data_dir, inputs=[CORPUS], doc_split="line", num_shards=4, progress=False)
-  print(f"   {manifest['splits']['train']['tokens']:,} training tokens in "
-        f"{manifest['splits']['train']['documents']:,} reviews", flush=True)
+  say(f"== 1/4 tokenising {os.path.relpath(CORPUS, project.root())} -> {data_dir}")
+  manifest = prepare.prepare(data_dir, inputs=[CORPUS], doc_split="line", num_shards=4,
+                             progress=report.interactive())
+  say(f"   {manifest['splits']['train']['tokens']:,} training tokens in "
+      f"{manifest['splits']['train']['documents']:,} reviews")
 
-  print(f"== 2/4 pretraining configs/pretrain.py:tiny for {steps:,} steps "
-        f"({steps * pre.train.batch_size * pre.model.n_ctx / 1e6:.1f}M tokens)", flush=True)
+  say(f"== 2/4 pretraining configs/pretrain.py:tiny for {steps:,} steps "
+      f"({steps * pre.train.batch_size * pre.model.n_ctx / 1e6:.1f}M tokens)")
   pre_dir = os.path.join(root, "pretrain")
   result = loop.train_and_evaluate(pre, pre_dir)
   first = _first_logged_loss(pre_dir)
   sampled = f" (sampled softmax, {pre.train.softmax_samples:,} candidates)" if pre.train.softmax_samples else ""
-  print(f"   train loss{sampled} {first:.3f} -> {result['train/loss']:.3f}; held-out perplexity (full softmax) "
-        f"{result.get('eval/perplexity', float('nan')):.1f} after {result['step']} steps", flush=True)
-  print("\n".join(samples(pre_dir)), flush=True)
+  say(f"   train loss{sampled} {first:.3f} -> {result['train/loss']:.3f}; held-out perplexity (full softmax) "
+      f"{result.get('eval/perplexity', float('nan')):.1f} after {result['step']} steps")
+  say("\n".join(samples(pre_dir)))
 
-  print("== 3/4 fine-tuning configs/finetune.py:sst2_tiny on 1,000 labelled SST-2 sentences, dev = 872",
-        flush=True)
+  say("== 3/4 fine-tuning configs/finetune.py:sst2_tiny on 1,000 labelled SST-2 sentences, dev = 872")
   rows = []
   for seed in seeds:
     accs = {}
@@ -99,31 +102,49 @@ def main(argv):
       accs[init] = transfer.finetune(os.path.join(root, f"sst2_{init}_seed{seed}"),
                                      pre_dir if init == "pretrained" else "none", seed, TASK_DIR,
                                      epochs=FLAGS.finetune_epochs)
-      print(f"   seed {seed} {init:10s}: dev accuracy {accs[init]:.3f}", flush=True)
+      say(f"   seed {seed} {init:10s}: dev accuracy {accs[init]:.3f}")
     rows.append((seed, accs["pretrained"], accs["random"]))
-  print("\n   seed | from pretraining | from random init | gap (points)", flush=True)
-  for seed, a, b in rows:
-    print(f"   {seed:4d} | {a:16.3f} | {b:16.3f} | {100 * (a - b):+.1f}")
   gaps = [100 * (a - b) for _, a, b in rows]
-  mean_a = sum(r[1] for r in rows) / len(rows)
-  mean_b = sum(r[2] for r in rows) / len(rows)
   spread = (sum((g - sum(gaps) / len(gaps)) ** 2 for g in gaps) / max(1, len(gaps) - 1)) ** 0.5
-  print(f"   mean | {mean_a:16.3f} | {mean_b:16.3f} | {sum(gaps) / len(gaps):+.1f} "
-        f"(std {spread:.1f} over seeds; min {min(gaps):+.1f}, max {max(gaps):+.1f})", flush=True)
   summary = {"pretrain": {k: v for k, v in result.items() if not k.startswith("perf/")},
              "finetune": [{"seed": s, "pretrained": a, "random": b} for s, a, b in rows],
              "gap_points": {"mean": sum(gaps) / len(gaps), "std": spread, "min": min(gaps), "max": max(gaps)}}
   if FLAGS.probe:
-    print("== 4/4 probe: logistic regression on the 1,000 labelled sentences (C by 5-fold CV on them), "
-          "SST-2 dev accuracy", flush=True)
-    from gpt1_jax import checkpoint
+    say("== 4/4 probe: logistic regression on the 1,000 labelled sentences (C by 5-fold CV on them), "
+        "SST-2 dev accuracy (about two minutes)")
     summary["probe"] = probe.run(TASK_DIR, data_dir=data_dir, params=checkpoint.load_params(pre_dir)[1])
-    for name, acc in summary["probe"].items():
-      print(f"   {name:52s} {acc:.3f}", flush=True)
   summary["seconds"] = time.perf_counter() - t0
   with open(os.path.join(root, "demo_summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
-  print(f"done in {(time.perf_counter() - t0) / 60:.1f} min; summary in {root}/demo_summary.json")
+  say(results_table(summary))
+  say(f"done in {summary['seconds'] / 60:.1f} min; results in {root}/demo_summary.json, full log in {log}")
+
+
+def say(text: str):
+  """The demo's own console lines (stdout, flushed: stages show as they happen in a file too), also
+  in the log, so that the log reads on its own."""
+  print(text, flush=True)
+  logging.info("%s", text)
+
+
+def results_table(summary: dict) -> str:
+  """The results at the end, in one place: pretraining, SST-2 dev accuracy per seed, the probes."""
+  pre = summary["pretrain"]
+  lines = [f"== results: {pre['step']:,} pretraining steps, held-out perplexity "
+           f"{pre.get('eval/perplexity', float('nan')):.1f}",
+           "   SST-2 dev accuracy | from pretraining | from random init | gap (points)"]
+  for row in summary["finetune"]:
+    a, b = row["pretrained"], row["random"]
+    lines.append(f"   seed {row['seed']:<13d} | {a:16.3f} | {b:16.3f} | {100 * (a - b):+.1f}")
+  n = len(summary["finetune"])
+  gap = summary["gap_points"]
+  lines.append(f"   mean {'':13s} | {sum(r['pretrained'] for r in summary['finetune']) / n:16.3f} | "
+               f"{sum(r['random'] for r in summary['finetune']) / n:16.3f} | {gap['mean']:+.1f} "
+               f"(std {gap['std']:.1f} over seeds; min {gap['min']:+.1f}, max {gap['max']:+.1f})")
+  if "probe" in summary:
+    lines.append("   linear probe, SST-2 dev accuracy:")
+    lines += [f"   {name:52s} {acc:.3f}" for name, acc in summary["probe"].items()]
+  return "\n".join(lines)
 
 
 def _first_logged_loss(workdir):

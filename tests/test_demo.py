@@ -9,6 +9,8 @@ must carry the labels across.
   8-gram with an SST-2 dev sentence (pretraining on dev text would fake transfer).
 * The transfer curve (gpt1_jax.transfer) on a micro pretraining run: its perplexities agree
   with the training loop's own evaluation, its fine-tuned accuracies with a direct run.
+* The demo's console, end to end on a checkout with a small corpus: its stages and a results
+  table in under 60 lines, no log-formatted line nor library warning; the details in its log.
 """
 
 import hashlib
@@ -17,6 +19,8 @@ import lzma
 import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -154,3 +158,53 @@ def test_shipped_files_are_found_in_the_checkout_or_GPT1_JAX_HOME(tmp_path, monk
       "import ml_collections\ndef get_config(arg):\n  return ml_collections.ConfigDict({'variant': arg})\n")
   assert project.load_config("pretrain", "x").variant == "x"
   assert project.path("data", "nowhere", must_exist=False) == str(tmp_path / "data" / "nowhere")
+
+
+def _small_checkout(root: pathlib.Path, reviews=400, sentences=60):
+  """The checkout as the demo reads it (configs/, data/imdb, data/sst2), with a corpus and task
+  small enough to run every stage in a couple of minutes."""
+  (root / "data" / "imdb").mkdir(parents=True)
+  (root / "configs").symlink_to(REPO / "configs")
+  with lzma.open(REPO / "data" / "imdb" / "unlabelled.txt.xz", "rt") as f:
+    head = "".join(f.readline() for _ in range(reviews))
+  with lzma.open(root / "data" / "imdb" / "unlabelled.txt.xz", "wt") as f:
+    f.write(head)
+  (root / "data" / "sst2").mkdir()
+  for name in ("train.tsv", "dev.tsv"):
+    with open(REPO / "data" / "sst2" / name) as f:
+      (root / "data" / "sst2" / name).write_text("".join(f.readline() for _ in range(sentences + 1)))
+  return root
+
+
+@pytest.mark.slow  # every stage of the demo on a small corpus (about two minutes)
+def test_demo_console_is_its_stages_and_results_and_the_details_are_in_its_log(tmp_path):
+  home = _small_checkout(tmp_path / "checkout")
+  workdir = tmp_path / "demo"
+  # A user's environment (the test session sets these for itself), output to a pipe as under a
+  # scheduler or `> file`: no bars, a few lines per stage.
+  env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "XLA_FLAGS")}
+  p = subprocess.run([sys.executable, "-m", "gpt1_jax.demo", f"--workdir={workdir}", "--budget=30", "--seeds=0",
+                      "--finetune_epochs=1"], cwd=REPO, capture_output=True, text=True, timeout=900,
+                     env={**env, "GPT1_JAX_HOME": str(home)})
+  console = (p.stdout + p.stderr).splitlines()
+  shown = "\n".join(console)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert len(console) < 60, shown
+  glog = re.compile(r"^[IWEF]\d{4} ")  # absl/glog's format, from Python or C++
+  assert [line for line in console if glog.match(line)] == [], shown
+  for noise in ("WARNING:absl", "read_only=True", "_CHECKPOINT_METADATA", "Given directory is read only",
+                "absl::InitializeLog", "oneDNN", "Warning:"):
+    assert not [line for line in console if noise in line], shown
+  log = workdir / "demo.log"
+  assert console[0].endswith(f"full log: {log}") and console[-1].endswith(f"full log in {log}")
+  assert any(line.startswith("== results") for line in console)
+  assert any(re.match(r"   seed 0 +\| +0\.\d{3} \| +0\.\d{3} \| [+-]\d+\.\d$", line) for line in console)
+  # The details: our records (compile time, each logged step), Orbax's, the console's own lines.
+  text = log.read_text()
+  for detail in ("loop.py:", "compiled in", "pretrain: step 30/30", "sst2_random_seed0: step", "orbax",
+                 "== 3/4 fine-tuning"):
+    assert detail in text, detail
+  summary = json.loads((workdir / "demo_summary.json").read_text())
+  assert set(summary) == {"pretrain", "finetune", "gap_points", "probe", "seconds"}
+  assert [set(r) for r in summary["finetune"]] == [{"seed", "pretrained", "random"}]
+  assert (workdir / "pretrain" / "metrics.jsonl").exists()
