@@ -171,12 +171,12 @@ class Progress:
                      ("perf/tokens_per_sec", "{:,.0f} tok/s"), ("perf/mfu", "MFU {:.1%}")):
       if key in scalars and scalars[key] is not None and math.isfinite(scalars[key]):
         parts.append(fmt.format(scalars[key]))
+    if self.bar is not None:  # the bar shows the step, steps/s and the time left itself
+      self.bar.n = step
+      self.bar.set_postfix_str(" | ".join(parts[1:]))
+      self.bar.refresh()
     parts.append(f"ETA {eta / 60:.1f} min")
     line = " | ".join(parts)
-    if self.bar is not None:
-      self.bar.n = step
-      self.bar.set_postfix_str(line.split(" | ", 1)[-1])
-      self.bar.refresh()
     if self.bar is None or _log_file:
       logging.info("%s%s", f"{self.desc}: " if self.desc else "", line)
     quarter = 4 * step // max(self.total, 1)
