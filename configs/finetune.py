@@ -2,7 +2,7 @@
 
 Paper defaults (Section 4.1): lr 6.25e-5, batch 32, 3 epochs, linear warmup over
 0.2% of training then linear decay to 0, classifier dropout 0.1, lambda = 0.5.
-``init.from``: a gpt1_jax checkpoint or run directory, ``openai:DIR`` (the
+``init.weights``: a gpt1_jax checkpoint or run directory, ``openai:DIR`` (the
 original release), ``hf:PATH`` (a Hugging Face ``openai-gpt`` save) or ``none``
 (the "no pre-training" ablation). ``task.lm_coef=0`` is the "no auxiliary LM" ablation.
 ``task.source``: a directory of the official files (``train.tsv``, ``dev.tsv``...)
@@ -41,7 +41,7 @@ def finetune(task: str) -> ml_collections.ConfigDict:
   c.checkpoint.update(every_steps=500, keep=2)
   c.log.every_steps = 50
   c.eval.update(every_steps=500, batch_size=0)
-  c.init = ml_collections.ConfigDict({"from": "none"})
+  c.init = ml_collections.ConfigDict(dict(weights="none"))
   return c
 
 

@@ -56,7 +56,7 @@ def base() -> ml_collections.ConfigDict:
                                           num_devices=0))  # num_devices: first N devices only (0: all)
   c.mesh.rules = ml_collections.FieldReference(None, field_type=tuple)  # None: gpt1_jax.sharding.DEFAULT_RULES
 
-  c.init = ml_collections.ConfigDict({"from": "none"})
+  c.init = ml_collections.ConfigDict(dict(weights="none"))
   # Fault injection for the reliability suite: a NaN loss at a step; a
   # preemption (as on SIGTERM: save, exit 75) at a step.
   c.debug = ml_collections.ConfigDict(dict(nan_at_step=-1, preempt_at_step=-1))

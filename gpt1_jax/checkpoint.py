@@ -429,7 +429,7 @@ class Checkpoints:
 
 
 def save_params(directory: str, model_config: ModelConfig, params, *, extra_meta: dict | None = None) -> None:
-  """Writes weights (host or device arrays) as a checkpoint that ``load_params`` and ``init.from`` read."""
+  """Writes weights (host or device arrays) as a checkpoint that ``load_params`` and ``init.weights`` read."""
   meta = {"kind": "params", "model": model_config_to_dict(model_config), **(extra_meta or {}),
           "checksums": checksums(params)}
   mngr = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(

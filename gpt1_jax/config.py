@@ -152,6 +152,18 @@ class Debug:
 
 
 @dataclasses.dataclass(frozen=True)
+class Init:
+  # A fresh run's transformer: "none" (random), a gpt1_jax run or save_params directory, openai:DIR
+  # (the original release) or hf:PATH (a Hugging Face openai-gpt save); gpt1_jax.weights reads it.
+  # Ignored on resume: the weights come from the checkpoint.
+  weights: str = "none"
+
+  def __post_init__(self):
+    if self.weights in ("", "None"):  # an unset value
+      object.__setattr__(self, "weights", "none")
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
   seed: int
   model: ModelConfig
@@ -163,30 +175,57 @@ class Run:
   eval: Eval
   mesh: Mesh
   debug: Debug
-  init_from: str  # "none", DIR, openai:DIR or hf:PATH (gpt1_jax.weights)
+  init: Init
   raw: dict = dataclasses.field(compare=False, repr=False)
 
 
 _SECTIONS = {"train": Train, "data": Data, "task": Task, "checkpoint": Checkpoint, "log": Log, "eval": Eval,
-             "mesh": Mesh, "debug": Debug}
+             "mesh": Mesh, "debug": Debug, "init": Init}
+
+# Keys renamed since runs were saved, old -> new: saved configs (config.json, a checkpoint's
+# metadata) and the command line (``--config.init.from=...``) may still spell them the old way.
+RENAMED = {"init.from": "init.weights"}
 
 
 def resolve(config) -> Run:
   """A ConfigDict (or plain dict) -> ``Run``; errors name the key and the allowed values."""
-  raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  unknown = set(raw) - set(_SECTIONS) - {"seed", "model", "init"}
+  raw = renamed(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+  unknown = set(raw) - set(_SECTIONS) - {"seed", "model"}
   if unknown:
     raise ValueError(f"config has unknown sections {sorted(unknown)}")
   sections = {name: section(cls, raw.get(name) or {}, name) for name, cls in _SECTIONS.items()}
-  init = raw.get("init") or {}
   model = model_config(raw.get("model") or {})
   samples = sections["train"].softmax_samples
   if samples >= model.vocab_size:
     # A "sample" as large as the vocabulary costs more than the full softmax it approximates.
     raise ValueError(f"train.softmax_samples={samples}: expected 0 (the full softmax) or fewer candidates "
                      f"than model.vocab_size={model.vocab_size}")
-  return Run(seed=int(raw.get("seed", 0)), model=model, init_from=str(init.get("from", "none") or "none"),
-             raw=raw, **sections)
+  return Run(seed=int(raw.get("seed", 0)), model=model, raw=raw, **sections)
+
+
+def renamed(raw: dict) -> dict:
+  """``raw`` (a config as nested dicts) with each old key of ``RENAMED`` under its new name."""
+  out = dict(raw)
+  for old, new in RENAMED.items():
+    (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+    if old_key not in (out.get(old_section) or {}):
+      continue
+    values = dict(out[old_section])
+    value = values.pop(old_key)
+    out[old_section] = values
+    if new_key in (out.get(new_section) or {}):
+      raise ValueError(f"config sets both {old} (the old name) and {new}: keep {new}")
+    out[new_section] = {**(out.get(new_section) or {}), new_key: value}
+  return out
+
+
+def renamed_flags(argv: list[str]) -> list[str]:
+  """``argv`` with ``--config.OLD`` of ``RENAMED`` spelt ``--config.NEW``, for absl to parse: ``from`` is
+  a Python keyword, which ml_collections' override parser cannot take ("Could not parse 'init.from'")."""
+  names = {f"{dashes}config.{old}": f"{dashes}config.{new}" for old, new in RENAMED.items() for dashes in ("-", "--")}
+  end = argv.index("--") if "--" in argv else len(argv)
+  flags = [names.get(name, name) + eq + value for name, eq, value in (a.partition("=") for a in argv[:end])]
+  return flags + argv[end:]
 
 
 def section(cls, values: dict, name: str):
@@ -230,24 +269,6 @@ def _convert(value: Any, kind: str):
   if value is None:
     return None
   return tuple(tuple(x) if isinstance(x, list) else x for x in value)  # mesh.rules
-
-
-def split_init_from_flag(argv: list[str]) -> tuple[list[str], Optional[str]]:
-  """Takes ``--config.init.from=X`` out of ``argv``: ``from`` is a Python keyword, which
-  ml_collections' override parser rejects ("Could not parse 'init.from'"); ``main``
-  applies the value to the parsed config instead."""
-  flag, out, value, i = "--config.init.from", [], None, 0
-  while i < len(argv):
-    arg = argv[i]
-    if arg.startswith(flag + "="):
-      value = arg[len(flag) + 1:]
-    elif arg == flag and i + 1 < len(argv):
-      value = argv[i + 1]
-      i += 1
-    else:
-      out.append(arg)
-    i += 1
-  return out, value
 
 
 def _refuse(obj, field: str, allowed: str):

@@ -3,7 +3,7 @@
 Resolve the config into typed values (``config.py``); check and lock the workdir; build the
 mesh; read and check the data (``jobs.py``); derive the state's shardings from
 ``jax.eval_shape`` and refuse a model that cannot fit (``state.py``); restore the latest complete
-checkpoint or create the state already sharded, from other weights if ``init.from`` says so
+checkpoint or create the state already sharded, from other weights if ``init.weights`` says so
 (``weights.py``); compile the step ahead of time; then train, logging asynchronously fetched
 metrics every ``log.every_steps``, evaluating (``evaluate.py``) and checkpointing in the
 background. SIGTERM/SIGINT save and exit with ``EXIT_PREEMPTED``.
@@ -136,7 +136,7 @@ def validate(run: config_lib.Run, mesh, rules, job: jobs.Job):
 
 def restore_or_create(run: config_lib.Run, job: jobs.Job, setup: state_lib.Setup, ck, workdir: str):
   """``(state, checkpoint meta or None, start step)``: the latest checkpoint this config may
-  continue, else a fresh state (its transformer from ``init.from`` when given)."""
+  continue, else a fresh state (its transformer from ``init.weights`` when given)."""
   model_dict = ckpt_lib.model_config_to_dict(run.model)
 
   def check_resume(meta, step):
@@ -152,16 +152,16 @@ def restore_or_create(run: config_lib.Run, job: jobs.Job, setup: state_lib.Setup
     logging.info("resumed from %s at step %d", ck.step_dir(step), step)
     return state, meta, step
   src = None
-  if run.init_from != "none":
-    src = weights.load(run.init_from, n_head=run.model.n_head)  # before creating the state: fail fast
+  if run.init.weights != "none":
+    src = weights.load(run.init.weights, n_head=run.model.n_head)  # before creating the state: fail fast
   state = setup.create(run.seed)
   if src is not None:
-    params = weights.transformer_in_layout(src[0], src[1], run.model, where=f"init.from={run.init_from}",
+    params = weights.transformer_in_layout(src[0], src[1], run.model, where=f"init.weights={run.init.weights}",
                                            like=setup.abstract["params"]["transformer"])
     state["params"]["transformer"] = jax.tree.map(
         lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx, x=x: x[idx]), params,
         setup.shardings["params"]["transformer"])
-    logging.info("initialised the transformer from %s", run.init_from)
+    logging.info("initialised the transformer from %s", run.init.weights)
   return state, None, 0
 
 

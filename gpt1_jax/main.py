@@ -1,7 +1,7 @@
 """Entry point for pretraining and fine-tuning.
 
   python -m gpt1_jax.main --config=configs/pretrain.py:gpt1 --workdir=DIR --config.train.num_steps=...
-  python -m gpt1_jax.main --config=configs/finetune.py:sst2 --workdir=DIR --config.init.from=PRETRAIN_DIR
+  python -m gpt1_jax.main --config=configs/finetune.py:sst2 --workdir=DIR --config.init.weights=PRETRAIN_DIR
 
 Multi-host: ``--distributed`` initialises ``jax.distributed`` with auto-detection
 (Cloud TPU, SLURM); ``--coordinator_address/--num_processes/--process_id`` set it
@@ -60,8 +60,6 @@ def main(argv):
   with interrupts.Watch():  # Ctrl-C before the first step (imports, compiling) exits 75 at once
     from gpt1_jax.report import quiet_library_logs
     quiet_library_logs()
-    if _init_from_override is not None:
-      FLAGS.config.init["from"] = _init_from_override
     init_distributed()
     import jax
     from gpt1_jax import loop
@@ -74,14 +72,9 @@ def main(argv):
   logging.info("done: %s", {k: v for k, v in result.items() if not k.startswith("perf/")})
 
 
-_init_from_override = None
-
-
 def run():
-  global _init_from_override
-  from gpt1_jax.config import split_init_from_flag
-  from gpt1_jax import errors
-  sys.argv, _init_from_override = split_init_from_flag(sys.argv)
+  from gpt1_jax import config, errors
+  sys.argv = config.renamed_flags(sys.argv)  # a renamed key's old spelling still works
   app.run(errors.cli(main), flags_parser=errors.parse_flags)
 
 

@@ -8,7 +8,7 @@ the trajectory as it would have been:
 - where it runs: ``mesh.*`` (state is resharded on restore) and data paths
   (``data.dir``, ``task.source``: the data stream's identity is checked
   separately, so moved data is fine and other data is refused);
-- ``init.from`` (ignored on resume: the weights come from the checkpoint),
+- ``init.weights`` (ignored on resume: the weights come from the checkpoint),
   ``model.remat`` (same numbers, other memory), ``train.on_nonfinite``;
 - ``train.num_steps`` / ``train.num_epochs`` **only if the learning-rate
   schedule of the remaining steps is unchanged** (constant schedules; a longer

@@ -69,9 +69,9 @@ def heldout_perplexity_fn(pretrain_dir: str, max_windows: int = 512):
   return perplexity
 
 
-def finetune_config(task: str, init_from: str, seed: int, source: str, *, model: dict | None = None,
+def finetune_config(task: str, weights: str, seed: int, source: str, *, model: dict | None = None,
                     epochs: float = 0.0, recipe: str = "tiny"):
-  """``configs/finetune.py:<task>_tiny`` (``recipe="paper"``: ``:<task>``) from ``init_from`` (``none``:
+  """``configs/finetune.py:<task>_tiny`` (``recipe="paper"``: ``:<task>``) from ``weights`` (``none``:
   random init) on the task files in ``source``, with a pretraining run's ``model`` section when given
   (every arm of a comparison gets the same shape)."""
   ft = load_config("finetune", f"{task}_tiny" if recipe == "tiny" else task)
@@ -81,22 +81,22 @@ def finetune_config(task: str, init_from: str, seed: int, source: str, *, model:
       ft.task.max_len = ft.model.n_ctx
   ft.task.source = source
   ft.seed = seed
-  ft.init["from"] = init_from
+  ft.init.weights = weights
   if epochs:
     ft.train.num_epochs = float(epochs)
   return ft
 
 
-def finetune(workdir: str, init_from: str, seed: int, task_dir: str, epochs: float = 0.0,
+def finetune(workdir: str, weights: str, seed: int, task_dir: str, epochs: float = 0.0,
              model: dict | None = None) -> float:
   """SST-2 dev accuracy of ``configs/finetune.py:sst2_tiny`` (:func:`finetune_config`)."""
   from gpt1_jax import loop
-  ft = finetune_config("sst2", init_from, seed, task_dir, model=model, epochs=epochs)
+  ft = finetune_config("sst2", weights, seed, task_dir, model=model, epochs=epochs)
   return float(loop.train_and_evaluate(ft, workdir)["eval/accuracy"])
 
 
 def export_step(pretrain_dir: str, step: int, out: str) -> dict:
-  """Writes checkpoint ``step``'s weights as a ``save_params`` directory (what ``init.from`` reads)
+  """Writes checkpoint ``step``'s weights as a ``save_params`` directory (what ``init.weights`` reads)
   unless it exists; returns the params."""
   from gpt1_jax import checkpoint
   cfg, params = checkpoint.load_params(pretrain_dir, step)

@@ -2,7 +2,7 @@
 
 A weight source is ``DIR`` (a gpt1_jax weights checkpoint, a training workdir or its
 ``checkpoints/``), ``openai:DIR`` (OpenAI's release: ``params_shapes.json`` + ``params_*.npy``)
-or ``hf:PATH`` (a Hugging Face ``openai-gpt`` save). Fine-tuning's ``init.from``, sampling
+or ``hf:PATH`` (a Hugging Face ``openai-gpt`` save). Fine-tuning's ``init.weights``, sampling
 (``generate``), zero-shot evaluation and the NNX bridge all go through ``load`` and then
 ``transformer_in_layout``: scanned or per-layer blocks, and the token table's padding, follow
 the destination model's config whatever the source's were.

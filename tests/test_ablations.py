@@ -86,7 +86,7 @@ def test_quick_grid_cells_are_the_runs_logged_metrics(quick_grid):
     with open(os.path.join(ablations.run_dir(grid, "sst2", arm.name, 0), "config.json")) as f:
       c = json.load(f)
     assert c["task"]["lm_coef"] == arm.lm_coef
-    assert (c["init"]["from"] == "none") == (arm.weights == "none")
+    assert (c["init"]["weights"] == "none") == (arm.weights == "none")
     assert c["model"]["architecture"] == ("lstm" if arm.weights == "lstm" else "transformer")
   pre = {w: json.load(open(os.path.join(grid.out, "pretrain", w, "config.json"))) for w in ("transformer", "lstm")}
   assert pre["lstm"]["train"] == pre["transformer"]["train"] and pre["lstm"]["data"] == pre["transformer"]["data"]

@@ -164,7 +164,7 @@ def test_finetune_from_pretrained_end_to_end(reference_run, tmp_path):
   c.eval.batch_size = 64
   c.log.update(every_steps=2, measure_peak=False, peak_flops_per_device=1e12)
   c.mesh.num_devices = 2
-  c.init["from"] = ref_wd
+  c.init.weights = ref_wd
   c.task.lm_coef = 0.5  # the paper's joint objective (the tiny demo variant turns it off)
   wd = str(tmp_path)
   result = loop.train_and_evaluate(c, wd)
@@ -182,11 +182,14 @@ def test_finetune_from_pretrained_end_to_end(reference_run, tmp_path):
   assert np.abs(best["transformer"]["embed"]["positions"] - pre).max() < 0.05
 
 
-def test_init_from_flag_survives_the_keyword():
-  """`from` is a Python keyword: ml_collections cannot parse `--config.init.from`; main.py takes it itself."""
-  rest, value = config_lib.split_init_from_flag(["prog", "--config=x.py", "--config.init.from=/ckpt/dir", "--workdir=w"])
-  assert rest == ["prog", "--config=x.py", "--workdir=w"] and value == "/ckpt/dir"
-  assert config_lib.split_init_from_flag(["prog", "--config.init.from", "openai:/m"]) == (["prog"], "openai:/m")
+def test_the_old_init_from_flag_is_init_weights():
+  """`from` is a Python keyword, which ml_collections cannot parse: `--config.init.from` (init.weights'
+  old name) is respelt before absl parses the flags, in both of absl's forms."""
+  argv = ["prog", "--config=x.py", "--config.init.from=/ckpt/dir", "--workdir=w"]
+  assert config_lib.renamed_flags(argv) == ["prog", "--config=x.py", "--config.init.weights=/ckpt/dir", "--workdir=w"]
+  assert config_lib.renamed_flags(["prog", "--config.init.from", "openai:/m"]) == [
+      "prog", "--config.init.weights", "openai:/m"]
+  assert config_lib.renamed_flags(["prog", "--", "--config.init.from=x"]) == ["prog", "--", "--config.init.from=x"]
 
 
 def test_metrics_jsonl_is_standard_json_with_non_finite_values_as_null(tmp_path):

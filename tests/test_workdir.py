@@ -284,7 +284,7 @@ def test_a_refused_run_on_a_new_workdir_leaves_nothing(lm_data_dir, tmp_path, ma
   c = make_config(lm_data_dir)
   if c.task.name != "lm":
     with c.unlocked():
-      c.init["from"] = str(tmp_path / "nonexistent_pretrained")
+      c.init.weights = str(tmp_path / "nonexistent_pretrained")
   wd = tmp_path / "new" / "nested" / "wd"  # makedirs made two parents too
   with pytest.raises(Exception, match=refusal):
     loop.train_and_evaluate(c, str(wd))

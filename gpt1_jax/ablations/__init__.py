@@ -22,7 +22,7 @@ correlation for CoLA, F1 for MRPC and QQP, Pearson for STS-B, accuracy elsewhere
 sample standard deviation over seeds; the average column averages the tasks per seed first.
 Writes ``OUT/ablations.json``, ``OUT/ablations.md`` and ``OUT/ablations.png``.
 
-Pretrained weights: ``--transformer`` and ``--lstm`` take anything ``init.from`` reads (a run's
+Pretrained weights: ``--transformer`` and ``--lstm`` take anything ``init.weights`` reads (a run's
 workdir, a weights directory, ``openai:DIR``, ``hf:PATH``); the latest checkpoint is frozen into
 ``OUT/weights/`` before the first run, so a pretraining run that goes on does not change the
 grid under it. Without ``--transformer`` the grid pretrains ``configs/pretrain.py:<recipe>`` on

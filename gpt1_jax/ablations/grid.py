@@ -309,8 +309,8 @@ def _overrides(grid: Grid, items, task: str, what: str) -> list[tuple[str, objec
   return out + [(k, v) for t, k, v in parse_assignments(items, what) if t in ("*", task)]
 
 
-def finetune_config(grid: Grid, task: str, arm: Arm, seed: int, init_from: str, model: dict):
-  c = transfer.finetune_config(task, init_from, seed, grid.task_dirs[task], model=model, recipe=grid.recipe)
+def finetune_config(grid: Grid, task: str, arm: Arm, seed: int, weights: str, model: dict):
+  c = transfer.finetune_config(task, weights, seed, grid.task_dirs[task], model=model, recipe=grid.recipe)
   c.task.lm_coef = arm.lm_coef
   for k, v in _overrides(grid, grid.finetune_set, task, "--set"):
     assign(c, k, v, f"--set {task}:{k}={v}")
