@@ -16,6 +16,8 @@ import os
 
 import ml_collections
 
+from gpt1_jax import config
+
 # Loaded by path so the config works from any working directory.
 _spec = importlib.util.spec_from_file_location("_gpt1_pretrain_config",
                                                os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py"))
@@ -31,17 +33,16 @@ TASKS = {
 
 
 def finetune(task: str) -> ml_collections.ConfigDict:
-  c = pretrain.base()
+  """GPT-1 as pretrained (``pretrain.py:gpt1``) with the paper's fine-tuning; task.* at the defaults of
+  gpt1_jax/config.py's ``Task`` (lambda, classifier dropout) but for the task's name and files."""
+  c = pretrain.gpt1()
   source, max_len = TASKS[task]
-  c.task = ml_collections.ConfigDict(dict(
-      name=task, source=source, train_split="train", eval_split="dev", max_len=max_len,
-      lm_coef=0.5, clf_pdrop=0.1, skip_malformed=False, max_train_examples=0))
+  c.task = config.defaults().task
+  c.task.update(name=task, source=source, max_len=max_len)
   c.train.update(num_steps=0, num_epochs=3.0, batch_size=32, learning_rate=6.25e-5, warmup_steps=0,
                  warmup_fraction=0.002, schedule="linear")
   c.checkpoint.update(every_steps=500, keep=2)
-  c.log.every_steps = 50
-  c.eval.update(every_steps=500, batch_size=0)
-  c.init = ml_collections.ConfigDict(dict(weights="none"))
+  c.eval.every_steps = 500
   return c
 
 
@@ -63,7 +64,7 @@ def tiny(task: str) -> ml_collections.ConfigDict:
   # 10% warmup, not the paper's 0.2% (one step here): from random init, a post-LN stack at lr
   # 3e-3 with no warmup stayed at chance on one seed in three (0.525), which would flatter
   # pretraining; with it every seed of either arm trains.
-  c.train.update(batch_size=32, learning_rate=3e-3, num_epochs=6.0, warmup_fraction=0.1)
+  c.train.update(learning_rate=3e-3, num_epochs=6.0, warmup_fraction=0.1)
   c.checkpoint.every_steps = 100
   c.log.every_steps = 10
   c.eval.update(every_steps=0, batch_size=64)

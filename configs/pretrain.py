@@ -6,65 +6,22 @@ the config is locked, so a misspelt key is an error.
 
 import ml_collections
 
+from gpt1_jax import config
+
 
 def base() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-
-  # gpt1_jax.model.ModelConfig fields; the defaults are GPT-1 as released.
-  c.model = ml_collections.ConfigDict(dict(
-      vocab_size=40481, n_ctx=512, n_embd=768, n_head=12, n_layer=12,
-      embd_pdrop=0.1, attn_pdrop=0.1, resid_pdrop=0.1, layer_norm_epsilon=1e-5, initializer_range=0.02,
-      activation="gelu_tanh", dtype="float32", param_dtype="float32", attention="xla", remat="none",
-      scan_layers=False, vocab_pad_multiple=128, architecture="transformer", lstm_units=2048))
-
-  c.task = ml_collections.ConfigDict(dict(name="lm"))
-
-  c.data = ml_collections.ConfigDict(dict(
-      dir="",  # output of `python -m gpt1_jax.data.prepare`
-      seq_len=0,  # 0: model.n_ctx
-      check_tokenizer=True,  # the manifest's tokenizer fingerprint must match GPT1Tokenizer's
-  ))
-
-  # Section 4.1: Adam, max lr 2.5e-4, linear warmup over 2000 updates then
-  # cosine annealing to 0, minibatches of 64 x 512 tokens, modified L2 w = 0.01.
-  c.train = ml_collections.ConfigDict(dict(
-      num_steps=100_000, batch_size=64, grad_accum_steps=1,
-      learning_rate=2.5e-4, warmup_steps=2000, warmup_fraction=0.0, schedule="cosine",
-      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=1.0,
-      on_nonfinite="stop",  # or "skip": keep the old state for that step and count it
-      num_epochs=0.0,
-      # Positions per chunk of the LM loss's output layer (0: all at once); must
-      # divide the sequence length. Saves the [B, T, 40k] logits' memory.
-      lm_loss_chunk=0,
-      # > 0: train with a sampled softmax over this many candidates drawn from the corpus unigram
-      # (shared by the batch) instead of the whole vocabulary; evaluation always uses the full softmax.
-      softmax_samples=0,
-  ))
-
-  # allow_config_change: resume even when the config changes the run (gpt1_jax/resume.py says which
-  # changes are accepted without it).
-  c.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=1000, keep=3, keep_period=0, every_minutes=0.0, async_save=True, allow_fallback=False,
-      allow_config_change=False))
-  c.log = ml_collections.ConfigDict(dict(every_steps=50, tensorboard=True, measure_peak=True,
-                                         peak_flops_per_device=0.0))
-  c.eval = ml_collections.ConfigDict(dict(every_steps=1000, batch_size=0))  # 0: train.batch_size
-
-  # Mesh (data, fsdp, tensor); -1 fills the devices. dcn_* multiply across TPU slices.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
-                                          num_devices=0))  # num_devices: first N devices only (0: all)
-  c.mesh.rules = ml_collections.FieldReference(None, field_type=tuple)  # None: gpt1_jax.sharding.DEFAULT_RULES
-
-  c.init = ml_collections.ConfigDict(dict(weights="none"))
-  # Fault injection for the reliability suite: a NaN loss at a step; a
-  # preemption (as on SIGTERM: save, exit 75) at a step.
-  c.debug = ml_collections.ConfigDict(dict(nan_at_step=-1, preempt_at_step=-1))
+  """The defaults of gpt1_jax/config.py's dataclasses (the model's: GPT-1 as released)."""
+  c = config.defaults()
+  c.task = ml_collections.ConfigDict(dict(name=c.task.name))  # the other task.* keys are fine-tuning's
   return c
 
 
 def gpt1() -> ml_collections.ConfigDict:
-  return base()
+  c = base()
+  # The token table padded to a multiple of 128 rows (40,576): MXU/tensor-core friendly, and
+  # divisible by a tensor-parallel axis. Outputs are exactly the unpadded model's.
+  c.model.vocab_pad_multiple = 128
+  return c
 
 
 def tiny() -> ml_collections.ConfigDict:
@@ -85,15 +42,13 @@ def tiny() -> ml_collections.ConfigDict:
   long run *is* the model pretrained for N steps: the transfer curve and the demo's budget
   (``--budget``) measure the same models. No dropout (it only slows learning at this scale).
   """
+  # No vocabulary padding (base's model.vocab_pad_multiple=1): on CPU the padded logits' slice costs ~15% of a step.
   c = base()
-  # No vocabulary padding: on CPU the padded logits' slice costs ~15% of a step.
-  c.model.update(n_ctx=64, n_embd=128, n_head=4, n_layer=2, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0,
-                 vocab_pad_multiple=1)
+  c.model.update(n_ctx=64, n_embd=128, n_head=4, n_layer=2, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
   c.data.dir = "workdirs/demo/data"
   c.train.update(num_steps=6000, batch_size=32, learning_rate=1e-3, warmup_steps=300, schedule="constant",
                  softmax_samples=2048)
   c.checkpoint.update(every_steps=750, keep=2)
-  c.log.every_steps = 50
   c.eval.update(every_steps=750, batch_size=64)
   return c
 

@@ -3,8 +3,9 @@
 ``configs/*.py`` stay ConfigDicts (overridable from the command line, locked against typos);
 ``resolve`` turns one into a ``Run`` of frozen dataclasses right at the start of a run, checking
 every key and value that can be checked without devices or data, and everything below the entry
-point takes these values, never the dict. Defaults are stated once, here; the config files set
-what differs. ``Run.raw`` keeps the dict itself for what must record or compare the config as
+point takes these values, never the dict. Defaults are stated once, in these dataclasses (and
+``model.ModelConfig``): ``defaults()`` is the ConfigDict they make, which the config files start
+from and set what differs. ``Run.raw`` keeps the dict itself for what must record or compare the config as
 given (``config.json``, checkpoint metadata, ``resume``).
 """
 
@@ -14,6 +15,8 @@ import dataclasses
 import math
 from typing import Any, Optional
 
+import ml_collections
+
 from gpt1_jax.model import ModelConfig
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -22,6 +25,9 @@ ON_NONFINITE = ("stop", "skip")
 
 @dataclasses.dataclass(frozen=True)
 class Train:
+  """The defaults are the paper's pretraining (Section 4.1): Adam, max lr 2.5e-4, linear warmup over
+  2000 updates then cosine annealing to 0, minibatches of 64 x 512 tokens, modified L2 w = 0.01."""
+
   num_steps: int = 100_000  # fine-tuning: 0 means num_epochs over the training set
   num_epochs: float = 0.0
   batch_size: int = 64  # global
@@ -35,9 +41,13 @@ class Train:
   eps: float = 1e-8
   weight_decay: float = 0.01
   grad_clip: float = 1.0
-  on_nonfinite: str = "stop"
-  lm_loss_chunk: int = 0  # positions per chunk of the LM output layer (0: all at once)
-  softmax_samples: int = 0  # pretraining only: sampled softmax over this many candidates (0: the full softmax)
+  on_nonfinite: str = "stop"  # or "skip": keep the old state for that step and count it
+  # Positions per chunk of the LM loss's output layer (0: all at once); must divide the sequence
+  # length. Saves the [B, T, 40k] logits' memory.
+  lm_loss_chunk: int = 0
+  # Pretraining only, > 0: a sampled softmax over this many candidates drawn from the corpus unigram
+  # (shared by the batch) instead of the whole vocabulary; evaluation always uses the full softmax.
+  softmax_samples: int = 0
 
   def __post_init__(self):
     _one_of(self, "schedule", SCHEDULES)
@@ -57,7 +67,7 @@ class Train:
 class Data:
   dir: str = ""  # output of `python -m gpt1_jax.data.prepare`
   seq_len: int = 0  # 0: model.n_ctx
-  check_tokenizer: bool = True
+  check_tokenizer: bool = True  # the manifest's tokenizer fingerprint must match GPT1Tokenizer's
 
   def __post_init__(self):
     _at_least(self, 0, "seq_len")
@@ -70,8 +80,8 @@ class Task:
   train_split: str = "train"
   eval_split: str = "dev"
   max_len: int = 0
-  lm_coef: float = 0.5
-  clf_pdrop: float = 0.1
+  lm_coef: float = 0.5  # lambda, the auxiliary LM loss's weight (Section 3.2; 0.5 in Section 4.1)
+  clf_pdrop: float = 0.1  # dropout before the classifier (Section 4.1)
   skip_malformed: bool = False
   max_train_examples: int = 0
 
@@ -93,6 +103,8 @@ class Checkpoint:
   every_minutes: float = 0.0
   async_save: bool = True
   allow_fallback: bool = False
+  # Resume even when the config changes the run (gpt1_jax/resume.py says which changes are
+  # accepted without it).
   allow_config_change: bool = False
 
   def __post_init__(self):
@@ -124,6 +136,8 @@ class Eval:
 
 @dataclasses.dataclass(frozen=True)
 class Mesh:
+  """Sizes of the mesh axes (data, fsdp, tensor); -1 fills the devices. dcn_* multiply across TPU slices."""
+
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
@@ -144,6 +158,9 @@ class Mesh:
 
 @dataclasses.dataclass(frozen=True)
 class Debug:
+  """Fault injection for the reliability suite: a NaN loss at a step; a preemption (as on SIGTERM:
+  save, exit 75) at a step."""
+
   nan_at_step: int = -1
   preempt_at_step: int = -1
 
@@ -165,26 +182,42 @@ class Init:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  seed: int
-  model: ModelConfig
-  train: Train
-  data: Data
-  task: Task
-  checkpoint: Checkpoint
-  log: Log
-  eval: Eval
-  mesh: Mesh
-  debug: Debug
-  init: Init
-  raw: dict = dataclasses.field(compare=False, repr=False)
+  """A run's whole config; ``Run()`` is every default."""
+
+  seed: int = 0
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  task: Task = dataclasses.field(default_factory=Task)
+  data: Data = dataclasses.field(default_factory=Data)
+  train: Train = dataclasses.field(default_factory=Train)
+  checkpoint: Checkpoint = dataclasses.field(default_factory=Checkpoint)
+  log: Log = dataclasses.field(default_factory=Log)
+  eval: Eval = dataclasses.field(default_factory=Eval)
+  mesh: Mesh = dataclasses.field(default_factory=Mesh)
+  init: Init = dataclasses.field(default_factory=Init)
+  debug: Debug = dataclasses.field(default_factory=Debug)
+  raw: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+  def to_dict(self) -> dict:
+    """Every key as plain values, sections as dicts: ``resolve(run.to_dict()) == run``."""
+    out = {"seed": self.seed, "model": dataclasses.asdict(self.model)}
+    out.update((name, dataclasses.asdict(getattr(self, name))) for name in _SECTIONS)
+    return out
 
 
-_SECTIONS = {"train": Train, "data": Data, "task": Task, "checkpoint": Checkpoint, "log": Log, "eval": Eval,
-             "mesh": Mesh, "debug": Debug, "init": Init}
+_SECTIONS = {"task": Task, "data": Data, "train": Train, "checkpoint": Checkpoint, "log": Log, "eval": Eval,
+             "mesh": Mesh, "init": Init, "debug": Debug}
 
 # Keys renamed since runs were saved, old -> new: saved configs (config.json, a checkpoint's
 # metadata) and the command line (``--config.init.from=...``) may still spell them the old way.
 RENAMED = {"init.from": "init.weights"}
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """Every key of a run's config at its dataclass default: what ``configs/*.py`` start from."""
+  c = ml_collections.ConfigDict(Run().to_dict())
+  # A tuple of (logical axis, mesh axes) pairs once set; None: gpt1_jax.sharding.DEFAULT_RULES.
+  c.mesh.rules = ml_collections.FieldReference(None, field_type=tuple)
+  return c
 
 
 def resolve(config) -> Run:
