@@ -1,77 +1,133 @@
-"""Evaluation during training: the compiled eval step, one pass over the eval data, the best checkpoint.
+"""Evaluation during training: one evaluator per kind of job, each compiled once and run at eval steps.
 
-Pretraining reports held-out loss and perplexity; fine-tuning adds the task's metrics, writes
-GLUE-style prediction files (each row carries its example's own id) and keeps the weights of the
-best evaluation under ``WORKDIR/best``.
+An evaluator (big_vision's shape) is a small object with ``compile(setup, batch_size)`` and
+``run(params, step, workdir) -> {metric: value}``. ``LMEvaluator`` reports held-out loss and
+perplexity (always the full softmax); ``TaskEvaluator`` adds the task's metrics, writes GLUE-style
+prediction files (each row carries its example's own id) and keeps the weights of the best
+evaluation under ``WORKDIR/best``. The job (``jobs.py``) picks one; the loop only calls it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
 
 from gpt1_jax import checkpoint as ckpt_lib
+from gpt1_jax import metrics as task_metrics
 from gpt1_jax import sharding
-from gpt1_jax.train import TaskObjective, eval_step
+from gpt1_jax.train import eval_step
 
 
-def compile_eval(objective, abstract_params, params_shardings, abstract_batch: dict, eval_batch: int, mesh, rules):
-  """The eval step compiled for ``eval_batch`` rows of the train batch's shapes (+ ``example_mask``,
-  and ``example_index`` for tasks)."""
+def compile_eval(objective, setup, eval_batch: int, with_index: bool = False):
+  """The eval step compiled for ``eval_batch`` rows of the train batch's shapes, plus ``example_mask``
+  (padding rows) and, with ``with_index``, ``example_index`` (each row's example, for predictions)."""
+  mesh, rules = setup.mesh, setup.rules
   batch = {k: jax.ShapeDtypeStruct((eval_batch,) + v.shape[1:], v.dtype, sharding=v.sharding)
-           for k, v in abstract_batch.items()}
+           for k, v in setup.abstract_batch.items()}
   batch["example_mask"] = jax.ShapeDtypeStruct((eval_batch,), np.float32,
                                                sharding=sharding.batch_sharding(mesh, rules, 1))
-  if isinstance(objective, TaskObjective):
+  if with_index:
     batch["example_index"] = batch["example_mask"].update(dtype=np.int32)
   shardings = {k: v.sharding for k, v in batch.items()}
   with sharding.activate(mesh, rules):
     return jax.jit(
         lambda p, b: eval_step(p, {k: v for k, v in b.items() if k != "example_index"}, objective=objective),
-        in_shardings=(params_shardings, shardings), out_shardings=sharding.replicated(mesh)).lower(
-            abstract_params, batch).compile()
+        in_shardings=(setup.shardings["params"], shardings), out_shardings=sharding.replicated(mesh)).lower(
+            setup.abstract_state["params"], batch).compile()
 
 
-def evaluate(compiled, params, job, mesh, rules, eval_batch: int, workdir: str) -> dict:
-  """One pass over ``job.eval_batches``: ``eval/loss`` and perplexity or the task's metrics."""
-  rows = sharding.host_rows(mesh, rules, eval_batch)
-  sums = {}
-  preds, idx, mask = [], [], []
-  for local in job.eval_batches(rows):
-    batch = sharding.global_batch(local, mesh, rules, eval_batch)
-    out = jax.device_get(compiled(params, batch))
-    for k, v in out.items():
-      if k.endswith("_sum") or k == "count":
-        sums[k] = sums.get(k, 0.0) + float(v)
-    if job.task is not None:
-      preds.append(np.asarray(out["predictions"]))
-      idx.append(np.asarray(jax.device_get(_gather_replicated(batch["example_index"]))))
-      mask.append(np.asarray(jax.device_get(_gather_replicated(batch["example_mask"]))))
-  count = max(sums.get("count", 0.0), 1.0)
-  result = {"eval/loss": sums["loss_sum"] / count}
-  if job.task is None:
-    result["eval/perplexity"] = float(math.exp(min(result["eval/loss"], 50.0)))
+@dataclasses.dataclass
+class LMEvaluator:
+  """Held-out loss and perplexity of a language model over one pass of ``batches``."""
+
+  objective: Any
+  batches: Callable  # (Rows) -> iterator over one pass of this host's rows
+  compiled: Any = dataclasses.field(default=None, init=False)
+
+  def compile(self, setup, batch_size: int):
+    self._setup, self._batch_size = setup, batch_size
+    self.compiled = compile_eval(self.objective, setup, batch_size)
+
+  def _pass(self, params, keep=()):
+    """Sums over one pass, and the listed per-row outputs gathered on every host."""
+    mesh, rules = self._setup.mesh, self._setup.rules
+    rows = sharding.host_rows(mesh, rules, self._batch_size)
+    sums, kept = {}, {k: [] for k in keep}
+    for local in self.batches(rows):
+      batch = sharding.global_batch(local, mesh, rules, self._batch_size)
+      out = jax.device_get(self.compiled(params, batch))
+      for k, v in out.items():
+        if k.endswith("_sum") or k == "count":
+          sums[k] = sums.get(k, 0.0) + float(v)
+      for k in keep:
+        kept[k].append(np.asarray(out[k] if k in out else jax.device_get(_gather_replicated(batch[k]))))
+    return sums, {k: np.concatenate(v) for k, v in kept.items() if v}
+
+  def run(self, params, step: int, workdir: str) -> dict:
+    del step, workdir
+    sums, _ = self._pass(params)
+    loss = sums["loss_sum"] / max(sums.get("count", 0.0), 1.0)
+    return {"eval/loss": loss, "eval/perplexity": float(math.exp(min(loss, 50.0)))}
+
+  def summary(self) -> dict:
+    return {}
+
+
+@dataclasses.dataclass
+class TaskEvaluator(LMEvaluator):
+  """A task's dev metrics, its prediction files, and the best weights so far in ``WORKDIR/best``."""
+
+  task: Any = None
+  examples: Any = None  # the eval split's Examples, in the order of ``labels``
+  labels: Optional[np.ndarray] = None
+  split: str = ""
+  model_config: Any = None
+  best_value: float = dataclasses.field(default=-math.inf, init=False)
+  best_step: Optional[int] = dataclasses.field(default=None, init=False)
+
+  def compile(self, setup, batch_size: int):
+    self._setup, self._batch_size = setup, batch_size
+    self.compiled = compile_eval(self.objective, setup, batch_size, with_index=True)
+
+  def run(self, params, step: int, workdir: str) -> dict:
+    sums, kept = self._pass(params, keep=("predictions", "example_index", "example_mask"))
+    result = {"eval/loss": sums["loss_sum"] / max(sums.get("count", 0.0), 1.0)}
+    mask = kept["example_mask"] > 0
+    predictions = kept["predictions"][mask][np.argsort(kept["example_index"][mask], kind="stable")]
+    if len(predictions) != len(self.labels):
+      raise RuntimeError(f"evaluation produced {len(predictions)} predictions for {len(self.labels)} examples")
+    scores = task_metrics.compute_metrics(self.task, predictions, self.labels)
+    result.update({f"eval/{k}": float(v) for k, v in scores.items()})
+    if jax.process_index() == 0:
+      out_dir = os.path.join(workdir, "predictions")
+      os.makedirs(out_dir, exist_ok=True)
+      # The index column is each example's own id (GLUE's index column; Story Cloze's InputStoryid),
+      # so a prediction can be traced to its source line whatever order the split was read in.
+      task_metrics.write_glue_predictions(self.task, predictions, out_dir, split=self.split,
+                                          ids=[e.id or str(i) for i, e in enumerate(self.examples)])
+    self._keep_best(workdir, result, step, params)
     return result
-  from gpt1_jax import metrics as task_metrics
-  preds, idx, mask = np.concatenate(preds), np.concatenate(idx), np.concatenate(mask) > 0
-  order = np.argsort(idx[mask], kind="stable")
-  predictions = preds[mask][order]
-  if len(predictions) != len(job.eval_labels):
-    raise RuntimeError(f"evaluation produced {len(predictions)} predictions for {len(job.eval_labels)} examples")
-  scores = task_metrics.compute_metrics(job.task, predictions, job.eval_labels)
-  result.update({f"eval/{k}": float(v) for k, v in scores.items()})
-  if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, "predictions")
-    os.makedirs(out_dir, exist_ok=True)
-    # The index column is each example's own id (GLUE's index column; Story Cloze's InputStoryid),
-    # so a prediction can be traced to its source line whatever order the split was read in.
-    task_metrics.write_glue_predictions(job.task, predictions, out_dir, split=job.eval_split,
-                                        ids=[e.id or str(i) for i, e in enumerate(job.eval_examples)])
-  return result
+
+  def _keep_best(self, workdir: str, ev: dict, step: int, params):
+    """Saves the weights to ``WORKDIR/best`` when the task's main metric improves."""
+    key = f"eval/{task_metrics.main_metric(self.task)}"
+    value = ev.get(key)
+    if value is None or value <= self.best_value:
+      return
+    self.best_value, self.best_step = value, step
+    ckpt_lib.save_params(os.path.join(workdir, "best"), self.model_config,
+                         {"transformer": params["transformer"], "head": params["head"]},
+                         extra_meta={"step": step, "metric": key, "value": value, "task": self.task.name})
+    logging.info("new best %s = %.4f at step %d (saved to %s/best)", key, value, step, workdir)
+
+  def summary(self) -> dict:
+    return {"best_step": self.best_step} if self.best_step is not None else {}
 
 
 def _gather_replicated(x):
@@ -80,17 +136,3 @@ def _gather_replicated(x):
   if jax.process_count() == 1:
     return x
   return multihost_utils.process_allgather(x, tiled=True)
-
-
-def keep_best(workdir: str, job, ev: dict, best: dict, step: int, model_cfg, params) -> dict:
-  """Saves the weights to ``WORKDIR/best`` when the task's main metric improves; returns the best so far."""
-  from gpt1_jax import metrics as task_metrics
-  key = f"eval/{task_metrics.main_metric(job.task)}"
-  value = ev.get(key)
-  if value is not None and value > best["value"]:
-    best = {"value": value, "step": step}
-    ckpt_lib.save_params(os.path.join(workdir, "best"), model_cfg, {"transformer": params["transformer"],
-                                                                     "head": params["head"]},
-                         extra_meta={"step": step, "metric": key, "value": value, "task": job.task.name})
-    logging.info("new best %s = %.4f at step %d (saved to %s/best)", key, value, step, workdir)
-  return best

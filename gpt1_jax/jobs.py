@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from gpt1_jax.batch import BatchSpec
+from gpt1_jax.evaluate import LMEvaluator, TaskEvaluator
 from gpt1_jax.config import Run
 from gpt1_jax.sampled_softmax import unigram_proposal
 from gpt1_jax.train import LMObjective, TaskObjective
@@ -32,12 +33,8 @@ class Job:
   batch_spec: BatchSpec  # what one row of a train or eval batch is
   tokens_per_example: int
   train_batches: Optional[Callable]  # (Rows, start_step) -> iterator of this host's rows (dicts of NumPy arrays)
-  eval_batches: Optional[Callable]  # (Rows) -> iterator over one pass
+  evaluator: Optional[Any]  # evaluate.LMEvaluator / TaskEvaluator, or None: no evaluation
   data_state: dict
-  task: Any = None
-  eval_examples: Any = None
-  eval_split: str = ""
-  eval_labels: Any = None
 
 
 def make(run: Run) -> Job:
@@ -63,7 +60,7 @@ def shapes_job(run: Run) -> Job:
     objective = lm_objective(run, proposal)
     return Job(objective=objective, num_steps=run.train.num_steps, seq_len=n_ctx,
                batch_spec=objective.batch_spec(n_ctx), tokens_per_example=n_ctx, train_batches=None,
-               eval_batches=(lambda rows: iter(())) if run.eval.every_steps else None, data_state={})
+               evaluator=LMEvaluator(objective, no_data) if run.eval.every_steps else None, data_state={})
   from gpt1_jax.data import tasks
   task = tasks.get_task(run.task.name)
   seq_len = min(run.task.max_len or model_cfg.n_ctx, model_cfg.n_ctx)
@@ -71,7 +68,14 @@ def shapes_job(run: Run) -> Job:
   num_seqs = task.num_sequences
   return Job(objective=objective, num_steps=max(run.train.num_steps, 1), seq_len=seq_len,
              batch_spec=objective.batch_spec(num_seqs, seq_len), tokens_per_example=num_seqs * seq_len,
-             train_batches=None, eval_batches=lambda rows: iter(()), data_state={}, task=task)
+             train_batches=None, evaluator=TaskEvaluator(objective, no_data, task=task, model_config=model_cfg),
+             data_state={})
+
+
+def no_data(rows):
+  """The eval batches of a job built from the config alone: none (it is compiled, never run)."""
+  del rows
+  return iter(())
 
 
 def lm_objective(run: Run, proposal) -> LMObjective:
@@ -111,7 +115,7 @@ def lm_job(run: Run) -> Job:
       objective=objective, num_steps=run.train.num_steps, seq_len=n_ctx, batch_spec=objective.batch_spec(n_ctx),
       tokens_per_example=n_ctx,
       train_batches=lambda rows, start: train.train_batches(rows, seed=run.seed, start_step=start),
-      eval_batches=valid.eval_batches if valid is not None else None,
+      evaluator=LMEvaluator(objective, valid.eval_batches) if valid is not None else None,
       data_state=train.data_state(run.train.batch_size, run.seed))
 
 
@@ -148,6 +152,7 @@ def task_job(run: Run) -> Job:
       tokens_per_example=num_seqs * seq_len,
       train_batches=lambda rows, start: transforms.task_train_dataset(
           train_arr, rows, seed=run.seed, start_step=start).as_numpy_iterator(),
-      eval_batches=lambda rows: transforms.task_eval_dataset(eval_arr, rows).as_numpy_iterator(),
-      data_state={**pipeline.state_dict(n, gb, run.seed), "task": task.name}, task=task, eval_examples=eval_ex, eval_split=tc.eval_split,
-      eval_labels=eval_arr["label"])
+      evaluator=TaskEvaluator(objective, lambda rows: transforms.task_eval_dataset(eval_arr, rows).as_numpy_iterator(),
+                              task=task, examples=eval_ex, labels=eval_arr["label"], split=tc.eval_split,
+                              model_config=model_cfg),
+      data_state={**pipeline.state_dict(n, gb, run.seed), "task": task.name})

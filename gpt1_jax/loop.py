@@ -15,7 +15,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -26,12 +25,11 @@ import numpy as np
 
 from gpt1_jax import checkpoint as ckpt_lib
 from gpt1_jax import config as config_lib
-from gpt1_jax import evaluate as evaluate_lib
 from gpt1_jax import interrupts, jobs, perf, resume, sharding
 from gpt1_jax import state as state_lib
 from gpt1_jax import weights
 from gpt1_jax import workdir as workdir_lib
-from gpt1_jax.train import TaskObjective, make_optimizer, train_step
+from gpt1_jax.train import make_optimizer, train_step
 
 EXIT_PREEMPTED = interrupts.EXIT_PREEMPTED  # the job saved and can be restarted as is
 
@@ -76,16 +74,14 @@ def _run(run: config_lib.Run, workdir: str) -> dict:
   if jax.process_index() == 0:
     # Only once the run is accepted (checkpoint, data position and init weights all fit): a
     # refused config must not overwrite the record of the run it was refused for. Atomic.
-    ckpt_lib.write_json(os.path.join(workdir, "config.json"), run.raw)
+    ckpt_lib.write_json(os.path.join(workdir, config_lib.FILE_NAME), run.to_dict())
 
   compiled = setup.compile(train_step_fn(run, job, tx, schedule))
   state_lib.check_compiled_memory(compiled, limit)
-  eval_compiled = None
-  if job.eval_batches is not None:
-    eval_compiled = evaluate_lib.compile_eval(job.objective, setup.abstract_state["params"], setup.shardings["params"],
-                                              setup.abstract_batch, eval_batch_size(run), mesh, rules)
+  if job.evaluator is not None:
+    job.evaluator.compile(setup, eval_batch_size(run))
   logging.info("compiled in %.1fs since start", time.perf_counter() - t_start)
-  return _train(run, job, mesh, rules, ck, compiled, eval_compiled, state, meta, start_step, workdir)
+  return _train(run, job, setup, ck, compiled, (state, meta, start_step), workdir)
 
 
 # ----------------------------------------------------------------------------
@@ -181,23 +177,23 @@ class _Pending:
   since: float = dataclasses.field(default_factory=lambda: time.perf_counter())
 
 
-def _train(run, job, mesh, rules, ck, compiled, eval_compiled, state, meta, start_step, workdir) -> dict:
+def _train(run: config_lib.Run, job: jobs.Job, setup: state_lib.Setup, ck, compiled, restored: tuple,
+           workdir: str) -> dict:
+  """Steps ``compiled`` from the restored ``(state, checkpoint meta, start step)`` to the end."""
+  state, meta, start_step = restored
+  mesh, rules = setup.mesh, setup.rules
   from gpt1_jax.report import MetricWriter, Progress
   gb = run.train.batch_size
   rows = sharding.host_rows(mesh, rules, gb)
   train_iter = iter(job.train_batches(rows, start_step))  # from exactly the step we resume at
   writer = MetricWriter(workdir, start_step, tensorboard=run.log.tensorboard)
   progress = Progress(job.num_steps, start_step, desc=os.path.basename(os.path.normpath(workdir)))
-  lm_head = not isinstance(job.objective, TaskObjective) or job.objective.lm_coef != 0
-  samples = run.train.softmax_samples if run.task.is_lm else 0  # fine-tuning's auxiliary LM is never sampled
-  flops = perf.flops_per_token(run.model, job.seq_len, lm_head=lm_head, head_rows=samples + 1 if samples else 0
-                               ) * job.tokens_per_example * gb
+  flops = job.objective.flops_per_token(job.seq_len) * job.tokens_per_example * gb
   peak_per_device = perf.peak_flops(run.model.dtype, run.log.peak_flops_per_device, run.log.measure_peak)
   peak = peak_per_device * jax.device_count()
   logging.info("MFU divides by a peak of %.4g FLOP/s per device (%s)", peak_per_device, _peak_source(run))
   peak_row = {"perf/peak_flops_per_device": peak_per_device}  # in this process's first logged row
   model_dict = ckpt_lib.model_config_to_dict(run.model)
-  best = {"value": -math.inf, "step": None}
   last_ckpt_time = time.monotonic()
   last_saved = start_step if meta is not None else None
   pending = _Pending()
@@ -227,13 +223,11 @@ def _train(run, job, mesh, rules, ck, compiled, eval_compiled, state, meta, star
           writer.write(step, scalars)
           progress.update(step, scalars)
           final.update(scalars)
-        if eval_compiled is not None and (run.eval.every_steps and step % run.eval.every_steps == 0
+        if job.evaluator is not None and (run.eval.every_steps and step % run.eval.every_steps == 0
                                           or step == job.num_steps):
-          ev = evaluate_lib.evaluate(eval_compiled, state["params"], job, mesh, rules, eval_batch_size(run), workdir)
+          ev = job.evaluator.run(state["params"], step, workdir)
           writer.write(step, ev)
           final.update(ev)
-          if job.task is not None:
-            best = evaluate_lib.keep_best(workdir, job, ev, best, step, run.model, state["params"])
         stop = sig.received is not None or step == run.debug.preempt_at_step
         minutes = run.checkpoint.every_minutes
         time_due = bool(minutes) and time.monotonic() - last_ckpt_time > 60 * minutes
@@ -248,7 +242,7 @@ def _train(run, job, mesh, rules, ck, compiled, eval_compiled, state, meta, star
           # steps stay pending so the logged means do not depend on when we save.
           host = _host_scalars(pending.steps)
           _check_finite(host, run, ck, last_saved)
-          meta_now = {"model": model_dict, "data": job.data_state, "config": run.raw, "step": step,
+          meta_now = {"model": model_dict, "data": job.data_state, "config": run.to_dict(), "step": step,
                       "num_steps": job.num_steps,
                       "pending_metrics": [(s, {k: np.asarray(v).item() for k, v in m.items()}) for s, m in host]}
           if ck.save(step, state, meta_now, force=True):
@@ -265,10 +259,8 @@ def _train(run, job, mesh, rules, ck, compiled, eval_compiled, state, meta, star
         writer.close()
         progress.close()
         getattr(train_iter, "close", lambda: None)()  # stops the LM pipeline's prefetch thread
-  final = {**_logged_metrics(workdir, step), **final, "step": step}
-  if best["step"] is not None:
-    final["best_step"] = best["step"]
-  return final
+  return {**_logged_metrics(workdir, step), **final, "step": step,
+          **(job.evaluator.summary() if job.evaluator is not None else {})}
 
 
 class _SignalFlag:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gpt1_jax import task_types
+from gpt1_jax import perf, task_types
 from gpt1_jax.batch import BatchSpec
 
 if TYPE_CHECKING:
@@ -123,6 +123,15 @@ class LMObjective:
   def dummy_batch(self, batch_size: int, seq_len: int) -> Batch:
     return jax.tree.map(jnp.asarray, self.batch_spec(seq_len).zeros(batch_size))
 
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token: the full output layer, or only the sampled softmax's rows."""
+    rows = self.softmax_samples + 1 if self.softmax_samples else 0
+    return perf.flops_per_token(self.model_config, seq_len, head_rows=rows)
+
+  def eval_outputs(self, params, batch: Batch) -> dict:
+    """Sums for an exact held-out mean (padding rows carry example_mask 0); always the full softmax."""
+    return _eval_sums(self.loss_sums(params, batch, None, deterministic=True))
+
   def init(self, rng, batch: Batch):
     return self.model.init({"params": rng, "dropout": rng}, batch["inputs"])
 
@@ -202,6 +211,15 @@ class TaskObjective:
 
   def dummy_batch(self, batch_size: int, num_seqs: int, seq_len: int) -> Batch:
     return jax.tree.map(jnp.asarray, self.batch_spec(num_seqs, seq_len).zeros(batch_size))
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token; without the auxiliary LM (lm_coef 0) the output layer never runs."""
+    return perf.flops_per_token(self.model_config, seq_len, lm_head=self.lm_coef != 0)
+
+  def eval_outputs(self, params, batch: Batch) -> dict:
+    """The loss sums and each example's prediction (the metrics are computed on the host)."""
+    return {**_eval_sums(self.loss_sums(params, batch, None, deterministic=True)),
+            "predictions": self.predict(params, batch)}
 
   def init(self, rng, batch: Batch):
     return self.model.init({"params": rng, "dropout": rng}, batch["input_ids"], batch["attention_mask"],
@@ -303,13 +321,14 @@ def train_step(state: dict, batch: Batch, *, objective, tx: optax.GradientTransf
   return {"step": step + 1, "params": new_params, "opt_state": new_opt}, metrics
 
 
+def _eval_sums(loss_sums) -> dict:
+  total, count, aux = loss_sums
+  return {"loss_sum": total, "count": count, **{f"{k}_sum": v for k, v in aux.items()}}
+
+
 def eval_step(params, batch: Batch, *, objective) -> dict:
-  """Sums for an exact mean over the whole eval set (padding rows carry example_mask 0)."""
-  total, count, aux = objective.loss_sums(params, batch, None, deterministic=True)
-  out = {"loss_sum": total, "count": count, **{f"{k}_sum": v for k, v in aux.items()}}
-  if isinstance(objective, TaskObjective):
-    out["predictions"] = objective.predict(params, batch)
-  return out
+  """What the objective reports for one eval batch (``eval_outputs``), compiled by ``evaluate``."""
+  return objective.eval_outputs(params, batch)
 
 
 def abstract_with_shardings(abstract_tree, shardings):

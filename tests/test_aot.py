@@ -105,7 +105,17 @@ def test_loop_bodies_count_once_per_trip():
   # [4,2]<=[2,4]T(1,0): groups {0,4},{1,5},...: each pairs a device of slice 0 with one of slice 1.
   assert rows[("all-reduce", "dcn")]["count"] == 12
   assert rows[("collective-permute", "dcn")]["count"] == 1
+  # XLA's cost analysis multiplies a loop by the known_trip_count the compiler kept: nothing to add.
+  assert a.matmul_flops == 12 * 2 * 4 * 8 * 8 and a.matmul_flops_once == a.matmul_flops
+  # A loop whose count only its condition says (i < 12, i from 0: a scan over layers) XLA counts once.
+  scan = HLO.replace(', backend_config={"known_trip_count":{"n":"12"}}', "").replace(
+      "%cond (p: (s32[], f32[4,8])) -> pred[] {\n  ROOT %c = pred[] constant(true)",
+      "%cond (p: (s32[], f32[4,8])) -> pred[] {\n  %p = (s32[], f32[4,8]{1,0}) parameter(0)\n"
+      "  %i = s32[] get-tuple-element(%p), index=0\n  %n = s32[] constant(12)\n"
+      "  ROOT %c = pred[] compare(%i, %n), direction=LT")
+  a = hlo.analyse(scan, slice_of=[0] * 8)
   assert a.matmul_flops == 12 * 2 * 4 * 8 * 8 and a.matmul_flops_once == 2 * 4 * 8 * 8
+  assert not a.unknown_trip_counts
 
 
 def test_mesh_replica_groups_and_megascale_transfers():

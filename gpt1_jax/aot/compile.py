@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 
 from gpt1_jax import config as config_lib
-from gpt1_jax import evaluate as evaluate_lib
 from gpt1_jax import jobs, loop, perf
 from gpt1_jax import state as state_lib
 from gpt1_jax.aot import hlo, topology
@@ -170,12 +169,12 @@ def compile_for(config, accelerator_type: str, num_slices: int = 1, with_eval: b
     with open(hlo_path, "w") as f:
       f.write(compiled.as_text())
   eval_report = None
-  if with_eval and job.eval_batches is not None:
+  if with_eval and job.evaluator is not None:
     t1 = time.perf_counter()
     try:
       with quiet_stderr():
-        ev = evaluate_lib.compile_eval(job.objective, setup.abstract_state["params"], setup.shardings["params"],
-                                       setup.abstract_batch, loop.eval_batch_size(run), mesh, rules)
+        job.evaluator.compile(setup, loop.eval_batch_size(run))
+        ev = job.evaluator.compiled
     except Exception as e:  # noqa: BLE001
       if "RESOURCE_EXHAUSTED" in str(e) or "Ran out of memory" in str(e):
         raise _hbm_error(e, s, run, "the eval step") from None
@@ -206,10 +205,7 @@ def report(run, s: topology.Slice, num_slices: int, mesh, job, compiled, hbm: Op
   flops_chip = xla_flops + extra
   bytes_chip = xla_bytes * (flops_chip / xla_flops if xla_flops else 1.0)
   gb = run.train.batch_size
-  samples = run.train.softmax_samples if run.task.is_lm else 0
-  lm_head = not hasattr(job.objective, "lm_coef") or job.objective.lm_coef != 0
-  model_flops = perf.flops_per_token(run.model, job.seq_len, lm_head=lm_head,
-                                     head_rows=samples + 1 if samples else 0) * job.tokens_per_example * gb
+  model_flops = job.objective.flops_per_token(job.seq_len) * job.tokens_per_example * gb
   memory = _memory(compiled)
   limit = hbm or int(s.chip.hbm_bytes)
   tokens = job.tokens_per_example * gb

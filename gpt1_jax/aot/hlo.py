@@ -151,18 +151,20 @@ def trip_count(ins: Instr, mod: Optional[Module] = None, caller: Optional[list] 
 
 
 def multiplicities(mod: Module, unroll: bool = True) -> tuple[dict, list]:
-  """``({computation: runs per step}, [while loops without a known trip count])``; ``unroll=False``
-  counts every loop body once, as XLA's cost analysis does."""
+  """``({computation: runs per step}, [while loops without a known trip count])``. ``unroll=False``
+  counts loops as XLA's cost analysis does: by the ``known_trip_count`` the compiler kept (its
+  windowed-einsum loops), once where it kept none (a scan over layers, whose count this module
+  reads from the loop's condition instead)."""
   edges = collections.defaultdict(list)  # caller -> [(callee, factor)]
   unknown = []
   for comp, instrs in mod.computations.items():
     for ins in instrs:
       trips = 1
       if ins.opcode == "while":
-        t = trip_count(ins, mod, instrs)
-        if t is None:
+        t = trip_count(ins, mod, instrs) if unroll else trip_count(ins)
+        if t is None and unroll:
           unknown.append(ins.name)
-        trips = (t or 1) if unroll else 1
+        trips = t or 1
       for key, callee in _CALLS.findall(ins.attrs):
         edges[comp].append((callee, trips if key in ("body", "condition") else 1))
       for _, names in _CALL_LISTS.findall(ins.attrs):
@@ -271,7 +273,7 @@ def _wire_bytes(kind: str, operand_bytes: int, n: int) -> float:
 class Analysis:
   collectives: list  # [{"kind", "count", "bytes", "over"}]
   matmul_flops: float  # per chip per step, loops unrolled
-  matmul_flops_once: float  # per chip, every loop body counted once (as XLA's cost analysis)
+  matmul_flops_once: float  # per chip, loops counted as XLA's cost analysis counts them
   unknown_trip_counts: list
 
 
