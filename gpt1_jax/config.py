@@ -5,14 +5,17 @@
 every key and value that can be checked without devices or data, and everything below the entry
 point takes these values, never the dict. Defaults are stated once, in these dataclasses (and
 ``model.ModelConfig``): ``defaults()`` is the ConfigDict they make, which the config files start
-from and set what differs. ``Run.raw`` keeps the dict itself for what must record or compare the config as
-given (``config.json``, checkpoint metadata, ``resume``).
+from and set what differs. ``Run.to_dict()`` is the record: a run writes it to ``RUN_DIR/config.json``
+and to each checkpoint's metadata, ``resume`` compares it, and ``load(run_dir)`` reads a finished
+run back (a config saved by an earlier version included: ``upgraded``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from typing import Any, Optional
 
 import ml_collections
@@ -195,13 +198,21 @@ class Run:
   mesh: Mesh = dataclasses.field(default_factory=Mesh)
   init: Init = dataclasses.field(default_factory=Init)
   debug: Debug = dataclasses.field(default_factory=Debug)
-  raw: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
   def to_dict(self) -> dict:
     """Every key as plain values, sections as dicts: ``resolve(run.to_dict()) == run``."""
     out = {"seed": self.seed, "model": dataclasses.asdict(self.model)}
     out.update((name, dataclasses.asdict(getattr(self, name))) for name in _SECTIONS)
     return out
+
+  @property
+  def max_seq_len(self) -> int:
+    """The longest sequence a step sees. Pretraining: every window's length (``data.seq_len``, 0:
+    ``model.n_ctx``). A task: the upper bound (``task.max_len``, 0: ``model.n_ctx``, never more),
+    which the job fits to the data."""
+    if self.task.is_lm:
+      return self.data.seq_len or self.model.n_ctx
+    return min(self.task.max_len or self.model.n_ctx, self.model.n_ctx)
 
 
 _SECTIONS = {"task": Task, "data": Data, "train": Train, "checkpoint": Checkpoint, "log": Log, "eval": Eval,
@@ -210,6 +221,8 @@ _SECTIONS = {"task": Task, "data": Data, "train": Train, "checkpoint": Checkpoin
 # Keys renamed since runs were saved, old -> new: saved configs (config.json, a checkpoint's
 # metadata) and the command line (``--config.init.from=...``) may still spell them the old way.
 RENAMED = {"init.from": "init.weights"}
+
+FILE_NAME = "config.json"  # RUN_DIR/FILE_NAME: Run.to_dict(), written once the run is accepted
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -233,7 +246,30 @@ def resolve(config) -> Run:
     # A "sample" as large as the vocabulary costs more than the full softmax it approximates.
     raise ValueError(f"train.softmax_samples={samples}: expected 0 (the full softmax) or fewer candidates "
                      f"than model.vocab_size={model.vocab_size}")
-  return Run(seed=int(raw.get("seed", 0)), model=model, raw=raw, **sections)
+  return Run(seed=int(raw.get("seed", 0)), model=model, **sections)
+
+
+def load(run_dir: str) -> Run:
+  """The run in ``run_dir`` as it ran, from its ``config.json`` (one an earlier version wrote too)."""
+  path = os.path.join(run_dir, FILE_NAME)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{run_dir}: no {FILE_NAME} (not a run directory, or its run was refused before "
+                            f"it began)") from None
+  return resolve(saved)
+
+
+def upgraded(saved: dict) -> dict:
+  """A config as any version saved it (``config.json``, a checkpoint's metadata) in today's keys: each
+  renamed key under its new name, each key added since at its default. A key is added with the default
+  that does what the code did before it, so a run saved without the key ran as its default does
+  (tests/test_config_record.py pins the defaults: changing one changes how such runs read back)."""
+  out = Run().to_dict()
+  for key, value in renamed(saved).items():
+    out[key] = {**out[key], **value} if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+  return out
 
 
 def renamed(raw: dict) -> dict:

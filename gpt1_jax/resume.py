@@ -17,6 +17,9 @@ the trajectory as it would have been:
 Every accepted change is logged as a diff. Anything else (learning rate,
 seed, batch size, dropout, dtype, the schedule) is refused with the diff
 unless ``checkpoint.allow_config_change=True``, which logs it and goes on.
+
+A checkpoint saved before a key existed (or was renamed) is read in today's keys
+(``config.upgraded``): the new key at its default, which is what the run did.
 """
 
 from __future__ import annotations
@@ -24,21 +27,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
 
+from gpt1_jax import config as config_lib
 from gpt1_jax.train import learning_rate_schedule
-
-if TYPE_CHECKING:
-  from gpt1_jax import config as config_lib
 
 ACCEPTED_PREFIXES = ("log.", "checkpoint.", "eval.", "debug.", "mesh.", "init.")
 ACCEPTED_KEYS = ("data.dir", "task.source", "model.remat", "train.on_nonfinite")
 LENGTH_KEYS = ("train.num_steps", "train.num_epochs")
-# Keys added after runs were already saved: a checkpoint without one ran with this value.
-ADDED_KEYS = {"train.softmax_samples": 0}
 
 
 def run_kind(config: dict) -> str:
@@ -57,9 +55,10 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def config_changes(saved: dict, current: dict) -> dict[str, tuple]:
-  """``{dotted key: (checkpoint value, value now)}``, compared as JSON (tuples and lists alike)."""
-  norm = lambda d: flatten(json.loads(json.dumps(d, default=str)))
-  a, b = {**ADDED_KEYS, **norm(saved)}, norm(current)
+  """``{dotted key: (checkpoint value, value now)}``, compared as JSON (tuples and lists alike) in
+  today's keys, a key missing on either side at its default (``config.upgraded``)."""
+  norm = lambda d: flatten(json.loads(json.dumps(config_lib.upgraded(d), default=str)))
+  a, b = norm(saved), norm(current)
   return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
 
 
@@ -78,10 +77,10 @@ def _schedule_jump(saved_train: dict, saved_steps: int, train_cfg, num_steps: in
           f"({train_cfg.schedule} schedule over {num_steps} steps instead of {saved_steps})")
 
 
-def check(saved_config: dict, run: "config_lib.Run", *, saved_num_steps: int | None, num_steps: int, step: int,
+def check(saved_config: dict, run: config_lib.Run, *, saved_num_steps: int | None, num_steps: int, step: int,
           where: str):
   """Refuses (``ValueError``) a resume that would change the run; logs the accepted changes."""
-  current = run.raw
+  current = run.to_dict()
   if run_kind(saved_config) != run_kind(current):
     raise ValueError(f"{where} holds a {run_kind(saved_config)} run, but this config is {run_kind(current)}: "
                      f"the checkpoint is intact, it is another kind of run. Use a new --workdir")
@@ -97,7 +96,7 @@ def check(saved_config: dict, run: "config_lib.Run", *, saved_num_steps: int | N
   jump = ""
   if saved_num_steps is not None and saved_num_steps != num_steps and not any(k.startswith("train.") and
                                                                             k not in LENGTH_KEYS for k in refused):
-    jump = _schedule_jump(saved_config.get("train", {}), saved_num_steps, run.train, num_steps, step)
+    jump = _schedule_jump(config_lib.upgraded(saved_config)["train"], saved_num_steps, run.train, num_steps, step)
     for key in LENGTH_KEYS:
       if key in changes:
         refused.pop(key, None)

@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from gpt1_jax import config as config_lib
 from gpt1_jax import extras
 from gpt1_jax import project
 from gpt1_jax.project import load_config  # configs/ loaded by path, as --config does
@@ -45,21 +46,18 @@ def heldout_perplexity_fn(pretrain_dir: str, max_windows: int = 512):
   split is read and the loss compiled once for every checkpoint of the run."""
   import jax
   import jax.numpy as jnp
-  from gpt1_jax import checkpoint
   from gpt1_jax.data import lm
   from gpt1_jax.train import LMObjective
-  with open(os.path.join(pretrain_dir, "config.json")) as f:
-    run_cfg = json.load(f)
-  cfg = checkpoint.model_config_from_dict(run_cfg["model"])
-  seq_len = int(run_cfg["data"].get("seq_len") or cfg.n_ctx)
-  tokens = lm.load_tokens(run_cfg["data"]["dir"], "valid")
+  run = config_lib.load(pretrain_dir)
+  seq_len = run.max_seq_len
+  tokens = lm.load_tokens(run.data.dir, "valid")
   n = min(max_windows, (len(tokens) - 1) // seq_len)
   if n < 1:
-    raise ValueError(f"{run_cfg['data']['dir']}: valid split has {len(tokens)} tokens, under one window of {seq_len}")
+    raise ValueError(f"{run.data.dir}: valid split has {len(tokens)} tokens, under one window of {seq_len}")
   windows = np.stack([tokens[r * seq_len:r * seq_len + seq_len + 1] for r in range(n)]).astype(np.int32)
   batches = [{"inputs": jnp.asarray(w[:, :-1]), "targets": jnp.asarray(w[:, 1:]),
               "loss_mask": jnp.ones(w[:, 1:].shape, jnp.float32)} for w in np.array_split(windows, -(-n // 64))]
-  objective = LMObjective(cfg)
+  objective = LMObjective(run.model)
   loss_fn = jax.jit(lambda p, b: objective.loss_sums(p, b, None, True)[:2])
 
   def perplexity(params) -> float:
@@ -123,16 +121,15 @@ def curve(pretrain_dir: str, out: str, seeds=(0, 1, 2), task_dir: str | None = N
   missing = sorted(set(steps) - set(available))
   if missing:
     raise ValueError(f"{pretrain_dir}: no checkpoint at steps {missing} (has {available})")
-  with open(os.path.join(pretrain_dir, "config.json")) as f:
-    run_cfg = json.load(f)
-  tokens_per_step = int(run_cfg["train"]["batch_size"]) * int(run_cfg["data"].get("seq_len") or run_cfg["model"]["n_ctx"])
+  run = config_lib.load(pretrain_dir)
+  tokens_per_step = run.train.batch_size * run.max_seq_len
   os.makedirs(out, exist_ok=True)
   v = GPT1Tokenizer().vocab_size
   ids, labels = probe.labelled(task_dir)
   words = {s: probe.bag_of_words(ids[s], v) for s in ids}
   bow = probe.accuracy(words, labels, ids)
   t0 = time.perf_counter()
-  model = run_cfg["model"]
+  model = run.to_dict()["model"]
   random = [finetune(os.path.join(out, f"random_seed{s}"), "none", s, task_dir, epochs, model) for s in seeds]
   log(f"random init: {' '.join(f'{a:.3f}' for a in random)} (bag-of-words probe {bow:.3f})")
   rows = [{"step": 0, "tokens": 0, "perplexity": None, "probe_bow": bow, "probe_embeddings": None,

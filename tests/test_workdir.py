@@ -226,6 +226,34 @@ def test_resume_config_changes(pretrained, lm_data_dir, tmp_path, caplog):
   assert "allowed by checkpoint.allow_config_change" in caplog.text
 
 
+def test_a_run_saved_in_the_old_config_format_resumes_as_the_same_run(pretrained, lm_data_dir, tmp_path, caplog):
+  """Runs saved before ``init.weights`` and before the record held every key (``init.from``; a pretraining
+  task of only its name) resume with nothing to refuse: the old spelling is read, missing keys are defaults."""
+  wd = copy_of(pretrained, tmp_path)
+  assert config_lib.load(wd) == config_lib.resolve(micro_pretrain_config(lm_data_dir, steps=20))  # config.json
+
+  def old_format(config):
+    return {**config, "init": {"from": config["init"]["weights"]}, "task": {"name": config["task"]["name"]}}
+
+  with open(os.path.join(wd, "config.json")) as f:
+    old = old_format(json.load(f))
+  with open(os.path.join(wd, "config.json"), "w") as f:
+    json.dump(old, f)
+  metas = glob.glob(os.path.join(wd, "checkpoints", "*", "meta", "metadata"))
+  assert len(metas) == 2
+  for path in metas:
+    with open(path) as f:
+      meta = json.load(f)
+    with open(path, "w") as f:
+      json.dump({**meta, "config": old_format(meta["config"])}, f)
+  assert config_lib.load(wd) == config_lib.resolve(micro_pretrain_config(lm_data_dir, steps=20))
+  c = micro_pretrain_config(lm_data_dir, steps=25, **{"log.every_steps": 1})
+  with caplog.at_level("INFO"):
+    assert loop.train_and_evaluate(c, wd)["step"] == 25
+  changes = [line for line in caplog.text.splitlines() if " -> now " in line]
+  assert changes == ["  log.every_steps: checkpoint 5 -> now 1", "  train.num_steps: checkpoint 20 -> now 25"]
+
+
 def test_cosine_extension_is_refused_with_the_jump(lm_data_dir, tmp_path):
   wd = str(tmp_path / "wd")
   loop.train_and_evaluate(micro_pretrain_config(lm_data_dir, steps=10, **{"train.schedule": "cosine"}), wd)

@@ -8,9 +8,9 @@ runs ``OUT/pretrain/{transformer,lstm}`` (usage: the package docstring).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
+from gpt1_jax import config as config_lib
 from gpt1_jax import project, transfer
 from gpt1_jax.data import tasks as tasks_lib
 from gpt1_jax.project import load_config
@@ -200,7 +200,6 @@ def check_inputs(grid: Grid) -> dict:
   if not grid.transformer:
     _check_pretrain_data(grid)
   # Every run's config resolves (types, values) before the first one trains.
-  from gpt1_jax import config as config_lib
   shape = weights["transformer"][0] if "transformer" in weights else _pretrain_model(grid)
   lstm = weights["lstm"][0] if "lstm" in weights else _lstm_model(grid, shape)
   for t in grid.tasks:
@@ -352,7 +351,7 @@ def pretrain_config(grid: Grid, which: str, transformer_model: dict | None = Non
 
 
 def _transformer_run_config(grid: Grid) -> dict | None:
-  """The transformer pretraining run's config.json: ``--transformer``'s when it is a run, else ours."""
+  """The transformer pretraining run's config (as a dict): ``--transformer``'s when it is a run, else ours."""
   from gpt1_jax import weights
   if grid.transformer:
     kind, path = weights.parse(grid.transformer)
@@ -361,8 +360,7 @@ def _transformer_run_config(grid: Grid) -> dict | None:
       path = os.path.dirname(path)
   else:
     path = os.path.join(os.path.abspath(grid.out), "pretrain", "transformer")
-  f = os.path.join(path, "config.json")
-  if not os.path.exists(f):
+  try:
+    return config_lib.load(path).to_dict()
+  except FileNotFoundError:
     return None
-  with open(f) as fh:
-    return json.load(fh)
