@@ -156,7 +156,7 @@ def _first_logged_loss(workdir):
   return float("nan")
 
 
-def _define_flags():
+def define_flags():
   """The CLI's flags, defined only when run as a program: importing the module must not claim flag names such as ``workdir`` that ``gpt1_jax.main`` also defines."""
   flags.DEFINE_string("workdir", "workdirs/demo", "Where data, checkpoints and metrics go.")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Fine-tuning seeds (pretrained vs random init for each).")
@@ -170,5 +170,5 @@ def _define_flags():
 
 if __name__ == "__main__":
   from gpt1_jax import errors
-  _define_flags()
+  define_flags()
   app.run(errors.cli(main))

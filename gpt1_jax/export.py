@@ -168,7 +168,7 @@ def load(path: str) -> Served:
 PROG = "python -m gpt1_jax.export"
 
 
-def _define_flags(flag_values=None) -> None:
+def define_flags(flag_values=None) -> None:
   """The command's flags, on ``flag_values`` (default absl's global ``FLAGS``)."""
   from absl import flags
   fv = dict(flag_values=flags.FLAGS if flag_values is None else flag_values)
@@ -233,7 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   of their own. Mistakes raise ``SystemExit("error: ...")`` before anything is written.
   """
   from gpt1_jax import errors
-  _run(*errors.parse_own_flags(_define_flags, PROG, argv))
+  _run(*errors.parse_own_flags(define_flags, PROG, argv))
 
 
 if __name__ == "__main__":
@@ -242,5 +242,5 @@ if __name__ == "__main__":
   from absl import app
 
   from gpt1_jax import errors
-  _define_flags()
+  define_flags()
   app.run(errors.cli(errors.absl_main(_run)), flags_parser=errors.parse_flags_help_ok)

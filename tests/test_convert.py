@@ -520,7 +520,7 @@ def test_to_hf_bad_inputs_fail_in_one_line_and_touch_nothing(tmp_path):
 
 def _flags(argv):
   from gpt1_jax import errors
-  return errors.parse_own_flags(convert.cli._define_flags, convert.PROG, argv)
+  return errors.parse_own_flags(convert.cli.define_flags, convert.PROG, argv)
 
 
 def test_cli_flags_take_both_spellings_defaults_and_sizes():

@@ -160,10 +160,10 @@ def test_cli_flags_take_both_spellings_and_keep_their_defaults():
   from gpt1_jax import errors
   for argv in (["--checkpoint=ck", "--out=f.bin", "--platforms=cpu,tpu", "--dtype=bfloat16", "--lm"],
                ["--checkpoint", "ck", "--out", "f.bin", "--platforms", "cpu,tpu", "--dtype", "bfloat16", "--lm"]):
-    F, rest = errors.parse_own_flags(gexport._define_flags, gexport.PROG, argv)
+    F, rest = errors.parse_own_flags(gexport.define_flags, gexport.PROG, argv)
     assert (F.checkpoint, F.out, F.platforms, F.dtype, F.lm, rest) == \
         ("ck", "f.bin", "cpu,tpu", "bfloat16", True, [gexport.PROG]), argv
-  F, _ = errors.parse_own_flags(gexport._define_flags, gexport.PROG, ["--checkpoint=ck", "--out=f"])
+  F, _ = errors.parse_own_flags(gexport.define_flags, gexport.PROG, ["--checkpoint=ck", "--out=f"])
   assert (F.platforms, F.dtype, F.lm) == (",".join(gexport.DEFAULT_PLATFORMS), None, False)
   for argv, words in [(["--out=f"], ["--checkpoint"]), (["--checkpoint=ck"], ["--out"]),
                       (["--checkpoint=ck", "--out=f", "--lm=perhaps"], ["--lm=perhaps"]),

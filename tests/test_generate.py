@@ -184,10 +184,10 @@ def test_cli_flags_take_both_spellings_repeat_and_keep_their_defaults():
                 "--top_k=-1", "--top_p=0.9", "--greedy", "--stop_token=40477", "--seed=3"],
                ["--checkpoint", "ck", "--prompt", "a, b", "--prompt", "c", "--max_new_tokens", "5", "--temperature",
                 "0.5", "--top_k", "-1", "--top_p", "0.9", "--greedy", "--stop_token", "40477", "--seed", "3"]):
-    F, rest = errors.parse_own_flags(gen._define_flags, gen.PROG, argv)
+    F, rest = errors.parse_own_flags(gen.define_flags, gen.PROG, argv)
     assert (F.checkpoint, F.prompt, F.prompt_ids, F.max_new_tokens, F.temperature, F.top_k, F.top_p, F.greedy,
             F.stop_token, F.seed, rest) == ("ck", ["a, b", "c"], None, 5, 0.5, -1, 0.9, True, 40477, 3, [gen.PROG])
-  F, _ = errors.parse_own_flags(gen._define_flags, gen.PROG, ["--from_hf=h", "--prompt_ids=1,2", "--prompt_ids=3"])
+  F, _ = errors.parse_own_flags(gen.define_flags, gen.PROG, ["--from_hf=h", "--prompt_ids=1,2", "--prompt_ids=3"])
   assert (F.from_hf, F.prompt_ids, F.max_new_tokens, F.temperature, F.top_k, F.top_p, F.greedy, F.stop_token,
           F.seed) == ("h", ["1,2", "3"], 40, 1.0, 0, 1.0, False, None, 0)
   for argv, words in [(["--prompt=hi"], ["give one of --checkpoint, --from_hf, --from_openai"]),

@@ -393,7 +393,7 @@ def test_curve_command_line(fake_run, tmp_path, capsys):
   from absl import flags
   from absl.testing import flagsaver
   if "run" not in flags.FLAGS:
-    Z._define_flags()  # as `python -m gpt1_jax.zeroshot` does
+    Z.define_flags()  # as `python -m gpt1_jax.zeroshot` does
   out = tmp_path / "cli"
   argv = ["zeroshot", f"--run={fake_run}", "--tasks=sst2,cola", f"--curve_out={out}", "--max_examples=4",
           "--batch_size=4", "--noprogress"]
@@ -409,7 +409,7 @@ def test_predictions_out_has_one_auditable_row_per_example(fake_run, tmp_path, c
   from absl import flags
   from absl.testing import flagsaver
   if "run" not in flags.FLAGS:
-    Z._define_flags()
+    Z.define_flags()
   out = tmp_path / "preds.jsonl"
   argv = ["zeroshot", f"--checkpoint={fake_run}", "--tasks=sst2", "--max_examples=5", "--batch_size=4",
           "--noprogress", f"--predictions_out={out}"]

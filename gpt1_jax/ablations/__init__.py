@@ -46,7 +46,7 @@ cell from a run's log, ``ablations.json/.md/.png``, the paper's Table 5), ``cli`
 ``main``; ``__main__`` runs it).
 """
 
-from gpt1_jax.ablations.cli import _define_flags, grid_from_flags, main
+from gpt1_jax.ablations.cli import define_flags, grid_from_flags, main
 from gpt1_jax.ablations.grid import (ARM_NAMES, ARMS, DEFAULT_TASKS, LSTM_UNITS, QUICK_CORPUS_REVIEWS, QUICK_FINETUNE,
                                      QUICK_LSTM_UNITS, QUICK_PRETRAIN, RECIPES, TINY_SIZES, Arm, Grid, assign,
                                      check_inputs, finetune_config, left_out_message, parse_assignments,

@@ -1,7 +1,7 @@
 """``python -m gpt1_jax.ablations``: the command line of :mod:`gpt1_jax.ablations.cli` (usage: ``--help``)."""
 
 from gpt1_jax.ablations import cli
-from gpt1_jax.ablations.cli import _define_flags, main  # noqa: F401 - importable from here too
+from gpt1_jax.ablations.cli import define_flags, main  # noqa: F401 - importable from here too
 
 if __name__ == "__main__":
   # Flags are defined only when run as a program, so importing this module
@@ -13,6 +13,6 @@ if __name__ == "__main__":
 
   # absl's --help prints the main module's docstring and key flags: the package's usage text, cli's flags.
   __doc__ = gpt1_jax.ablations.__doc__
-  _define_flags()
+  define_flags()
   flags.adopt_module_key_flags(cli)
   app.run(errors.cli(main))

@@ -1,6 +1,6 @@
 """The command line, ``python -m gpt1_jax.ablations`` (usage: the package docstring).
 
-Flags are defined by ``_define_flags()`` only when run as a program, so importing this module
+Flags are defined by ``define_flags()`` only when run as a program, so importing this module
 never clashes with another entry point's flags.
 """
 
@@ -56,7 +56,7 @@ def main(argv):
     print(left_out_message(left_out))
 
 
-def _define_flags():
+def define_flags():
   flags.DEFINE_string("out", None, "Output directory: runs, frozen weights, the table (resumes).", required=True)
   flags.DEFINE_list("tasks", list(DEFAULT_TASKS), "Tasks (columns of the table). Unset: those of the default "
                     "list with data here (the others are named, with how to add them); set: exactly these.")

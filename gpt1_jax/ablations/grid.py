@@ -195,7 +195,7 @@ def check_inputs(grid: Grid) -> dict:
         raise ValueError(f"--pretrain_set: {task}: pretraining is shared by every task; give KEY=VALUE")
       if task != "*" and task not in grid.tasks:
         raise ValueError(f"{what}: {task!r} is not in --tasks={','.join(grid.tasks)}")
-  weights = {name: _read_weights(grid, name, spec) for name, spec in (("transformer", grid.transformer),
+  weights = {name: read_weights(grid, name, spec) for name, spec in (("transformer", grid.transformer),
                                                                       ("lstm", grid.lstm)) if spec}
   if not grid.transformer:
     _check_pretrain_data(grid)
@@ -207,7 +207,7 @@ def check_inputs(grid: Grid) -> dict:
       config_lib.resolve(finetune_config(grid, t, arm, grid.seeds[0], "none", lstm if arm.weights == "lstm" else shape))
   if not grid.transformer:
     config_lib.resolve(pretrain_config(grid, "transformer"))
-  if not grid.lstm and _needs_lstm(grid):
+  if not grid.lstm and needs_lstm(grid):
     c = pretrain_config(grid, "lstm", shape)
     config_lib.resolve(c)
     made_here = grid.quick and not grid.pretrain_data and not grid.transformer
@@ -221,7 +221,7 @@ def _finetune_tasks():
   return project.config_module("finetune").TASKS
 
 
-def _read_weights(grid: Grid, name: str, spec: str):
+def read_weights(grid: Grid, name: str, spec: str):
   """Reads ``spec``'s weights (its latest checkpoint) and checks them: ``(model config dict, freeze)``,
   where ``freeze()`` writes them to ``OUT/weights/NAME`` unless they are there already (from the same
   source: another source is refused) and returns the model config dict."""
@@ -251,22 +251,22 @@ def _read_weights(grid: Grid, name: str, spec: str):
   model = checkpoint.model_config_to_dict(cfg)
 
   def freeze() -> dict:
-    if params is not None and _is_main():
+    if params is not None and is_main():
       checkpoint.save_params(frozen + ".tmp", cfg, {"transformer": weights.transformer_of(params)},
                              extra_meta={"source": source, "step": meta.get("step")})
       os.replace(frozen + ".tmp", frozen)
-    _barrier(f"ablations: froze {name}")
+    barrier(f"ablations: froze {name}")
     return model
 
   return model, freeze
 
 
-def _is_main() -> bool:
+def is_main() -> bool:
   import jax
   return jax.process_index() == 0
 
 
-def _barrier(name: str):
+def barrier(name: str):
   """Multi-host runs (``--distributed``): every host waits for process 0's files."""
   import jax
   if jax.process_count() > 1:
@@ -285,7 +285,7 @@ def _check_pretrain_data(grid: Grid):
     raise ValueError(f"--pretrain_data={d}: no manifest.json; not a directory written by gpt1_jax.data.prepare")
 
 
-def _needs_lstm(grid: Grid) -> bool:
+def needs_lstm(grid: Grid) -> bool:
   return any(a.weights == "lstm" for a in grid.arms)
 
 
@@ -321,10 +321,10 @@ def _pretrain_model(grid: Grid) -> dict:
 
 
 def _lstm_model(grid: Grid, transformer_model: dict) -> dict:
-  return {**transformer_model, "architecture": "lstm", "lstm_units": _lstm_units(grid)}
+  return {**transformer_model, "architecture": "lstm", "lstm_units": lstm_units_of(grid)}
 
 
-def _lstm_units(grid: Grid) -> int:
+def lstm_units_of(grid: Grid) -> int:
   return grid.lstm_units or (QUICK_LSTM_UNITS if grid.quick else LSTM_UNITS[grid.recipe])
 
 
@@ -346,7 +346,7 @@ def pretrain_config(grid: Grid, which: str, transformer_model: dict | None = Non
     if transformer_model:
       c.model.update({k: v for k, v in transformer_model.items() if k in c.model})
     c.model.architecture = "lstm"
-    c.model.lstm_units = _lstm_units(grid)
+    c.model.lstm_units = lstm_units_of(grid)
   return c
 
 

@@ -11,7 +11,7 @@ import shutil
 import time
 
 from gpt1_jax import project
-from gpt1_jax.ablations.grid import (QUICK_CORPUS_REVIEWS, Grid, _barrier, _is_main, _needs_lstm, _read_weights,
+from gpt1_jax.ablations.grid import (QUICK_CORPUS_REVIEWS, Grid, barrier, is_main, needs_lstm, read_weights,
                                      check_inputs, finetune_config, pretrain_config, run_dir)
 from gpt1_jax.ablations.table import collect, final_eval, table_metric, write
 from gpt1_jax.data import prepare
@@ -28,9 +28,9 @@ def run_once(config, workdir: str, log=print) -> dict:
   metrics = loop.train_and_evaluate(config, workdir)
   record = {"seconds": time.perf_counter() - t0, "step": int(metrics["step"]),
             "metrics": {k: v for k, v in metrics.items() if k.startswith("eval/")}}
-  if _is_main():
+  if is_main():
     checkpoint.write_json(done, record)
-  _barrier(f"ablations: finished {workdir}")
+  barrier(f"ablations: finished {workdir}")
   return record
 
 
@@ -38,7 +38,7 @@ def _quick_corpus(grid: Grid, log) -> str:
   """--quick without --pretrain_data: the first reviews of the shipped IMDb corpus, tokenised."""
   root = os.path.join(os.path.abspath(grid.out), "pretrain")
   data = os.path.join(root, "data")
-  if not os.path.exists(os.path.join(data, "manifest.json")) and _is_main():
+  if not os.path.exists(os.path.join(data, "manifest.json")) and is_main():
     os.makedirs(root, exist_ok=True)
     text = os.path.join(root, "corpus.txt")
     with lzma.open(project.path("data", "imdb", "unlabelled.txt.xz"), "rt") as f, open(text, "w") as g:
@@ -47,7 +47,7 @@ def _quick_corpus(grid: Grid, log) -> str:
     log(f"tokenising {QUICK_CORPUS_REVIEWS} shipped IMDb reviews -> {data}")
     prepare.prepare(data, inputs=[text], doc_split="line", num_shards=1, valid_fraction=0.05, workers=1,
                     progress=False)
-  _barrier("ablations: quick corpus")
+  barrier("ablations: quick corpus")
   return data
 
 
@@ -57,7 +57,7 @@ def pretrain(grid: Grid, log=print) -> dict:
   if grid.quick and not grid.pretrain_data and not (grid.transformer and grid.lstm):
     _quick_corpus(grid, log)
   shape = None
-  for which in ("transformer", "lstm") if _needs_lstm(grid) else ("transformer",):
+  for which in ("transformer", "lstm") if needs_lstm(grid) else ("transformer",):
     if getattr(grid, which):
       continue
     workdir = os.path.join(os.path.abspath(grid.out), "pretrain", which)
@@ -68,10 +68,10 @@ def pretrain(grid: Grid, log=print) -> dict:
     log(f"  {which}: held-out perplexity {r['metrics'].get('eval/perplexity', float('nan')):.1f} "
         f"({r['seconds'] / 60:.1f} min)")
     setattr(grid, which, workdir)
-    _read_weights(grid, which, workdir)[1]()
+    read_weights(grid, which, workdir)[1]()
     shape = c.model.to_dict()
   return {w: os.path.join(grid.out, "weights", w) for w in ("transformer", "lstm")
-          if w == "transformer" or _needs_lstm(grid)}
+          if w == "transformer" or needs_lstm(grid)}
 
 
 def run_grid(grid: Grid, log=print) -> dict:
@@ -100,13 +100,13 @@ def run_grid(grid: Grid, log=print) -> dict:
         value = final_eval(workdir)[f"eval/{table_metric(task)}"]
         log(f"[{done}/{n}] {task} {arm.name} seed {seed}: {table_metric(task)} {value:.4f} "
             f"({r['seconds']:.0f} s; {(time.perf_counter() - t0) / 60:.1f} min so far)")
-        if not grid.keep_weights and _is_main():
+        if not grid.keep_weights and is_main():
           for sub in ("checkpoints", "best"):
             shutil.rmtree(os.path.join(workdir, sub), ignore_errors=True)
   record = collect(grid, {w: models[w].get("source") or sources[w] for w in models},
                    {w: models[w].get("step") for w in models})
   record["seconds_this_invocation"] = time.perf_counter() - t0
-  if _is_main():
+  if is_main():
     write(record, grid.out)
   return record
 

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from gpt1_jax import extras
-from gpt1_jax.ablations.grid import Grid, _lstm_units, run_dir
+from gpt1_jax.ablations.grid import Grid, lstm_units_of, run_dir
 
 # Table 5's metric per task (the paper's tables report F1 for MRPC/QQP and Pearson for STS-B);
 # accuracy for the rest.
@@ -65,7 +65,7 @@ def collect(grid: Grid, sources: dict, steps: dict) -> dict:
   return {"tasks": list(grid.tasks), "metrics": {t: table_metric(t) for t in grid.tasks},
           "arms": [dataclasses.asdict(a) for a in grid.arms], "seeds": list(grid.seeds), "recipe": grid.recipe,
           "quick": grid.quick, "weights": {w: {"source": sources[w], "step": steps[w]} for w in sources},
-          "lstm_units": _lstm_units(grid), "task_dirs": {t: os.path.abspath(d) for t, d in grid.task_dirs.items()},
+          "lstm_units": lstm_units_of(grid), "task_dirs": {t: os.path.abspath(d) for t, d in grid.task_dirs.items()},
           "set": list(grid.finetune_set), "pretrain_set": list(grid.pretrain_set), "cells": cells,
           "run_seconds": seconds, "run_seconds_total": float(sum(seconds.values()))}
 

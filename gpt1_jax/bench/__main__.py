@@ -16,7 +16,7 @@ FLAGS = flags.FLAGS
 GPU_SUITE = "gpu"
 
 
-def _define_flags():
+def define_flags():
   flags.DEFINE_string("out", "bench.json", "Where to write the JSON results (--suite=gpu: also a .md beside it; "
                       "default there gpu_check.json).")
   flags.DEFINE_string("suite", "all", "all, or a comma list of: " + ", ".join(SUITES) + "; or gpu (alone)")
@@ -91,5 +91,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

@@ -42,7 +42,7 @@ def check_out_dir(out: str, flag: str = "--out") -> None:
 PROG = "python -m gpt1_jax.convert"
 
 
-def _define_flags(flag_values=None) -> None:
+def define_flags(flag_values=None) -> None:
   """The command's flags, on ``flag_values`` (default absl's global ``FLAGS``)."""
   from absl import flags
 
@@ -139,7 +139,7 @@ def main(argv=None) -> None:
   of their own. Mistakes raise ``SystemExit("error: ...")`` before anything is written.
   """
   from gpt1_jax import errors
-  _run(*errors.parse_own_flags(_define_flags, PROG, argv))
+  _run(*errors.parse_own_flags(define_flags, PROG, argv))
 
 
 def program(before_run=lambda: None) -> None:
@@ -149,6 +149,6 @@ def program(before_run=lambda: None) -> None:
   from absl import app
 
   from gpt1_jax import errors
-  _define_flags()
+  define_flags()
   before_run()
   app.run(errors.cli(errors.absl_main(_run)), flags_parser=errors.parse_flags_help_ok)

@@ -270,7 +270,7 @@ def prepare(output: str, *, inputs: Sequence[str] = (), tfds_name: str | None = 
     return manifest
 
 
-def _define_flags():
+def define_flags():
   flags.DEFINE_list("input", [], "Comma-separated globs of UTF-8 text files ('**' recurses).")
   flags.DEFINE_string("tfds", None, "A tensorflow-datasets corpus instead of files: NAME[:SPLIT] (default train).")
   flags.DEFINE_string("tfds_text_key", None, "Feature holding the text (default: 'text', or the only *text* one).")
@@ -321,5 +321,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

@@ -63,7 +63,7 @@ heuristic from its data, running and reporting a suite), ``curve`` (the
 pretraining curve), ``cli`` (the flags and ``main``; ``__main__`` runs it).
 """
 
-from gpt1_jax.zeroshot.cli import _define_flags, main
+from gpt1_jax.zeroshot.cli import define_flags, main
 from gpt1_jax.zeroshot.curve import CURVE_JSON, CURVE_PNG, checkpoint_steps, curve, markdown_table, plot_curve
 from gpt1_jax.zeroshot.heuristics import (WINOGRAD, WINOGRAD_SCORING, Acceptability, MultipleChoice, Sentiment,
                                           Winograd, WinogradExample, fit_threshold, read_winograd)

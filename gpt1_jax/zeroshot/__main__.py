@@ -1,7 +1,7 @@
 """``python -m gpt1_jax.zeroshot``: the command line of :mod:`gpt1_jax.zeroshot.cli` (usage: ``--help``)."""
 
 from gpt1_jax.zeroshot import cli
-from gpt1_jax.zeroshot.cli import _define_flags, _parse_sources, main  # noqa: F401 - importable from here too
+from gpt1_jax.zeroshot.cli import define_flags, parse_sources, main  # noqa: F401 - importable from here too
 
 if __name__ == "__main__":
   # Flags are defined only when run as a program, so importing this module
@@ -13,6 +13,6 @@ if __name__ == "__main__":
 
   # absl's --help prints the main module's docstring and key flags: the package's usage text, cli's flags.
   __doc__ = gpt1_jax.zeroshot.__doc__
-  _define_flags()
+  define_flags()
   flags.adopt_module_key_flags(cli)
   app.run(errors.cli(main), flags_parser=errors.parse_flags)

@@ -1,6 +1,6 @@
 """The command line, ``python -m gpt1_jax.zeroshot`` (usage: the package docstring).
 
-Flags are defined by ``_define_flags()`` only when run as a program, so
+Flags are defined by ``define_flags()`` only when run as a program, so
 importing this module never clashes with another entry point's flags.
 """
 
@@ -16,7 +16,7 @@ from gpt1_jax.zeroshot.scoring import Scorer
 from gpt1_jax.zeroshot.suite import build, evaluate, load_model, summary, supported_tasks, write_predictions
 
 
-def _parse_sources(values: Sequence[str], tasks: Sequence[str]) -> dict:
+def parse_sources(values: Sequence[str], tasks: Sequence[str]) -> dict:
   out = {}
   for value in values or ():
     name, sep, path = value.partition("=")
@@ -32,7 +32,7 @@ def _parse_sources(values: Sequence[str], tasks: Sequence[str]) -> dict:
   return out
 
 
-def _define_flags():
+def define_flags():
   from absl import flags
   flags.DEFINE_string("checkpoint", None, "Weights checkpoint, training run's workdir or its checkpoints/ dir.")
   flags.DEFINE_integer("step", None, "Checkpoint step for --checkpoint (default: the latest).")
@@ -74,7 +74,7 @@ def main(argv):
     raise app.UsageError("--cola_threshold and --fit_threshold_on exclude each other")
   options = dict(cola_threshold=F.cola_threshold, fit_threshold_on=F.fit_threshold_on,
                  winograd_scoring=F.winograd_scoring)
-  sources = _parse_sources(F.source, tasks)
+  sources = parse_sources(F.source, tasks)
   if F.run:
     if F.checkpoint or F.from_hf or F.from_openai:
       raise app.UsageError("--run evaluates a run's checkpoints: drop --checkpoint/--from_hf/--from_openai")
