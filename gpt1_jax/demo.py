@@ -28,8 +28,10 @@ import time
 
 from absl import app, flags
 
-from gpt1_jax import extras, project
+from gpt1_jax import checkpoint, extras, generate, loop, probe, project, report, transfer
+from gpt1_jax.data import prepare
 from gpt1_jax.project import load_config
+from gpt1_jax.tokenizer import GPT1Tokenizer
 
 FLAGS = flags.FLAGS
 
@@ -42,8 +44,6 @@ FIXED_MINUTES = 5.0  # tokenising, six fine-tuning runs, the probes
 
 
 def samples(workdir: str) -> list[str]:
-  from gpt1_jax import checkpoint, generate
-  from gpt1_jax.tokenizer import GPT1Tokenizer
   tok = GPT1Tokenizer()
   cfg, params = checkpoint.load_params(workdir)
   prompts = ["this movie is", "i thought the", "the acting was", "what a"]
@@ -60,8 +60,6 @@ def main(argv):
   # Before anything else: the demo tokenises (ftfy, spaCy), fine-tunes through tf.data and probes
   # with scikit-learn, and a missing one would otherwise stop it minutes in.
   extras.check(("ftfy", "spacy", "tensorflow", "sklearn"), "demo", "the demo")
-  from gpt1_jax import checkpoint, loop, probe, report, transfer  # after the check: they import those
-  from gpt1_jax.data import prepare
   t0 = time.perf_counter()
   root = os.path.abspath(FLAGS.workdir)
   # The console holds the stages and the results; the details (every record of ours, Orbax's,

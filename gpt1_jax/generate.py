@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt1_jax import weights
+from gpt1_jax import errors, weights
 from gpt1_jax.model import GPT1LM, ModelConfig
+from gpt1_jax.tokenizer import GPT1Tokenizer
 
 PAD_ID = 0  # what finished rows and left padding hold; never attended to
 
@@ -245,14 +246,12 @@ def _one_of(F, names) -> str:
 
 def _run(F, argv=(PROG,)) -> None:
   """The command, on parsed flags ``F``; ``argv``: what ``app.run`` leaves (positional arguments)."""
-  from gpt1_jax import errors
   errors.no_arguments(argv)
   source = _one_of(F, _SOURCES)
   _one_of(F, _PROMPTS)
   spec = {"checkpoint": F.checkpoint, "from_hf": f"hf:{F.from_hf}", "from_openai": f"openai:{F.from_openai}"}[source]
   config, params = weights.load(spec)
 
-  from gpt1_jax.tokenizer import GPT1Tokenizer
   tokenizer = GPT1Tokenizer()
   if F.prompt_ids:
     prompts = [_parse_ids(text, config.vocab_size) for text in F.prompt_ids]
@@ -270,7 +269,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   ``argv``: the flags, as on the command line (default ``sys.argv[1:]``), parsed into a ``FlagValues``
   of their own. Flag mistakes raise ``SystemExit("error: ...")``; other errors propagate.
   """
-  from gpt1_jax import errors
   _run(*errors.parse_own_flags(define_flags, PROG, argv))
 
 

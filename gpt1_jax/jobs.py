@@ -19,9 +19,11 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from gpt1_jax.batch import BatchSpec
-from gpt1_jax.evaluate import LMEvaluator, TaskEvaluator
 from gpt1_jax.config import Run
+from gpt1_jax.data import lm, pipeline, tasks, transforms
+from gpt1_jax.evaluate import LMEvaluator, TaskEvaluator
 from gpt1_jax.sampled_softmax import unigram_proposal
+from gpt1_jax.tokenizer import GPT1Tokenizer
 from gpt1_jax.train import LMObjective, TaskObjective
 
 
@@ -61,7 +63,6 @@ def shapes_job(run: Run) -> Job:
     return Job(objective=objective, num_steps=run.train.num_steps, seq_len=n_ctx,
                batch_spec=objective.batch_spec(n_ctx), tokens_per_example=n_ctx, train_batches=None,
                evaluator=LMEvaluator(objective, no_data) if run.eval.every_steps else None, data_state={})
-  from gpt1_jax.data import tasks
   task = tasks.get_task(run.task.name)
   seq_len = min(run.task.max_len or model_cfg.n_ctx, model_cfg.n_ctx)
   objective = task_objective(run, task)
@@ -88,8 +89,6 @@ def task_objective(run: Run, task) -> TaskObjective:
 
 
 def lm_job(run: Run) -> Job:
-  from gpt1_jax.data import lm
-  from gpt1_jax.tokenizer import GPT1Tokenizer
   model_cfg = run.model
   fingerprint = GPT1Tokenizer().fingerprint if run.data.check_tokenizer else None
   n_ctx = run.data.seq_len or model_cfg.n_ctx
@@ -120,8 +119,6 @@ def lm_job(run: Run) -> Job:
 
 
 def task_job(run: Run) -> Job:
-  from gpt1_jax.data import pipeline, tasks, transforms
-  from gpt1_jax.tokenizer import GPT1Tokenizer
   tc, model_cfg = run.task, run.model
   if run.train.num_steps < 0:  # before reading any data; 0 is the documented "use epochs"
     raise ValueError(f"train.num_steps={run.train.num_steps} is negative: give a positive step count, "

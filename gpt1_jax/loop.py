@@ -25,10 +25,11 @@ import numpy as np
 
 from gpt1_jax import checkpoint as ckpt_lib
 from gpt1_jax import config as config_lib
-from gpt1_jax import interrupts, jobs, perf, resume, sharding
+from gpt1_jax import interrupts, jobs, perf, resume, sharding, weights
 from gpt1_jax import state as state_lib
-from gpt1_jax import weights
 from gpt1_jax import workdir as workdir_lib
+from gpt1_jax.data import pipeline
+from gpt1_jax.report import MetricWriter, Progress
 from gpt1_jax.train import make_optimizer, train_step
 
 EXIT_PREEMPTED = interrupts.EXIT_PREEMPTED  # the job saved and can be restarted as is
@@ -137,7 +138,6 @@ def restore_or_create(run: config_lib.Run, job: jobs.Job, setup: state_lib.Setup
 
   def check_resume(meta, step):
     # Everything that can refuse a resume, before anything in the workdir changes.
-    from gpt1_jax.data import pipeline
     resume.check(meta.get("config", {}), run, saved_num_steps=meta.get("num_steps"), num_steps=job.num_steps,
                  step=step, where=ck.step_dir(step))
     pipeline.check_state(meta.get("data", {}), job.data_state, f"resuming {workdir} at step {step}")
@@ -182,7 +182,6 @@ def _train(run: config_lib.Run, job: jobs.Job, setup: state_lib.Setup, ck, compi
   """Steps ``compiled`` from the restored ``(state, checkpoint meta, start step)`` to the end."""
   state, meta, start_step = restored
   mesh, rules = setup.mesh, setup.rules
-  from gpt1_jax.report import MetricWriter, Progress
   gb = run.train.batch_size
   rows = sharding.host_rows(mesh, rules, gb)
   train_iter = iter(job.train_batches(rows, start_step))  # from exactly the step we resume at

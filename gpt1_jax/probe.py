@@ -30,6 +30,8 @@ import warnings
 import numpy as np
 
 from gpt1_jax import extras
+from gpt1_jax.data import lm, tasks
+from gpt1_jax.tokenizer import GPT1Tokenizer
 
 
 def documents(stream: np.ndarray, start_id: int) -> list[np.ndarray]:
@@ -121,8 +123,6 @@ def accuracy(words: dict, labels: dict, ids: dict, extra: np.ndarray | None = No
 
 def labelled(task_dir: str, task: str = "sst2"):
   """``(ids, labels)`` per split (``train``, ``dev``) of a single-sentence task, GPT-1 tokens."""
-  from gpt1_jax.data import tasks
-  from gpt1_jax.tokenizer import GPT1Tokenizer
   tok = GPT1Tokenizer()
   split = {s: tasks.load_split(task, s, task_dir).examples for s in ("train", "dev")}
   ids = {s: [x or [tok.start_id] for x in tok.encode_batch([e.texts[0] for e in ex])] for s, ex in split.items()}
@@ -134,8 +134,6 @@ def run(task_dir: str, *, data_dir: str | None = None, params: dict | None = Non
         task: str = "sst2") -> dict:
   """The probes that the given sources allow: ``data_dir`` (a prepared corpus) adds the PPMI row,
   ``params`` (a pretrained model's) the embedding row. Returns ``{name: dev accuracy}``."""
-  from gpt1_jax.data import lm
-  from gpt1_jax.tokenizer import GPT1Tokenizer
   tok = GPT1Tokenizer()
   v = tok.vocab_size
   ids, labels = labelled(task_dir, task)

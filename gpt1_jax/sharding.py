@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from gpt1_jax.data.pipeline import Rows
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -149,7 +150,6 @@ def batch_axis_size(mesh: Mesh, rules) -> int:
 
 def host_rows(mesh: Mesh, rules, global_batch_size: int):
   """``(start, count)``: the contiguous rows of each global batch that this process feeds."""
-  from gpt1_jax.data.pipeline import Rows  # local: keep TF out of model-only imports
   sharding = batch_sharding(mesh, rules, 1)
   idx = sharding.addressable_devices_indices_map((global_batch_size,))
   starts = sorted({(s[0].start or 0, s[0].stop if s[0].stop is not None else global_batch_size)

@@ -15,6 +15,9 @@ from typing import Optional
 import jax
 import numpy as np
 
+from gpt1_jax import checkpoint as ckpt_lib
+from gpt1_jax import convert
+from gpt1_jax.checkpoint import load_params
 from gpt1_jax.model import ModelConfig, stack_layers, unstack_layers
 
 KINDS = {"openai:": "openai", "hf:": "hf"}
@@ -39,12 +42,10 @@ def load(spec: str, *, step: Optional[int] = None, n_head: Optional[int] = None)
   kind, path = parse(spec)
   if kind != "gpt1_jax" and step is not None:
     raise ValueError(f"{spec}: a checkpoint step only applies to gpt1_jax checkpoints")
-  from gpt1_jax import convert
   if kind == "openai":
     return convert.from_openai_release(path, **({"n_head": n_head} if n_head else {}))
   if kind == "hf":
     return convert.from_hf_pretrained(path, n_head=n_head)
-  from gpt1_jax.checkpoint import load_params
   return load_params(path, step)
 
 
@@ -63,7 +64,6 @@ def transformer_in_layout(src_cfg: ModelConfig, params: dict, dst_cfg: ModelConf
   ``dst_cfg.padded_vocab_size``. ``like``: the destination's (abstract) transformer tree,
   whose structure the result must have.
   """
-  from gpt1_jax import checkpoint as ckpt_lib
   diff = ckpt_lib.config_diff(ckpt_lib.model_config_to_dict(src_cfg), ckpt_lib.model_config_to_dict(dst_cfg),
                               keys=("n_ctx", "n_embd", "n_head", "n_layer", "architecture", "lstm_units"))
   if src_cfg.vocab_size != dst_cfg.vocab_size:

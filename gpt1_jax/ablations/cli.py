@@ -12,6 +12,7 @@ from gpt1_jax.ablations.grid import (DEFAULT_TASKS, RECIPES, Grid, left_out_mess
                                      tasks_with_data)
 from gpt1_jax.ablations.run import run_grid
 from gpt1_jax.ablations.table import table
+from gpt1_jax.report import quiet_library_logs
 
 
 def grid_from_flags(f) -> tuple[Grid, tuple]:
@@ -41,7 +42,6 @@ def grid_from_flags(f) -> tuple[Grid, tuple]:
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
-  from gpt1_jax.report import quiet_library_logs
   quiet_library_logs()
   if flags.FLAGS.distributed:
     import jax

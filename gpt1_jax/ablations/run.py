@@ -10,16 +10,15 @@ import os
 import shutil
 import time
 
-from gpt1_jax import project
-from gpt1_jax.ablations.grid import (QUICK_CORPUS_REVIEWS, Grid, barrier, is_main, needs_lstm, read_weights,
-                                     check_inputs, finetune_config, pretrain_config, run_dir)
+from gpt1_jax import checkpoint, loop, project
 from gpt1_jax.ablations.table import collect, final_eval, table_metric, write
 from gpt1_jax.data import prepare
+from gpt1_jax.ablations.grid import (QUICK_CORPUS_REVIEWS, Grid, barrier, is_main, needs_lstm, read_weights,
+                                     check_inputs, finetune_config, pretrain_config, run_dir)
 
 
 def run_once(config, workdir: str, log=print) -> dict:
   """``train_and_evaluate`` unless ``workdir/result.json`` says it finished; returns that record."""
-  from gpt1_jax import checkpoint, loop
   done = os.path.join(workdir, "result.json")
   if os.path.exists(done):
     with open(done) as f:
@@ -77,7 +76,6 @@ def pretrain(grid: Grid, log=print) -> dict:
 def run_grid(grid: Grid, log=print) -> dict:
   """Checks the inputs, pretrains what is missing, runs every (task, arm, seed) not yet finished,
   and writes the table; returns the ``ablations.json`` record."""
-  from gpt1_jax import checkpoint
   t0 = time.perf_counter()
   grid.out = os.path.abspath(grid.out)
   check_inputs(grid)

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from gpt1_jax import extras
+from gpt1_jax import checkpoint, extras
 from gpt1_jax.ablations.grid import Grid, lstm_units_of, run_dir
 
 # Table 5's metric per task (the paper's tables report F1 for MRPC/QQP and Pearson for STS-B);
@@ -96,7 +96,6 @@ def _cell(c: dict) -> str:
 
 
 def write(record: dict, out: str):
-  from gpt1_jax import checkpoint
   checkpoint.write_json(os.path.join(out, "ablations.json"), record)
   n = len(record["seeds"])
   with open(os.path.join(out, "ablations.md"), "w") as f:

@@ -12,6 +12,7 @@ import os
 from gpt1_jax import errors
 from gpt1_jax.aot import output, sweep, topology
 from gpt1_jax.aot.compile import compile_for
+from gpt1_jax.report import quiet_library_logs
 
 
 def define_flags():
@@ -35,7 +36,6 @@ def define_flags():
 
 def run(fv, argv):
   errors.no_arguments(argv)
-  from gpt1_jax.report import quiet_library_logs
   quiet_library_logs()
   s = topology.parse(fv.topology)  # a bad name is refused before anything is compiled
   if fv.sweep:

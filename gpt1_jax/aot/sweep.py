@@ -27,6 +27,7 @@ import time
 
 from gpt1_jax import config as config_lib
 from gpt1_jax.aot import topology
+from gpt1_jax.aot.compile import compile_for, HBMError, resolve_slices
 
 COMPILE_MEMORY_BYTES = 6 * 2 ** 30  # a GPT-1 compile's peak host memory, with room to spare
 
@@ -83,7 +84,6 @@ def _apply(config_dict: dict, c: Candidate) -> dict:
 
 def _compile_one(config_dict: dict, accelerator_type: str, num_slices: int, c: Candidate) -> dict:
   """Runs in a worker process: one candidate's compile, as a small dict."""
-  from gpt1_jax.aot.compile import HBMError, compile_for
   t = time.perf_counter()
   try:
     r = compile_for(_apply(config_dict, c), accelerator_type, num_slices, with_eval=False)
@@ -111,7 +111,6 @@ def run_sweep(config, accelerator_type: str, num_slices: int = 1, *, budget_s: f
   s = topology.parse(accelerator_type)
   config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   run = config_lib.resolve(config_dict)
-  from gpt1_jax.aot.compile import resolve_slices
   run = resolve_slices(run, num_slices)
   dcn_batch = run.mesh.dcn_data * run.mesh.dcn_fsdp
   config_dict["mesh"] = {**config_dict.get("mesh", {}), "dcn_data": run.mesh.dcn_data}

@@ -10,6 +10,8 @@ import sys
 
 from gpt1_jax.convert.hf_dir import (DEFAULT_MAX_SHARD_BYTES, HF_RECORD_KEY, from_hf_pretrained, hf_architecture,
                                      task_of, write_hf)
+from gpt1_jax import errors
+from gpt1_jax.checkpoint import load_params, save_params
 from gpt1_jax.convert.mapping import ConversionError
 from gpt1_jax.convert.openai import from_openai_release
 
@@ -78,7 +80,6 @@ def define_flags(flag_values=None) -> None:
 
 def _run(F, argv=(PROG,)) -> None:
   """The command, on parsed flags ``F``; ``argv``: what ``app.run`` leaves (positional arguments)."""
-  from gpt1_jax import errors
   errors.no_arguments(argv)
   source, target = F["from"].value, F.to
   if source is not None and target is not None:
@@ -92,7 +93,6 @@ def _run(F, argv=(PROG,)) -> None:
       raise SystemExit("error: --to=hf needs --checkpoint")
     if not os.path.isdir(F.checkpoint):
       raise SystemExit(f"error: --checkpoint={F.checkpoint}: no such directory")
-    from gpt1_jax.checkpoint import load_params
     config, params, meta = load_params(F.checkpoint, with_meta=True)
     try:
       task = None if F.drop_head else task_of(meta, params, os.path.abspath(F.checkpoint))
@@ -125,7 +125,6 @@ def _run(F, argv=(PROG,)) -> None:
     config, params = from_openai_release(F.openai_dir, n_head=F.n_head or 12, seed=F.seed)
     origin = os.path.abspath(F.openai_dir)
 
-  from gpt1_jax.checkpoint import save_params
   save_params(F.out, config, params, extra_meta={"converted_from": source, "source": origin,
                                                  "special_rows_seed": F.seed, **extra})
   print(f"wrote {config.num_params():,} parameters ({config.n_layer} layers, d={config.n_embd}, "
@@ -138,7 +137,6 @@ def main(argv=None) -> None:
   ``argv``: the flags, as on the command line (default ``sys.argv[1:]``), parsed into a ``FlagValues``
   of their own. Mistakes raise ``SystemExit("error: ...")`` before anything is written.
   """
-  from gpt1_jax import errors
   _run(*errors.parse_own_flags(define_flags, PROG, argv))
 
 
@@ -148,7 +146,6 @@ def program(before_run=lambda: None) -> None:
   ``--help`` there)."""
   from absl import app
 
-  from gpt1_jax import errors
   define_flags()
   before_run()
   app.run(errors.cli(errors.absl_main(_run)), flags_parser=errors.parse_flags_help_ok)

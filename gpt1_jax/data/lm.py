@@ -39,8 +39,7 @@ import os
 from absl import logging
 import numpy as np
 
-from gpt1_jax.data import pipeline
-from gpt1_jax.data import store
+from gpt1_jax.data import pipeline, store, tf
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2  # what prepare writes: the token store
@@ -224,7 +223,6 @@ def data_fingerprint(manifest: dict, split: str) -> str:
 
 # ----------------------------------------------------------------------------- format 1
 def _load_tfrecord_tokens(data_dir: str, split: str, shards: list[dict], start_id: int) -> np.ndarray:
-  from gpt1_jax.data import tf  # format 1 only: TFRecord needs TensorFlow
   where = os.path.join(data_dir, MANIFEST)
   paths = [os.path.join(data_dir, s["file"]) for s in shards]
   total = sum(s["tokens"] + s["documents"] for s in shards)
@@ -247,7 +245,6 @@ def _load_tfrecord_tokens(data_dir: str, split: str, shards: list[dict], start_i
 
 def _tfrecord_streams(paths: list[str], start_id: int):
   """One element per shard, in order: (documents, marked token stream of the shard)."""
-  from gpt1_jax.data import tf
   marker = np.array([start_id], TOKEN_DTYPE).tobytes()
 
   def read(path):
@@ -264,7 +261,6 @@ def _tfrecord_streams(paths: list[str], start_id: int):
 
 def _first_unreadable(paths: list[str], start_id: int) -> str | None:
   """The shard behind a read error (the parallel read does not say which it was)."""
-  from gpt1_jax.data import tf
   for path in paths:
     try:
       for _ in _tfrecord_streams([path], start_id):

@@ -56,12 +56,12 @@ from absl import logging
 import numpy as np
 import tqdm
 
-from gpt1_jax.data import lm
-from gpt1_jax.data import store_writer
+from gpt1_jax.data import lm, store_writer
+from gpt1_jax.data.store_writer import existing_manifest, identity, migrate, RECORD, SPLITS, synthetic, write_output
+from gpt1_jax.tokenizer import GPT1Tokenizer
 from gpt1_jax.data.corpus import (DOC_SPLIT_ALIASES, DOC_SPLITS, ERRORS, Chunk, PrepareError,  # noqa: F401
                                   chunks, decode, file_source, heldout, read_bytes, resolve_inputs,
                                   split_documents, tfds_source)
-from gpt1_jax.data.store_writer import RECORD, SPLITS, existing_manifest, identity, migrate, synthetic, write_output
 
 _BYTES_PER_WORKER = 4 << 20  # default --workers: at most one per this much input text
 
@@ -146,7 +146,6 @@ def _tokenised_splits(data: dict, num_shards: int, valid_fraction: float, start_
 
 
 def _default_tokenizer():
-  from gpt1_jax.tokenizer import GPT1Tokenizer
   return GPT1Tokenizer()
 
 

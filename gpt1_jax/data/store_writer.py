@@ -17,11 +17,10 @@ from typing import Callable
 from absl import logging
 import numpy as np
 
-from gpt1_jax.data import lm
-from gpt1_jax.data import store
 from gpt1_jax import workdir
-from gpt1_jax.data import tf
+from gpt1_jax.data import lm, store, tf
 from gpt1_jax.data.corpus import PrepareError
+from gpt1_jax.tokenizer import GPT1Tokenizer, SPECIAL_TOKENS
 
 SPLITS = ("train", "valid")
 _TMP_PREFIX = ".prepare-tmp-"
@@ -236,9 +235,7 @@ def synthetic(output: str, num_tokens: int, *, mean_document: int = 1000, num_sh
   if num_tokens < 2 or mean_document < 1:
     raise PrepareError(f"--synthetic_tokens={num_tokens} (mean document {mean_document}): need at least 2 tokens")
   if tokenizer_fingerprint is None:
-    from gpt1_jax.tokenizer import GPT1Tokenizer
     tokenizer_fingerprint = GPT1Tokenizer().fingerprint
-  from gpt1_jax.tokenizer import SPECIAL_TOKENS  # ids only: no spaCy or ftfy
   vocab, start_id = 40478 + len(SPECIAL_TOKENS), 40478
   rng = np.random.default_rng(seed)
   manifest = {"format_version": lm.FORMAT_VERSION, "tokenizer_fingerprint": tokenizer_fingerprint,
