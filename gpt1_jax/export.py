@@ -86,9 +86,7 @@ def inference_fn(config: ModelConfig, params: Mapping[str, Any], task=None):
     lengths = jnp.sum(attention_mask, axis=-1)
     cls_index = jnp.maximum(lengths - 1, 0)
     logits, _ = model.apply(variables, input_ids, attention_mask, cls_index)
-    if task.type == "multiple_choice":  # absent candidates (no tokens) get no probability, as in training
-      logits = jnp.where(lengths > 0, logits, jnp.finfo(jnp.float32).min)
-    return logits
+    return task.kind.mask_absent(logits, lengths > 0, jnp)  # a candidate with no tokens is absent
   return classify
 
 
@@ -122,8 +120,7 @@ def signature(config: ModelConfig, task=None) -> dict:
     k = task.num_sequences
     out.update(input_shape=f"[batch, {k}, length] (right-padded; the last real token of each is _classify_)",
                labels=None if task.labels is None else list(task.labels),
-               output={"multiple_choice": f"one score per candidate [batch, {k}], float32",
-                       "regression": "[batch] float32"}.get(task.type, f"[batch, {task.num_labels}] float32 logits"))
+               output=task.kind.output_description(k, task.num_labels))
   return out
 
 

@@ -230,10 +230,7 @@ class TaskObjective:
     logits, hidden = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
                                  batch["cls_index"], deterministic=deterministic,
                                  rngs=None if deterministic else {"dropout": rng})
-    if task_types.get(self.task_type).pooling == "each":
-      # Candidates that do not exist (variable counts) get no probability.
-      logits = jnp.where(batch["choice_mask"] > 0, logits, jnp.finfo(jnp.float32).min)
-    return logits, hidden
+    return task_types.get(self.task_type).mask_absent(logits, batch["choice_mask"] > 0, jnp), hidden
 
   def task_losses(self, logits, labels):
     if task_types.get(self.task_type).regression:

@@ -16,6 +16,7 @@ import numpy as np
 
 import jax
 
+from gpt1_jax import task_types
 from gpt1_jax.convert.mapping import (MC_HEAD, N_SPECIAL, RELEASE_VOCAB_SIZE, SCORE_KEY, ConversionError, from_hf,
                                       to_hf)
 from gpt1_jax.model import ModelConfig, stack_layers
@@ -100,12 +101,13 @@ def from_hf_pretrained(path: str, *, n_head: Optional[int] = None, seed: int = 0
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 HF_HEAD_FILE = "gpt1_jax_head.safetensors"  # our head as trained, for an exact import (see write_hf)
 HF_RECORD_KEY = "gpt1_jax"  # config.json key with our ModelConfig and task; transformers keeps it as an attribute
-# Heads that read several sequences per example and sum their states before the linear layer
-# (Section 3.3): one Hugging Face forward pass scores one sequence, so no class computes them.
-UNMAPPED_HEADS = {
-    "similarity": "sums the _classify_ states of both sentence orderings before its linear layer",
-    "regression": "sums the _classify_ states of both sentence orderings before its linear layer",
-}
+# The transformers class computing a head, by how the head reads the _classify_ states
+# (``task_types.TaskType.pooling``): one sequence, or a score per candidate.
+HF_CLASSES = {"first": "OpenAIGPTForSequenceClassification", "each": "OpenAIGPTDoubleHeadsModel"}
+# Task types whose heads sum the states of several sequences before the linear layer (Section 3.3):
+# one Hugging Face forward pass scores one sequence, so no class computes them.
+UNMAPPED_HEADS = {t.name: "sums the _classify_ states of both sentence orderings before its linear layer"
+                  for t in task_types.TYPES.values() if t.pooling not in HF_CLASSES}
 # Fold the bias only when the folded score reproduces ours to this (the checks compare at 1e-4).
 FOLD_TOLERANCE = 1e-5
 
@@ -246,11 +248,11 @@ def hf_architecture(task) -> str:
   """The transformers class a task's head exports as; ConversionError for heads with no counterpart."""
   if task is None:
     return "OpenAIGPTLMHeadModel"
-  if task.type in UNMAPPED_HEADS:
+  if task.kind.pooling not in HF_CLASSES:
     raise ConversionError(f"task {task.name!r} ({task.type}): its head {UNMAPPED_HEADS[task.type]}, which no "
                           f"transformers OpenAI-GPT class computes; export the fine-tuned body alone with "
                           f"--drop_head, or the whole model with python -m gpt1_jax.export")
-  return "OpenAIGPTDoubleHeadsModel" if task.type == "multiple_choice" else "OpenAIGPTForSequenceClassification"
+  return HF_CLASSES[task.kind.pooling]
 
 
 def write_hf(out: str, config: ModelConfig, params: Mapping[str, Any], *, task=None, clf_pdrop: float = 0.1,

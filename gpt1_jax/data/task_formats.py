@@ -162,7 +162,7 @@ def _check_texts(task: Task, texts: Sequence[str], choices: Optional[Sequence[st
 def _parse_label(task: Task, raw, no_gold: tuple = ()):
   if raw in no_gold:
     raise NoGold()
-  return _regression_label(task, raw) if task.type == "regression" else _class_label(task, raw)
+  return _regression_label(task, raw) if task.kind.regression else _class_label(task, raw)
 
 
 # ----------------------------------------------------------------------------
@@ -403,7 +403,7 @@ def _text(value) -> str:
 
 def _tfds_label(task: Task, record: dict, split: str):
   raw = record["label"]
-  if task.type == "regression":
+  if task.kind.regression:
     raw = float(raw)
     if raw == -1.0 and not task.is_labelled(split):
       return None  # GLUE test sets store -1

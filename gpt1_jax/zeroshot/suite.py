@@ -22,7 +22,7 @@ SHIPPED_DATA = ("sst2", "cola")
 
 
 def supported_tasks() -> list[str]:
-  return ["sst2", "cola"] + [n for n, t in TASKS.items() if t.type == "multiple_choice"] + [WINOGRAD]
+  return ["sst2", "cola"] + [n for n, t in TASKS.items() if t.kind.multiple_choice] + [WINOGRAD]
 
 
 def default_source(task: str) -> str:
@@ -52,15 +52,16 @@ def build(task: str, tokenizer, *, source: Optional[str] = None, split: str = "v
   if task == WINOGRAD:
     return Winograd(read_winograd(source)[:max_examples or None], tokenizer, scoring=winograd_scoring,
                     split=os.path.basename(source))
-  data = load_split(task, split, source)
+  t = get_task(task)
+  data = load_split(t, split, source)
   data.examples = data.examples[:max_examples or None]
   if task == "sst2":
     h = Sentiment(data, tokenizer)
   elif task == "cola":
     # The whole fitting split: the threshold is one number, cheap to fit well.
-    fit = load_split(task, fit_threshold_on, source) if fit_threshold_on else None
+    fit = load_split(t, fit_threshold_on, source) if fit_threshold_on else None
     h = Acceptability(data, tokenizer, threshold=cola_threshold, fit_data=fit)
-  elif get_task(task).type == "multiple_choice":
+  elif t.kind.multiple_choice:
     h = MultipleChoice(data, tokenizer)
   else:
     raise AssertionError(task)
