@@ -14,7 +14,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gpt1_jax import interrupts
+from gpt1_jax import config, errors, interrupts, loop
+from gpt1_jax.report import quiet_library_logs
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file and variant, e.g. configs/pretrain.py:tiny.",
@@ -58,11 +59,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   with interrupts.Watch():  # Ctrl-C before the first step (imports, compiling) exits 75 at once
-    from gpt1_jax.report import quiet_library_logs
     quiet_library_logs()
     init_distributed()
     import jax
-    from gpt1_jax import loop
     if jax.process_index() != 0:
       logging.set_verbosity(logging.WARNING)
     try:
@@ -73,7 +72,6 @@ def main(argv):
 
 
 def run():
-  from gpt1_jax import config, errors
   sys.argv = config.renamed_flags(sys.argv)  # a renamed key's old spelling still works
   app.run(errors.cli(main), flags_parser=errors.parse_flags)
 

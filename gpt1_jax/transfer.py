@@ -25,10 +25,13 @@ import time
 
 import numpy as np
 
+from gpt1_jax import checkpoint, extras, loop, probe, project
 from gpt1_jax import config as config_lib
-from gpt1_jax import extras
-from gpt1_jax import project
+from gpt1_jax.data import lm
 from gpt1_jax.project import load_config  # configs/ loaded by path, as --config does
+from gpt1_jax.report import quiet_library_logs
+from gpt1_jax.tokenizer import GPT1Tokenizer
+from gpt1_jax.train import LMObjective
 
 
 def checkpoint_steps(pretrain_dir: str) -> list[int]:
@@ -46,8 +49,6 @@ def heldout_perplexity_fn(pretrain_dir: str, max_windows: int = 512):
   split is read and the loss compiled once for every checkpoint of the run."""
   import jax
   import jax.numpy as jnp
-  from gpt1_jax.data import lm
-  from gpt1_jax.train import LMObjective
   run = config_lib.load(pretrain_dir)
   seq_len = run.max_seq_len
   tokens = lm.load_tokens(run.data.dir, "valid")
@@ -88,7 +89,6 @@ def finetune_config(task: str, weights: str, seed: int, source: str, *, model: d
 def finetune(workdir: str, weights: str, seed: int, task_dir: str, epochs: float = 0.0,
              model: dict | None = None) -> float:
   """SST-2 dev accuracy of ``configs/finetune.py:sst2_tiny`` (:func:`finetune_config`)."""
-  from gpt1_jax import loop
   ft = finetune_config("sst2", weights, seed, task_dir, model=model, epochs=epochs)
   return float(loop.train_and_evaluate(ft, workdir)["eval/accuracy"])
 
@@ -96,7 +96,6 @@ def finetune(workdir: str, weights: str, seed: int, task_dir: str, epochs: float
 def export_step(pretrain_dir: str, step: int, out: str) -> dict:
   """Writes checkpoint ``step``'s weights as a ``save_params`` directory (what ``init.weights`` reads)
   unless it exists; returns the params."""
-  from gpt1_jax import checkpoint
   cfg, params = checkpoint.load_params(pretrain_dir, step)
   if not os.path.isdir(out):
     checkpoint.save_params(out + ".tmp", cfg, params, extra_meta={"source": pretrain_dir, "step": step})
@@ -108,8 +107,6 @@ def curve(pretrain_dir: str, out: str, seeds=(0, 1, 2), task_dir: str | None = N
           epochs: float = 0.0, log=print) -> list[dict]:
   """One row per checkpoint (and step 0 = random init); see the module docstring. ``epochs``
   overrides the fine-tuning epochs (0: the demo's)."""
-  from gpt1_jax import probe
-  from gpt1_jax.tokenizer import GPT1Tokenizer
   task_dir = task_dir or project.path("data", "sst2")
   absent = [n for n in ("train.tsv", "dev.tsv") if not os.path.isfile(os.path.join(task_dir, n))]
   if absent:
@@ -192,7 +189,6 @@ def write(rows: list[dict], out: str, pretrain_dir: str):
 def main(argv):
   del argv
   from absl import flags
-  from gpt1_jax.report import quiet_library_logs
   quiet_library_logs()
   f = flags.FLAGS
   out = f.out or os.path.join(os.path.dirname(os.path.abspath(f.pretrain)), "transfer")

@@ -10,6 +10,7 @@ import logging
 from typing import Sequence
 
 from gpt1_jax import report
+from gpt1_jax.tokenizer import GPT1Tokenizer
 from gpt1_jax.zeroshot.curve import curve
 from gpt1_jax.zeroshot.heuristics import WINOGRAD_SCORING
 from gpt1_jax.zeroshot.scoring import Scorer
@@ -83,7 +84,6 @@ def main(argv):
     return
   if sum(bool(x) for x in (F.checkpoint, F.from_hf, F.from_openai)) != 1:
     raise app.UsageError("give one of --checkpoint, --from_hf, --from_openai (or --run for a curve)")
-  from gpt1_jax.tokenizer import GPT1Tokenizer
   tokenizer = GPT1Tokenizer()
   heuristics = [build(t, tokenizer, source=sources.get(t), split=F.split, max_examples=F.max_examples, **options)
                 for t in tasks]

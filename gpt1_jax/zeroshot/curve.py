@@ -12,6 +12,8 @@ import os
 from typing import Optional, Sequence
 
 from gpt1_jax import checkpoint, extras
+from gpt1_jax.checkpoint import load_params, write_json
+from gpt1_jax.tokenizer import GPT1Tokenizer
 from gpt1_jax.zeroshot.scoring import Scorer
 from gpt1_jax.zeroshot.suite import build, default_source, evaluate, summary
 
@@ -84,7 +86,6 @@ def curve(run_dir: str, tasks: Sequence[str], *, out_dir: Optional[str] = None,
   ``winograd_scoring``). Returns ``steps``, ``tasks``, ``scores`` (step ->
   task -> score), ``metric``, ``chance``, ``markdown``, ``json``, ``png``.
   """
-  from gpt1_jax.checkpoint import load_params, write_json
   if not tasks:
     raise ValueError("no tasks")
   tasks = list(tasks)
@@ -94,7 +95,6 @@ def curve(run_dir: str, tasks: Sequence[str], *, out_dir: Optional[str] = None,
   sources = {t: (sources or {}).get(t) or default_source(t) for t in tasks}
   sources = {t: s if s == "tfds" or s.startswith("tfds:") else os.path.abspath(s) for t, s in sources.items()}
   if tokenizer is None:
-    from gpt1_jax.tokenizer import GPT1Tokenizer
     tokenizer = GPT1Tokenizer()
   heuristics = [build(t, tokenizer, source=sources[t], split=split, max_examples=max_examples, **options)
                 for t in tasks]

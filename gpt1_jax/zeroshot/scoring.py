@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt1_jax import weights
-from gpt1_jax.model import GPT1LM, ModelConfig, gather_positions, map_position_chunks
+from gpt1_jax.model import gather_positions, GPT1LM, map_position_chunks, ModelConfig
+from gpt1_jax.tokenizer import GPT1Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,6 @@ class Scorer:
   @property
   def tokenizer(self):
     if self._tokenizer is None:
-      from gpt1_jax.tokenizer import GPT1Tokenizer
       self._tokenizer = GPT1Tokenizer()
     return self._tokenizer
 
