@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from gpt1_jax.data.tasks import Task, get_task
+from gpt1_jax.data.tasks import Task
 
 
 def _pair(predictions, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -92,9 +92,8 @@ METRICS: dict[str, Callable] = {"accuracy": accuracy, "mcc": matthews_corrcoef, 
 COMBINED = {"acc_and_f1": ("accuracy", "f1"), "pearson_spearman": ("pearson", "spearman")}
 
 
-def main_metric(task: Union[str, Task]) -> str:
+def main_metric(task: Task) -> str:
   """The metric that picks the best checkpoint (higher is better); a key of :func:`compute_metrics`."""
-  task = get_task(task)
   metrics = set(task.metrics)
   for name, parts in COMBINED.items():
     if metrics == set(parts):
@@ -102,16 +101,15 @@ def main_metric(task: Union[str, Task]) -> str:
   return "mcc" if "mcc" in metrics else task.metrics[0]
 
 
-def predictions_from_outputs(task: Union[str, Task], outputs) -> np.ndarray:
+def predictions_from_outputs(task: Task, outputs) -> np.ndarray:
   """Head outputs -> predictions: argmax of logits ``[N, C]`` (or ``[N, K]`` candidates); regression as is."""
-  task = get_task(task)
   outputs = np.asarray(outputs)
   if task.kind.regression:
     return outputs.reshape(-1).astype(np.float64)
   return task.kind.predict(outputs) if outputs.ndim == 2 else outputs.reshape(-1)  # logits, or ids already
 
 
-def compute_metrics(task: Union[str, Task], predictions, labels, mask: Optional[Sequence] = None) -> dict:
+def compute_metrics(task: Task, predictions, labels, mask: Optional[Sequence] = None) -> dict:
   """``{metric: value}`` for the task's metrics plus its main metric.
 
   ``predictions`` are class ids, logits (argmax is taken), or regression
@@ -119,7 +117,6 @@ def compute_metrics(task: Union[str, Task], predictions, labels, mask: Optional[
   NaN) are left out. For multiple choice, mask absent candidates' logits
   (``choice_mask``) before passing them.
   """
-  task = get_task(task)
   p = predictions_from_outputs(task, predictions)
   y = np.asarray(labels).reshape(-1)
   if p.shape != y.shape:
@@ -147,10 +144,9 @@ _MNLI_SUFFIX = {"test_matched": "-m", "validation_matched": "-m", "test_mismatch
                 "validation_mismatched": "-mm"}
 
 
-def glue_filename(task: Union[str, Task], split: Optional[str] = None) -> str:
+def glue_filename(task: Task, split: Optional[str] = None) -> str:
   """``SST-2.tsv``, ``MNLI-m.tsv``... (GLUE's names); other tasks get ``<name>.tsv`` (Story Cloze:
   ``ROCStories.tsv``, as the original code)."""
-  task = get_task(task)
   if task.name == "mnli":
     if split not in _MNLI_SUFFIX:
       raise ValueError(f"mnli predictions need split='test_matched' or 'test_mismatched', got {split!r}")
@@ -160,7 +156,7 @@ def glue_filename(task: Union[str, Task], split: Optional[str] = None) -> str:
   return "ROCStories.tsv" if task.name == "story_cloze" else f"{task.name}.tsv"
 
 
-def write_glue_predictions(task: Union[str, Task], predictions, directory: str, *, split: Optional[str] = None,
+def write_glue_predictions(task: Task, predictions, directory: str, *, split: Optional[str] = None,
                            ids: Optional[Sequence] = None) -> str:
   """Writes ``directory/<GLUE name>.tsv`` and returns its path.
 
@@ -168,14 +164,13 @@ def write_glue_predictions(task: Union[str, Task], predictions, directory: str, 
   ``ids``: the ``index`` column (``Example.id``; default ``0..N-1``). Labels
   are written as GLUE expects: 0/1 for CoLA, SST-2, MRPC and QQP; label names
   (``entailment``/``not_entailment``...) for MNLI, QNLI and RTE; a score
-  clipped to [0, 5] for STS-B. Other tasks write label names.
+  clipped to [0, 5] for STS-B. Other tasks write label names (a score, for regression).
   """
-  task = get_task(task)
   p = predictions_from_outputs(task, predictions)
   ids = list(range(len(p))) if ids is None else list(ids)
   if len(ids) != len(p):
     raise ValueError(f"{len(ids)} ids for {len(p)} predictions")
-  style = GLUE_FILES.get(task.name, (None, "score" if task.type == "regression" else "name"))[1]
+  style = GLUE_FILES.get(task.name, (None, "score" if task.kind.regression else "name"))[1]
   if style == "score":
     lo, hi = task.label_range
     cells = [f"{v:.3f}" for v in np.clip(p, lo, hi)]

@@ -12,10 +12,12 @@ import logging
 import os
 import pathlib
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gpt1_jax import metrics as M
+from gpt1_jax import task_types
 from gpt1_jax.data import pipeline, tasks as T, transforms as X
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -68,7 +70,7 @@ def rows(arrays, i, k=0):
 # Transformations, token for token.
 
 def test_classification_is_start_text_classify_padded(tok):
-  out = X.encode_examples("sst2", [ex("5 6 7")], tok, max_len=8)
+  out = X.encode_examples(T.get_task("sst2"), [ex("5 6 7")], tok, max_len=8)
   assert out["input_ids"].tolist() == [[[S, 5, 6, 7, C, 0, 0, 0]]]
   assert out["attention_mask"].tolist() == [[[1, 1, 1, 1, 1, 0, 0, 0]]]
   assert out["cls_index"].tolist() == [[4]]
@@ -79,31 +81,31 @@ def test_classification_is_start_text_classify_padded(tok):
 
 
 def test_classification_truncates_text_end_keeps_specials(tok):
-  out = X.encode_examples("cola", [ex(nums(1, 20))], tok, max_len=8)
+  out = X.encode_examples(T.get_task("cola"), [ex(nums(1, 20))], tok, max_len=8)
   assert out["input_ids"].tolist() == [[[S, 1, 2, 3, 4, 5, 6, C]]]
   assert out["cls_index"].tolist() == [[7]]
 
 
 def test_entailment_is_start_premise_delim_hypothesis_classify(tok):
-  out = X.encode_examples("rte", [ex("1 2 3", "4 5")], tok, max_len=10)
+  out = X.encode_examples(T.get_task("rte"), [ex("1 2 3", "4 5")], tok, max_len=10)
   assert out["input_ids"][0, 0].tolist() == [S, 1, 2, 3, D, 4, 5, C, 0, 0]
   assert out["cls_index"].tolist() == [[7]]
 
 
 def test_entailment_long_premise_is_cut_from_its_end_hypothesis_kept_whole(tok):
-  out = X.encode_examples("mnli", [ex(nums(1, 20), "21 22 23")], tok, max_len=12)
+  out = X.encode_examples(T.get_task("mnli"), [ex(nums(1, 20), "21 22 23")], tok, max_len=12)
   assert rows(out, 0) == [S, 1, 2, 3, 4, 5, 6, D, 21, 22, 23, C]
   assert out["cls_index"].tolist() == [[11]]
 
 
 def test_entailment_overlong_hypothesis_keeps_at_most_half_the_budget(tok):
   # budget 13 - 3 = 10; the hypothesis would leave nothing, so it keeps max(10 - 10, 10 // 2) = 5.
-  out = X.encode_examples("rte", [ex(nums(1, 10), nums(11, 20))], tok, max_len=13)
+  out = X.encode_examples(T.get_task("rte"), [ex(nums(1, 10), nums(11, 20))], tok, max_len=13)
   assert rows(out, 0) == [S, 1, 2, 3, 4, 5, D, 11, 12, 13, 14, 15, C]
 
 
 def test_similarity_has_both_orderings(tok):
-  out = X.encode_examples("mrpc", [ex("1 2", "3 4 5", label=1)], tok, max_len=8)
+  out = X.encode_examples(T.get_task("mrpc"), [ex("1 2", "3 4 5", label=1)], tok, max_len=8)
   assert out["input_ids"][0].tolist() == [[S, 1, 2, D, 3, 4, 5, C], [S, 3, 4, 5, D, 1, 2, C]]
   assert out["cls_index"].tolist() == [[7, 7]]
   assert out["choice_mask"].tolist() == [[1.0, 1.0]]
@@ -121,21 +123,21 @@ def _bert_truncate_pair(a, b, budget):
                                            (6, 6, 15), (1, 30, 8)])
 def test_similarity_truncation_is_balanced_and_shared_by_both_orderings(tok, la, lb, max_len):
   a, b = list(range(1, la + 1)), list(range(101, 101 + lb))
-  out = X.encode_examples("qqp", [ex(" ".join(map(str, a)), " ".join(map(str, b)))], tok, max_len=max_len)
+  out = X.encode_examples(T.get_task("qqp"), [ex(" ".join(map(str, a)), " ".join(map(str, b)))], tok, max_len=max_len)
   ra, rb = _bert_truncate_pair(a, b, max_len - 3)
   assert rows(out, 0, 0) == [S] + ra + [D] + rb + [C]
   assert rows(out, 0, 1) == [S] + rb + [D] + ra + [C]
 
 
 def test_regression_is_similarity_with_float_labels(tok):
-  out = X.encode_examples("stsb", [ex("1", "2", label=3.8), ex("3", "4", label=None)], tok, max_len=8)
+  out = X.encode_examples(T.get_task("stsb"), [ex("1", "2", label=3.8), ex("3", "4", label=None)], tok, max_len=8)
   assert out["input_ids"][0, :, :5].tolist() == [[S, 1, D, 2, C], [S, 2, D, 1, C]]
   assert out["label"].dtype == np.float32
   assert out["label"][0] == np.float32(3.8) and np.isnan(out["label"][1])
 
 
 def test_multiple_choice_one_sequence_per_candidate_and_choice_mask(tok):
-  out = X.encode_examples("race", [ex("1 2 3", "4", label=2, choices=["5", "6 7", "8"]),
+  out = X.encode_examples(T.get_task("race"), [ex("1 2 3", "4", label=2, choices=["5", "6 7", "8"]),
                                    ex("9", "10", label=0, choices=["11", "12", "13", "14"])], tok, max_len=10)
   assert out["input_ids"].shape == (2, 4, 10)
   assert rows(out, 0, 0) == [S, 1, 2, 3, 4, D, 5, C]
@@ -149,7 +151,7 @@ def test_multiple_choice_one_sequence_per_candidate_and_choice_mask(tok):
 
 def test_multiple_choice_long_context_loses_its_front_same_for_every_candidate(tok):
   # context+question = 1..22 (22 tokens); budget 12 - 3 = 9; longest answer 3 -> 6 context tokens, the last ones.
-  out = X.encode_examples("race_high", [ex(nums(1, 20), "21 22", label=1, choices=["30", "31 32 33"])], tok,
+  out = X.encode_examples(T.get_task("race_high"), [ex(nums(1, 20), "21 22", label=1, choices=["30", "31 32 33"])], tok,
                           max_len=12)
   assert rows(out, 0, 0) == [S, 17, 18, 19, 20, 21, 22, D, 30, C]
   assert rows(out, 0, 1) == [S, 17, 18, 19, 20, 21, 22, D, 31, 32, 33, C]
@@ -157,7 +159,7 @@ def test_multiple_choice_long_context_loses_its_front_same_for_every_candidate(t
 
 
 def test_story_cloze_has_two_candidates(tok):
-  out = X.encode_examples("story_cloze", [ex("1 2 3 4", label=1, choices=["5", "6"])], tok, max_len=8)
+  out = X.encode_examples(T.get_task("story_cloze"), [ex("1 2 3 4", label=1, choices=["5", "6"])], tok, max_len=8)
   assert out["input_ids"][0].tolist() == [[S, 1, 2, 3, 4, D, 5, C], [S, 1, 2, 3, 4, D, 6, C]]
 
 
@@ -173,7 +175,7 @@ def test_cls_index_points_at_classify_under_padding_for_every_task(tok):
       texts = [words(rng.integers(1, 40)) for _ in task.fields]
       choices = [words(rng.integers(1, 15)) for _ in range(rng.integers(1, task.num_choices + 1))] \
           if task.num_choices else None
-      label = 0.5 if task.type == "regression" else 0
+      label = 0.5 if task.kind.regression else 0
       examples.append(ex(*texts, label=label, choices=choices))
     out = X.encode_examples(task, examples, tok, max_len=24)
     n, k = len(examples), task.num_sequences
@@ -189,33 +191,33 @@ def test_cls_index_points_at_classify_under_padding_for_every_task(tok):
 
 def test_fit_length_rounds_up_to_multiple_of_8_and_caps(tok):
   train, dev = [ex(nums(1, 5), "1")], [ex(nums(1, 9), "2 3")]  # longest: 3 specials + 11 = 14
-  assert X.fit_length("rte", tok, train, dev) == 16
-  assert X.fit_length("rte", tok, train, dev, cap=12) == 12
-  assert X.encode_examples("rte", dev, tok)["input_ids"].shape == (1, 1, 16)
+  assert X.fit_length(T.get_task("rte"), tok, train, dev) == 16
+  assert X.fit_length(T.get_task("rte"), tok, train, dev, cap=12) == 12
+  assert X.encode_examples(T.get_task("rte"), dev, tok)["input_ids"].shape == (1, 1, 16)
 
 
 def test_encode_batch_once_per_field_with_identical_texts_memoised(tok):
   article = nums(1, 30)
   examples = [ex(article, f"q{i}", label=0, choices=["a", "b", "c", "d"]) for i in range(5)]
   memo = X.memoized(tok)
-  X.encode_examples("race", examples, memo, max_len=64)
+  X.encode_examples(T.get_task("race"), examples, memo, max_len=64)
   assert tok.batches == [[article], [f"q{i}" for i in range(5)], ["a", "b", "c", "d"]]
-  X.encode_examples("race", examples, memo, max_len=32)  # all cached: no further calls
+  X.encode_examples(T.get_task("race"), examples, memo, max_len=32)  # all cached: no further calls
   assert len(tok.batches) == 3
 
 
 def test_unlabelled_examples_get_minus_one_and_index(tok):
-  out = X.encode_examples("sst2", [ex("1", label=None), ex("2", label=1)], tok, max_len=8)
+  out = X.encode_examples(T.get_task("sst2"), [ex("1", label=None), ex("2", label=1)], tok, max_len=8)
   assert out["label"].tolist() == [-1, 1] and out["example_index"].tolist() == [0, 1]
 
 
 def test_encode_rejects_examples_that_do_not_fit_the_task(tok):
   with pytest.raises(ValueError, match="fields"):
-    X.encode_examples("rte", [ex("1")], tok, max_len=8)
+    X.encode_examples(T.get_task("rte"), [ex("1")], tok, max_len=8)
   with pytest.raises(ValueError, match="candidates"):
-    X.encode_examples("story_cloze", [ex("1", choices=["2", "3", "4"])], tok, max_len=8)
+    X.encode_examples(T.get_task("story_cloze"), [ex("1", choices=["2", "3", "4"])], tok, max_len=8)
   with pytest.raises(ValueError, match="too short"):
-    X.encode_examples("rte", [ex("1", "2")], tok, max_len=4)
+    X.encode_examples(T.get_task("rte"), [ex("1", "2")], tok, max_len=4)
 
 
 # ----------------------------------------------------------------------------
@@ -238,6 +240,47 @@ def test_unknown_task_and_split_errors_list_the_valid_ones():
     T.get_task("sst-5")
   with pytest.raises(ValueError, match="validation_matched"):
     T.load_split("mnli", "validation", str(REPO / "data"))
+
+
+def test_names_resolve_once_at_the_documented_entry_point():
+  rte = T.get_task("rte")
+  assert T.resolve("rte") is rte and T.resolve(rte) is rte
+  assert T.load_split("rte", "validation", str(REPO / "data/rte")).task is rte  # load_split takes either
+
+
+# ----------------------------------------------------------------------------
+# Task types: what each decides.
+
+def test_absent_candidates_get_no_probability():
+  """One rule for training (``choice_mask``) and the export (an all-zero attention mask)."""
+  logits = np.array([[0.5, 2.0, -1.0], [3.0, 1.0, 0.0]], np.float32)
+  present = np.array([[True, False, True], [False, False, False]])  # row 2: eval padding, no candidate
+  lowest = np.finfo(np.float32).min
+  for xp in (np, jnp):
+    out = np.asarray(task_types.get("multiple_choice").mask_absent(xp.asarray(logits), xp.asarray(present), xp))
+    assert out.tolist() == [[0.5, lowest, -1.0], [lowest] * 3]
+    p = np.exp(out[0] - out[0].max())
+    assert p[1] == 0.0 and out[0].argmax() == 0  # the absent one is never picked over a real one
+    for other in ("classification", "entailment", "similarity", "regression"):  # one sequence's logits: unchanged
+      kept = task_types.get(other).mask_absent(xp.asarray(logits), xp.asarray(present), xp)
+      assert np.asarray(kept).tolist() == logits.tolist()
+
+
+def test_each_type_is_one_layout_with_its_sequences_and_shortest_input(tok):
+  layouts = {name: t.layout for name, t in task_types.TYPES.items()}
+  assert layouts == {"classification": "single", "entailment": "pair", "similarity": "both_orders",
+                     "multiple_choice": "candidates", "regression": "both_orders"}
+  assert [n for n, t in task_types.TYPES.items() if t.multiple_choice] == ["multiple_choice"]
+  for task in T.TASKS.values():
+    kind = task.kind
+    choices = [[9]] * task.num_choices if kind.multiple_choice else None
+    seqs = X.transform(task, tuple([7, 8] for _ in task.fields), choices, None, 1, 2, 3)
+    assert len(seqs) == task.num_sequences, task.name
+    # The shortest input keeps the specials and one token a side; one less cannot be encoded.
+    examples = [ex(*["5"] * len(task.fields), choices=["6"] * task.num_choices if kind.multiple_choice else None)]
+    X.encode_examples(task, examples, tok, max_len=kind.min_length)
+    with pytest.raises(ValueError, match="too short"):
+      X.encode_examples(task, examples, tok, max_len=kind.min_length - 1)
 
 
 # ----------------------------------------------------------------------------
@@ -286,7 +329,8 @@ def test_real_story_cloze_split_matches_the_original_code():
   folder = str(SHARED / "StoryCloze")
   train, val = T.load_split("story_cloze", "train", folder), T.load_split("story_cloze", "validation", folder)
   assert (len(train), len(val)) == (1497, 374)
-  everything = T.read_file("story_cloze", "test", T.find_file("story_cloze", "validation", folder)).examples
+  story_cloze = T.get_task("story_cloze")
+  everything = T.read_file(story_cloze, "test", T.find_file(story_cloze, "validation", folder)).examples
   ref_train, ref_val = train_test_split(everything, test_size=374, random_state=T.ROCSTORIES_SEED)
   assert train.examples == ref_train and val.examples == ref_val
   assert all(len(e.choices) == 2 and e.label in (0, 1) for e in train)
@@ -567,7 +611,7 @@ def test_tfds_glue_test_label_minus_one_is_unlabelled_and_snli_minus_one_is_excl
 
 def test_tfds_multi_nli_can_stand_in_for_glue_mnli(tfds):
   with tfds.testing.mock_data(num_examples=3):
-    data = T.load_tfds("mnli", "validation_mismatched", dataset="multi_nli")
+    data = T.load_tfds(T.get_task("mnli"), "validation_mismatched", dataset="multi_nli")
   assert data.origin == "tfds:multi_nli/validation_mismatched" and len(data) == 3
   _check_examples(T.get_task("mnli"), "validation_mismatched", data)
 
@@ -582,7 +626,7 @@ def test_tfds_story_cloze_without_manual_download_says_so(tfds, tmp_path):
 
 def test_task_datasets_resume_at_step_and_cover_eval_once(tok):
   data = T.load_split("rte", "validation", str(REPO / "data/rte"))
-  arrays = X.encode_examples("rte", data.examples, tok, max_len=64)
+  arrays = X.encode_examples(T.get_task("rte"), data.examples, tok, max_len=64)
   rows_ = pipeline.Rows(global_batch_size=16)
   full = [b for _, b in zip(range(10), X.task_train_dataset(arrays, rows_, seed=3).as_numpy_iterator())]
   resumed = next(X.task_train_dataset(arrays, rows_, seed=3, start_step=7).as_numpy_iterator())
@@ -616,37 +660,37 @@ def test_metrics_equal_sklearn_and_scipy():
 
 
 def test_compute_metrics_main_metric_and_masking():
-  assert [M.main_metric(t) for t in ("cola", "mrpc", "qqp", "stsb", "rte", "race")] == [
+  assert [M.main_metric(T.get_task(t)) for t in ("cola", "mrpc", "qqp", "stsb", "rte", "race")] == [
       "mcc", "acc_and_f1", "acc_and_f1", "pearson_spearman", "accuracy", "accuracy"]
   logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.9, 0.1]])
-  out = M.compute_metrics("mrpc", logits, [1, 1, 1, -1], mask=[1, 1, 1, 1])  # -1: unlabelled, left out
+  out = M.compute_metrics(T.get_task("mrpc"), logits, [1, 1, 1, -1], mask=[1, 1, 1, 1])  # -1: unlabelled, left out
   assert out["accuracy"] == pytest.approx(2 / 3) and out["f1"] == pytest.approx(0.8)
   assert out["acc_and_f1"] == pytest.approx((2 / 3 + 0.8) / 2) and out["num_examples"] == 3
-  assert M.compute_metrics("sst2", [1, 0, 1], [1, 1, 1], mask=[1, 0, 0])["accuracy"] == 1.0
-  sts = M.compute_metrics("stsb", [1.0, 2.0, 3.0, 9.0], [1.5, 2.5, 2.9, np.nan])
+  assert M.compute_metrics(T.get_task("sst2"), [1, 0, 1], [1, 1, 1], mask=[1, 0, 0])["accuracy"] == 1.0
+  sts = M.compute_metrics(T.get_task("stsb"), [1.0, 2.0, 3.0, 9.0], [1.5, 2.5, 2.9, np.nan])
   assert sts["pearson"] == pytest.approx(np.corrcoef([1, 2, 3], [1.5, 2.5, 2.9])[0, 1]) and sts["spearman"] == 1.0
-  assert set(M.compute_metrics("cola", [0, 1], [0, 1])) == {"accuracy", "mcc", "num_examples"}
+  assert set(M.compute_metrics(T.get_task("cola"), [0, 1], [0, 1])) == {"accuracy", "mcc", "num_examples"}
 
 
 def test_glue_prediction_files(tmp_path):
   def read(path):
     return pathlib.Path(path).read_text().splitlines()
 
-  assert os.path.basename(M.write_glue_predictions("sst2", [1, 0], str(tmp_path))) == "SST-2.tsv"
+  assert os.path.basename(M.write_glue_predictions(T.get_task("sst2"), [1, 0], str(tmp_path))) == "SST-2.tsv"
   assert read(tmp_path / "SST-2.tsv") == ["index\tprediction", "0\t1", "1\t0"]
-  rte = M.write_glue_predictions("rte", np.array([[2.0, 1.0], [0.0, 3.0]]), str(tmp_path), ids=["7", "8"])
+  rte = M.write_glue_predictions(T.get_task("rte"), np.array([[2.0, 1.0], [0.0, 3.0]]), str(tmp_path), ids=["7", "8"])
   assert read(rte) == ["index\tprediction", "7\tentailment", "8\tnot_entailment"]
-  m = M.write_glue_predictions("mnli", [0, 1, 2], str(tmp_path), split="test_matched")
-  mm = M.write_glue_predictions("mnli", [2], str(tmp_path), split="test_mismatched")
+  m = M.write_glue_predictions(T.get_task("mnli"), [0, 1, 2], str(tmp_path), split="test_matched")
+  mm = M.write_glue_predictions(T.get_task("mnli"), [2], str(tmp_path), split="test_mismatched")
   assert (os.path.basename(m), os.path.basename(mm)) == ("MNLI-m.tsv", "MNLI-mm.tsv")
   assert read(m)[1:] == ["0\tentailment", "1\tneutral", "2\tcontradiction"]
-  assert read(M.write_glue_predictions("stsb", [5.7, -0.2, 2.345], str(tmp_path)))[1:] == ["0\t5.000", "1\t0.000",
-                                                                                         "2\t2.345"]
-  assert [M.glue_filename(t) for t in ("cola", "mrpc", "qqp", "qnli", "stsb")] == [
+  assert read(M.write_glue_predictions(T.get_task("stsb"), [5.7, -0.2, 2.345], str(tmp_path)))[1:] == [
+      "0\t5.000", "1\t0.000", "2\t2.345"]
+  assert [M.glue_filename(T.get_task(t)) for t in ("cola", "mrpc", "qqp", "qnli", "stsb")] == [
       "CoLA.tsv", "MRPC.tsv", "QQP.tsv", "QNLI.tsv", "STS-B.tsv"]
-  assert read(M.write_glue_predictions("cola", [1], str(tmp_path)))[1] == "0\t1"
+  assert read(M.write_glue_predictions(T.get_task("cola"), [1], str(tmp_path)))[1] == "0\t1"
   with pytest.raises(ValueError, match="test_matched"):
-    M.write_glue_predictions("mnli", [0], str(tmp_path))
+    M.write_glue_predictions(T.get_task("mnli"), [0], str(tmp_path))
 
 
 # ----------------------------------------------------------------------------
@@ -657,7 +701,7 @@ def test_real_tokenizer_transformations():
   tok = tokenizer.GPT1Tokenizer()
   assert (tok.start_id, tok.delimiter_id, tok.classify_id, tok.pad_id) == (S, D, C, 0)
   data = T.load_split("rte", "validation", str(REPO / "data/rte"))
-  out = X.encode_examples("rte", data.examples, tok, max_len=128)
+  out = X.encode_examples(T.get_task("rte"), data.examples, tok, max_len=128)
   p, h = data[1].texts
   assert rows(out, 1) == [S] + tok.encode(p) + [D] + tok.encode(h) + [C]
   picked = np.take_along_axis(out["input_ids"], out["cls_index"][..., None], axis=-1)
@@ -668,8 +712,8 @@ def test_real_tokenizer_transformations():
 def test_truncation_counts_examples_and_tokens_cut(tok):
   # Entailment at max_len 10: 3 specials + 7 tokens of text; lengths 4+2, 6+4, 9+5 -> 0, 3 and 7 tokens over.
   examples = [ex(nums(1, 4), nums(1, 2)), ex(nums(1, 6), nums(1, 4)), ex(nums(1, 9), nums(1, 5))]
-  t = X.truncation("rte", examples, tok, 10)
+  t = X.truncation(T.get_task("rte"), examples, tok, 10)
   assert t == {"examples": 3, "truncated": 2, "mean_tokens_cut": 5.0, "max_tokens_cut": 7}
-  encoded = X.encode_examples("rte", examples, tok, 10)
+  encoded = X.encode_examples(T.get_task("rte"), examples, tok, 10)
   assert [int(m.sum()) for m in encoded["attention_mask"][:, 0]] == [9, 10, 10]  # the two counted ones are cut
-  assert X.truncation("sst2", [ex(nums(1, 3))], tok, 10)["truncated"] == 0
+  assert X.truncation(T.get_task("sst2"), [ex(nums(1, 3))], tok, 10)["truncated"] == 0

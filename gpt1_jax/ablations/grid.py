@@ -186,7 +186,7 @@ def check_inputs(grid: Grid) -> dict:
       raise ValueError(f"--task_dirs: {t}={d} is not a directory")
     cfg = load_config("finetune", f"{t}_tiny")
     for split in (cfg.task.train_split, cfg.task.eval_split):
-      tasks_lib.find_file(t, split, d)  # names the files it looked for
+      tasks_lib.find_file(tasks_lib.get_task(t), split, d)  # names the files it looked for
   if os.path.exists(grid.out) and not os.path.isdir(grid.out):
     raise ValueError(f"--out={grid.out} is a file, not a directory")
   for items, what in ((grid.finetune_set, "--set"), (grid.pretrain_set, "--pretrain_set")):

@@ -41,7 +41,7 @@ import glob
 import logging
 import os
 from types import MappingProxyType
-from typing import Callable, Mapping, Optional, Union
+from typing import Callable, Mapping, Optional
 
 from gpt1_jax import extras
 from gpt1_jax import task_types
@@ -87,7 +87,7 @@ class Task:
   def __post_init__(self):
     if self.type not in TASK_TYPES:
       raise ValueError(f"task {self.name!r}: type {self.type!r} is not one of {TASK_TYPES}")
-    if (self.type == "multiple_choice") != (self.num_choices > 0):
+    if self.kind.multiple_choice != (self.num_choices > 0):
       raise ValueError(f"task {self.name!r}: num_choices is for multiple-choice tasks only")
     object.__setattr__(self, "files", MappingProxyType(dict(self.files)))
     object.__setattr__(self, "tfds", MappingProxyType(dict(self.tfds)))
@@ -215,13 +215,18 @@ def _make_tasks() -> dict[str, Task]:
 TASKS: Mapping[str, Task] = MappingProxyType(_make_tasks())
 
 
-def get_task(name: Union[str, Task]) -> Task:
-  if isinstance(name, Task):
-    return name
+def get_task(name: str) -> Task:
+  """The task called ``name``: what a CLI or a config turns its string into, once."""
   try:
     return TASKS[name]
-  except KeyError:
+  except (KeyError, TypeError):
     raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}") from None
+
+
+def resolve(task_or_name: Task | str) -> Task:
+  """A :class:`Task` as is, a name by :func:`get_task`: for the documented entry points that take
+  either (:func:`load_split`); everything below them takes a ``Task``."""
+  return task_or_name if isinstance(task_or_name, Task) else get_task(task_or_name)
 
 
 # ----------------------------------------------------------------------------
@@ -229,9 +234,8 @@ def get_task(name: Union[str, Task]) -> Task:
 
 
 
-def find_file(task: Union[str, Task], split: str, folder: str) -> str:
+def find_file(task: Task, split: str, folder: str) -> str:
   """The file (RACE: the folder) of ``split`` inside ``folder``, by the official names."""
-  task = get_task(task)
   split = task.canonical_split(split)
   if task.name in RACE_LEVELS and os.path.isdir(os.path.join(folder, "RACE")):
     folder = os.path.join(folder, "RACE")
@@ -245,9 +249,8 @@ def find_file(task: Union[str, Task], split: str, folder: str) -> str:
   raise ValueError(f"{task.name}/{split}: none of {list(task.files[split])} in {folder}")
 
 
-def read_file(task: Union[str, Task], split: str, path: str, *, skip_malformed: bool = False) -> SplitData:
+def read_file(task: Task, split: str, path: str, *, skip_malformed: bool = False) -> SplitData:
   """The examples of one local file (a RACE split folder or file) read as ``split``."""
-  task = get_task(task)
   split = task.canonical_split(split)
   if not os.path.exists(path):
     raise ValueError(f"{task.name}/{split}: no such file {path}")
@@ -257,7 +260,7 @@ def read_file(task: Union[str, Task], split: str, path: str, *, skip_malformed: 
   return report(data)
 
 
-def load_tfds(task: Union[str, Task], split: str, data_dir: Optional[str] = None, *, skip_malformed: bool = False,
+def load_tfds(task: Task, split: str, data_dir: Optional[str] = None, *, skip_malformed: bool = False,
               download: bool = True, dataset: Optional[str] = None) -> SplitData:
   """The examples of ``split`` from tensorflow-datasets (prepared under ``data_dir``, or downloaded).
 
@@ -267,7 +270,6 @@ def load_tfds(task: Union[str, Task], split: str, data_dir: Optional[str] = None
   """
   tfds = extras.require("tensorflow_datasets", "tasks", "reading a task from tensorflow-datasets")  # slow: only here
 
-  task = get_task(task)
   split = task.canonical_split(split)
   sources = task.tfds[split]
   if dataset is not None:
@@ -338,10 +340,10 @@ def _tfds_dataset(task: Task, split: str, name: str, tfds_split: str, data_dir: 
   return builder.as_dataset(split=tfds_split, shuffle_files=False)
 
 
-def load_split(task: Union[str, Task], split: str, source: str, *, skip_malformed: bool = False) -> SplitData:
+def load_split(task: Task, split: str, source: str, *, skip_malformed: bool = False) -> SplitData:
   """The examples of ``split`` from ``source``: ``"tfds"``, ``"tfds:DATA_DIR"``, a folder with the official
-  file names (``train.tsv``, ``dev.tsv``, ...), or one file."""
-  task = get_task(task)
+  file names (``train.tsv``, ``dev.tsv``, ...), or one file. ``task``: a :class:`Task`, or its name."""
+  task = resolve(task)
   if source == "tfds" or source.startswith("tfds:"):
     return load_tfds(task, split, source[5:] or None, skip_malformed=skip_malformed)
   path = source

@@ -45,12 +45,12 @@ identical texts memoised (RACE repeats each article for every question).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 
 from gpt1_jax.data import pipeline, tf
-from gpt1_jax.data.tasks import Example, Task, get_task
+from gpt1_jax.data.tasks import Example, Task
 
 DEFAULT_CAP = 512  # GPT-1's n_ctx
 
@@ -85,7 +85,7 @@ def _tokenize(task: Task, examples: Sequence[Example], tok: MemoTokenizer):
   """Per example: the token ids of each text field, and of each candidate (or None)."""
   fields = [tok.encode_batch([ex.texts[i] for ex in examples]) for i in range(len(task.fields))]
   texts = list(zip(*fields)) if fields else [()] * len(examples)
-  if task.type != "multiple_choice":
+  if not task.kind.multiple_choice:
     return texts, [None] * len(examples)
   flat = tok.encode_batch([c for ex in examples for c in ex.choices])
   choices, at = [], 0
@@ -98,7 +98,7 @@ def _tokenize(task: Task, examples: Sequence[Example], tok: MemoTokenizer):
 def _check_example(task: Task, i: int, ex: Example):
   if len(ex.texts) != len(task.fields):
     raise ValueError(f"example {i} ({ex.source}): {len(ex.texts)} texts, task {task.name} has fields {task.fields}")
-  if (task.type == "multiple_choice") != (ex.choices is not None):
+  if task.kind.multiple_choice != (ex.choices is not None):
     raise ValueError(f"example {i} ({ex.source}): choices are required exactly for multiple-choice tasks")
   if ex.choices is not None and not 0 < len(ex.choices) <= task.num_choices:
     raise ValueError(f"example {i} ({ex.source}): {len(ex.choices)} candidates; "
@@ -122,34 +122,50 @@ def _answer_cap(answer_len: int, other_len: int, budget: int) -> int:
   return min(answer_len, max(budget - other_len, budget // 2))
 
 
-def transform(task: Task, texts: tuple, choices: Optional[Sequence[list]], max_len: Optional[int], s: int, d: int,
-              c: int) -> list[list[int]]:
-  """The K (or fewer, for multiple choice) token sequences of one example; ``max_len=None``: no truncation."""
-  pair_budget = None if max_len is None else max_len - 3
-  if task.type == "classification":
-    (text,) = texts
-    if max_len is not None:
-      text = text[:max_len - 2]
-    return [[s] + text + [c]]
-  if task.type == "entailment":
-    premise, hypothesis = texts
-    if max_len is not None and len(premise) + len(hypothesis) > pair_budget:
-      hypothesis = hypothesis[:_answer_cap(len(hypothesis), len(premise), pair_budget)]
-      premise = premise[:pair_budget - len(hypothesis)]
-    return [[s] + premise + [d] + hypothesis + [c]]
-  if task.type in ("similarity", "regression"):
-    a, b = texts
-    if max_len is not None:
-      a, b = _balanced(a, b, pair_budget)
-    return [[s] + a + [d] + b + [c], [s] + b + [d] + a + [c]]
+# The layouts of ``task_types.TaskType.layout``: ``(texts, choices, max_len, s, d, c)`` -> the
+# example's sequences; ``max_len=None``: no truncation. A pair's text budget is ``max_len - 3``.
+
+def _single(texts, choices, max_len, s, d, c):
+  (text,) = texts
+  if max_len is not None:
+    text = text[:max_len - 2]
+  return [[s] + text + [c]]
+
+
+def _pair(texts, choices, max_len, s, d, c):
+  premise, hypothesis = texts
+  if max_len is not None and len(premise) + len(hypothesis) > max_len - 3:
+    hypothesis = hypothesis[:_answer_cap(len(hypothesis), len(premise), max_len - 3)]
+    premise = premise[:max_len - 3 - len(hypothesis)]
+  return [[s] + premise + [d] + hypothesis + [c]]
+
+
+def _both_orders(texts, choices, max_len, s, d, c):
+  a, b = texts
+  if max_len is not None:
+    a, b = _balanced(a, b, max_len - 3)
+  return [[s] + a + [d] + b + [c], [s] + b + [d] + a + [c]]
+
+
+def _candidates(texts, choices, max_len, s, d, c):
   context = [t for part in texts for t in part]  # the paper's [z; q]
   longest = max(len(a) for a in choices)
-  if max_len is not None and len(context) + longest > pair_budget:
-    cap = _answer_cap(longest, len(context), pair_budget)
+  if max_len is not None and len(context) + longest > max_len - 3:
+    cap = _answer_cap(longest, len(context), max_len - 3)
     choices = [a[:cap] for a in choices]
-    keep = pair_budget - min(longest, cap)
+    keep = max_len - 3 - min(longest, cap)
     context = context[max(0, len(context) - keep):]
   return [[s] + context + [d] + a + [c] for a in choices]
+
+
+_LAYOUTS = {"single": _single, "pair": _pair, "both_orders": _both_orders, "candidates": _candidates}
+
+
+def transform(task: Task, texts: tuple, choices: Optional[Sequence[list]], max_len: Optional[int], s: int, d: int,
+              c: int) -> list[list[int]]:
+  """The K (or fewer, for multiple choice) token sequences of one example, in its type's layout;
+  ``max_len=None``: no truncation."""
+  return _LAYOUTS[task.kind.layout](texts, choices, max_len, s, d, c)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -161,7 +177,7 @@ def _longest(task: Task, texts, choices, tok) -> int:
   return max((len(q) for t, ch in zip(texts, choices) for q in transform(task, t, ch, None, s, d, c)), default=1)
 
 
-def fit_length(task: Union[str, Task], tokenizer, *example_lists: Sequence[Example], cap: int = DEFAULT_CAP,
+def fit_length(task: Task, tokenizer, *example_lists: Sequence[Example], cap: int = DEFAULT_CAP,
                multiple: int = 8) -> int:
   """The smallest multiple of ``multiple`` that holds every untruncated sequence of the given lists, at most ``cap``.
 
@@ -169,18 +185,16 @@ def fit_length(task: Union[str, Task], tokenizer, *example_lists: Sequence[Examp
   ``n_ctx`` over train, validation and test). Pass a :func:`memoized`
   tokenizer to reuse its encodings in :func:`encode_examples`.
   """
-  task = get_task(task)
   tok = memoized(tokenizer)
   longest = max((_longest(task, *_tokenize(task, ex, tok), tok) for ex in example_lists if len(ex)), default=1)
   return min(cap, _round_up(longest, multiple))
 
 
-def truncation(task: Union[str, Task], examples: Sequence[Example], tokenizer, max_len: int) -> dict:
+def truncation(task: Task, examples: Sequence[Example], tokenizer, max_len: int) -> dict:
   """How many of ``examples`` lose tokens at ``max_len``, and how many they lose (the longest input's excess).
 
   Returns ``{"examples", "truncated", "mean_tokens_cut", "max_tokens_cut"}``.
   """
-  task = get_task(task)
   tok = memoized(tokenizer)
   texts, choices = _tokenize(task, list(examples), tok)
   s, d, c = tok.start_id, tok.delimiter_id, tok.classify_id
@@ -191,13 +205,12 @@ def truncation(task: Union[str, Task], examples: Sequence[Example], tokenizer, m
           "max_tokens_cut": int(hit.max()) if hit.size else 0}
 
 
-def encode_examples(task: Union[str, Task], examples: Sequence[Example], tokenizer,
+def encode_examples(task: Task, examples: Sequence[Example], tokenizer,
                     max_len: Optional[int] = None) -> dict[str, np.ndarray]:
   """Examples -> the model's fixed-shape inputs (see the module docstring); T = ``max_len``.
 
   ``max_len=None`` uses :func:`fit_length` over these examples (cap 512).
   """
-  task = get_task(task)
   examples = list(examples)
   for i, ex in enumerate(examples):
     _check_example(task, i, ex)
@@ -205,7 +218,7 @@ def encode_examples(task: Union[str, Task], examples: Sequence[Example], tokeniz
   texts, choices = _tokenize(task, examples, tok)
   if max_len is None:
     max_len = min(DEFAULT_CAP, _round_up(_longest(task, texts, choices, tok), 8))
-  minimum = 3 if task.type == "classification" else 5  # the specials and at least one token a side
+  minimum = task.kind.min_length
   if max_len < minimum:
     raise ValueError(f"max_len={max_len} is too short for {task.type} inputs (at least {minimum})")
   s, d, c, pad = tok.start_id, tok.delimiter_id, tok.classify_id, tok.pad_id
