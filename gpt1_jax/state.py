@@ -38,7 +38,11 @@ class Setup:
     return create_state(self.init_fn, self.shardings, self.mesh, self.rules, seed)
 
   def compile(self, step_fn: Callable):
-    return compile_train_step(step_fn, self.abstract_state, self.abstract_batch, self.mesh, self.rules)
+    return self.lower(step_fn).compile()
+
+  def lower(self, step_fn: Callable):
+    """The step lowered for this layout (``.compile()`` it; ``gpt1_jax.aot`` also reads its HLO)."""
+    return lower_train_step(step_fn, self.abstract_state, self.abstract_batch, self.mesh, self.rules)
 
 
 def setup(objective, tx, batch_spec: BatchSpec, global_batch: int, mesh, rules) -> Setup:
@@ -67,13 +71,13 @@ def create_state(init_fn, shardings, mesh, rules, seed: int):
     return jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=shardings)(jax.random.key(seed))
 
 
-def compile_train_step(step_fn, abstract_state, abstract_batch, mesh, rules):
-  """Ahead-of-time compiled step: state donated, metrics replicated."""
+def lower_train_step(step_fn, abstract_state, abstract_batch, mesh, rules):
+  """The step lowered ahead of time: state donated, metrics replicated."""
   state_sh = jax.tree.map(lambda a: a.sharding, abstract_state)
   batch_sh = {k: v.sharding for k, v in abstract_batch.items()}
   with sharding.activate(mesh, rules):
     return jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, sharding.replicated(mesh)),
-                   donate_argnums=0).lower(abstract_state, abstract_batch).compile()
+                   donate_argnums=0).lower(abstract_state, abstract_batch)
 
 
 def check_memory_plan(s: Setup, limit: int | None):

@@ -159,7 +159,8 @@ def compile_for(config, accelerator_type: str, num_slices: int = 1, with_eval: b
   state_lib.check_memory_plan(setup, hbm)
   try:
     with quiet_stderr():
-      compiled = setup.compile(loop.train_step_fn(run, job, tx, schedule))
+      lowered = setup.lower(loop.train_step_fn(run, job, tx, schedule))
+      compiled = lowered.compile()
   except Exception as e:  # noqa: BLE001 - only the compiler's out-of-memory refusal is ours to explain
     if "RESOURCE_EXHAUSTED" in str(e) or "Ran out of memory" in str(e):
       raise _hbm_error(e, s, run, "the train step") from None
@@ -181,7 +182,8 @@ def compile_for(config, accelerator_type: str, num_slices: int = 1, with_eval: b
       raise
     eval_report = {"batch_size": loop.eval_batch_size(run), "memory_per_chip": _memory(ev),
                    "compile_s": round(time.perf_counter() - t1, 2)}
-  return report(run, s, num_slices, mesh, job, compiled, hbm, compile_s, eval_report)
+  return report(run, s, num_slices, mesh, job, compiled, hbm, compile_s, eval_report,
+                lowered.as_text(dialect="hlo"))
 
 
 def _memory(compiled) -> dict:
@@ -190,7 +192,7 @@ def _memory(compiled) -> dict:
 
 
 def report(run, s: topology.Slice, num_slices: int, mesh, job, compiled, hbm: Optional[int], compile_s: float,
-           eval_report: Optional[dict]) -> dict:
+           eval_report: Optional[dict], lowered_text: str) -> dict:
   chips = topology.total_chips(s, num_slices)
   slice_of = [getattr(d, "slice_index", 0) for d in mesh.devices.flat]
   analysis = hlo.analyse(compiled.as_text(), slice_of, num_slices)
@@ -199,9 +201,12 @@ def report(run, s: topology.Slice, num_slices: int, mesh, job, compiled, hbm: Op
     cost = cost[0] if cost else {}
   xla_flops = float(cost.get("flops", 0.0))
   xla_bytes = float(cost.get("bytes accessed", 0.0))
-  # XLA counts a loop body once: add the matmul FLOPs of the iterations it did not count, and
-  # scale its bytes by the same factor (the body's bytes are mostly its matmuls' operands).
-  extra = analysis.matmul_flops - analysis.matmul_flops_once
+  # XLA counts the body of the step's own loops (scan over layers, gradient accumulation) once:
+  # add the matmul FLOPs of the iterations it missed, exact from the lowered program's dots (whole
+  # batch: spread over the chips), and scale its bytes by the same factor (a loop body's bytes
+  # are mostly its matmuls' operands).
+  full, counted, unknown = hlo.loop_matmul_flops(lowered_text)
+  extra = (full - counted) / chips
   flops_chip = xla_flops + extra
   bytes_chip = xla_bytes * (flops_chip / xla_flops if xla_flops else 1.0)
   gb = run.train.batch_size
@@ -221,7 +226,7 @@ def report(run, s: topology.Slice, num_slices: int, mesh, job, compiled, hbm: Op
       "compiler_flops_per_step": flops_chip * chips, "model_flops_per_step": model_flops,
       "xla_cost_analysis": {"flops_per_chip": xla_flops, "bytes_accessed_per_chip": xla_bytes,
                             "loop_matmul_flops_added_per_chip": extra,
-                            "unknown_trip_counts": analysis.unknown_trip_counts},
+                            "unknown_trip_counts": unknown + analysis.unknown_trip_counts},
       "collectives": analysis.collectives,
       "estimate": estimate(s.chip, flops_chip, bytes_chip, analysis.collectives, tokens, model_flops, chips),
       "compile_s": round(compile_s, 2), "eval": eval_report,

@@ -1,14 +1,15 @@
 """What a compiled program does per step, read from its optimised HLO text.
 
-XLA's cost analysis counts every computation once, so the body of a ``while`` loop (``nn.scan``
-over layers, gradient accumulation) is counted for one iteration. Here each computation gets its
-*multiplicity*, the number of times one step runs it (the product of the known trip counts of the
-loops around it), and from that:
+Each computation gets its *multiplicity*, the number of times one step runs it (the product of
+the trip counts of the loops around it: ``known_trip_count`` where the compiler kept it, else the
+loop's condition ``i < N``), and from that:
 
-- the collectives per step: kind, count, bytes each chip sends, and whether a replica group spans
-  slices (DCN) or stays on one (ICI);
-- the matmul FLOPs (``dot`` and ``convolution``) per step and as XLA counted them, so the
-  difference can be added to XLA's figure.
+- ``analyse``: the collectives of the compiled program per step: kind, count, bytes each chip
+  sends, and whether they cross slices (DCN) or stay on one (ICI);
+- ``loop_matmul_flops``: the ``dot`` FLOPs of the *lowered* program (before optimisation, where
+  every matmul is a plain ``dot``) with each loop counted per iteration and counted once. XLA's
+  cost analysis counts the body of a ``while`` loop once (``nn.scan`` over layers, gradient
+  accumulation: measured), so the difference is what it missed.
 
 The text format is XLA's ``HloModule::ToString``; only what is needed is parsed, and an
 instruction this parser does not understand is skipped rather than guessed.
@@ -29,7 +30,8 @@ _OPCODES = {**{k: k for k in COLLECTIVES}, **{f"{k}-start": k for k in COLLECTIV
 _BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
           "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
 _ARRAY = re.compile(r"([a-z]\w*)\[([\d,]*)\]")
-_HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s+->\s+.*\{\s*$")
+# A computation's first line: `%name (params) -> shape {` (compiled) or `name {` (lowered, as text).
+_HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)(\s+\(.*\)\s+->\s+.*)?\s*\{\s*$")
 _CALLS = re.compile(r"\b(calls|body|condition|to_apply|true_computation|false_computation)=%?([\w.\-]+)")
 _CALL_LISTS = re.compile(r"\b(branch_computations|called_computations)=\{([^}]*)\}")
 
@@ -68,9 +70,9 @@ def _parse_instr(line: str) -> Optional[Instr]:
   if line.startswith("ROOT "):
     line = line[5:]
   eq = line.find(" = ")
-  if eq < 0 or not line.startswith("%"):
+  if eq < 0 or not re.match(r"%?[\w.\-]+$", line[:eq]):
     return None
-  name = line[1:eq]
+  name = line[:eq].lstrip("%")
   shape, rest = _split_shape(line[eq + 3:])
   paren = rest.find("(")
   if paren <= 0:
@@ -82,7 +84,9 @@ def _parse_instr(line: str) -> Optional[Instr]:
     if depth == 0:
       end = i
       break
-  operands = re.findall(r"%([\w.\-]+)", rest[paren + 1:end])
+  args = rest[paren + 1:end]
+  operands = (re.findall(r"%([\w.\-]+)", args) if "%" in args
+              else [a.strip() for a in args.split(",") if re.fullmatch(r"\s*[A-Za-z_][\w.\-]*\s*", a)])
   return Instr(name, shape, opcode, operands, rest[end + 1:], rest[paren + 1:end])
 
 
@@ -199,23 +203,14 @@ def _symbols(instrs: list) -> dict:
 
 
 def matmul_flops(ins: Instr, symbols: dict) -> float:
-  """FLOPs of a ``dot`` or ``convolution`` (2 x output elements x contracted size), else 0."""
-  out = math.prod(_dims(ins.shape))
-  if ins.opcode == "dot":
-    m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", ins.attrs)
-    lhs = _dims(symbols.get(ins.operands[0], "")) if ins.operands else []
-    if not m or not lhs:
-      return 0.0
-    return 2.0 * out * math.prod(lhs[int(d)] for d in m.group(1).split(",") if d)
-  if ins.opcode == "convolution":
-    m = re.search(r"dim_labels=\w+_(\w+)->\w+", ins.attrs)
-    rhs = _dims(symbols.get(ins.operands[1], "")) if len(ins.operands) > 1 else []
-    if not m or len(m.group(1)) != len(rhs):
-      return 0.0
-    labels = m.group(1)
-    contracted = math.prod(rhs[k] for k, c in enumerate(labels) if c == "i" or c.isdigit())
-    return 2.0 * out * contracted
-  return 0.0
+  """FLOPs of a ``dot``: 2 x output elements x the contracted size (0 for any other instruction)."""
+  if ins.opcode != "dot":
+    return 0.0
+  m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", ins.attrs)
+  lhs = _dims(symbols.get(ins.operands[0], "")) if ins.operands else []
+  if not m or not lhs:
+    return 0.0
+  return 2.0 * math.prod(_dims(ins.shape)) * math.prod(lhs[int(d)] for d in m.group(1).split(",") if d)
 
 
 def _groups(ins: Instr, num_partitions: int) -> list[list[int]]:
@@ -271,10 +266,25 @@ def _wire_bytes(kind: str, operand_bytes: int, n: int) -> float:
 
 @dataclasses.dataclass
 class Analysis:
-  collectives: list  # [{"kind", "count", "bytes", "over"}]
-  matmul_flops: float  # per chip per step, loops unrolled
-  matmul_flops_once: float  # per chip, loops counted as XLA's cost analysis counts them
+  collectives: list  # [{"kind", "count", "bytes", "over", "top_ops"}]
   unknown_trip_counts: list
+
+
+def loop_matmul_flops(lowered_text: str) -> tuple[float, float, list]:
+  """``(dot FLOPs per step, the same with every loop body once, loops of unknown count)`` of a
+  lowered (unoptimised) module: there every matmul is a ``dot``, whose FLOPs are exact."""
+  mod = parse(lowered_text)
+  mult, unknown = multiplicities(mod)
+  once, _ = multiplicities(mod, unroll=False)
+  full = counted = 0.0
+  for comp, instrs in mod.computations.items():
+    symbols = _symbols(instrs)
+    for ins in instrs:
+      if ins.opcode == "dot":
+        f = matmul_flops(ins, symbols)
+        full += mult.get(comp, 0) * f
+        counted += once.get(comp, 0) * f
+  return full, counted, unknown
 
 
 _MEGASCALE = {"ALL_REDUCE": "all-reduce", "ALL_GATHER": "all-gather", "REDUCE_SCATTER": "reduce-scatter",
@@ -291,9 +301,7 @@ def analyse(text: str, slice_of: Sequence[int], num_slices: int = 1) -> Analysis
   """
   mod = parse(text)
   mult, unknown = multiplicities(mod)
-  once, _ = multiplicities(mod, unroll=False)
   table = collections.defaultdict(lambda: {"count": 0, "bytes": 0.0})
-  flops = flops_once = 0.0
   # XLA:TPU's async collective fusions repeat a collective in each fusion of its chain (the start
   # and its continuations), all with the collective's one channel_id: count each channel once.
   seen_channels = set()
@@ -304,9 +312,6 @@ def analyse(text: str, slice_of: Sequence[int], num_slices: int = 1) -> Analysis
     symbols = _symbols(instrs)
     root = instrs[-1] if instrs else None
     for ins in instrs:
-      f = matmul_flops(ins, symbols)
-      flops += k * f
-      flops_once += once.get(comp, 0) * f
       if ins.opcode == "send" and "_xla_megascale_transfer_type" in ins.attrs:
         t = re.search(r'_xla_megascale_transfer_type="(\w+)"', ins.attrs).group(1)
         key = re.search(r'_xla_host_transfer_rendezvous="([^"]+)"', ins.attrs)
@@ -353,4 +358,4 @@ def analyse(text: str, slice_of: Sequence[int], num_slices: int = 1) -> Analysis
            "top_ops": [{"op": op, "count": int(c), "bytes": int(b)} for op, (c, b) in
                        sorted(v.get("ops", {}).items(), key=lambda x: -x[1][1])[:6]]}
           for (kind, over), v in sorted(table.items())]
-  return Analysis(rows, flops, flops_once, unknown)
+  return Analysis(rows, unknown)
