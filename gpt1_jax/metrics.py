@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from gpt1_jax.data import tasks
 from gpt1_jax.data.tasks import Task
 
 
@@ -94,6 +95,7 @@ COMBINED = {"acc_and_f1": ("accuracy", "f1"), "pearson_spearman": ("pearson", "s
 
 def main_metric(task: Task) -> str:
   """The metric that picks the best checkpoint (higher is better); a key of :func:`compute_metrics`."""
+  task = tasks.resolve(task)  # a name still works for callers written before Task objects
   metrics = set(task.metrics)
   for name, parts in COMBINED.items():
     if metrics == set(parts):
@@ -103,6 +105,7 @@ def main_metric(task: Task) -> str:
 
 def predictions_from_outputs(task: Task, outputs) -> np.ndarray:
   """Head outputs -> predictions: argmax of logits ``[N, C]`` (or ``[N, K]`` candidates); regression as is."""
+  task = tasks.resolve(task)  # a name still works for callers written before Task objects
   outputs = np.asarray(outputs)
   if task.kind.regression:
     return outputs.reshape(-1).astype(np.float64)
@@ -117,6 +120,7 @@ def compute_metrics(task: Task, predictions, labels, mask: Optional[Sequence] = 
   NaN) are left out. For multiple choice, mask absent candidates' logits
   (``choice_mask``) before passing them.
   """
+  task = tasks.resolve(task)  # a name still works for callers written before Task objects
   p = predictions_from_outputs(task, predictions)
   y = np.asarray(labels).reshape(-1)
   if p.shape != y.shape:
@@ -147,6 +151,7 @@ _MNLI_SUFFIX = {"test_matched": "-m", "validation_matched": "-m", "test_mismatch
 def glue_filename(task: Task, split: Optional[str] = None) -> str:
   """``SST-2.tsv``, ``MNLI-m.tsv``... (GLUE's names); other tasks get ``<name>.tsv`` (Story Cloze:
   ``ROCStories.tsv``, as the original code)."""
+  task = tasks.resolve(task)  # a name still works for callers written before Task objects
   if task.name == "mnli":
     if split not in _MNLI_SUFFIX:
       raise ValueError(f"mnli predictions need split='test_matched' or 'test_mismatched', got {split!r}")
@@ -166,6 +171,7 @@ def write_glue_predictions(task: Task, predictions, directory: str, *, split: Op
   (``entailment``/``not_entailment``...) for MNLI, QNLI and RTE; a score
   clipped to [0, 5] for STS-B. Other tasks write label names (a score, for regression).
   """
+  task = tasks.resolve(task)  # a name still works for callers written before Task objects
   p = predictions_from_outputs(task, predictions)
   ids = list(range(len(p))) if ids is None else list(ids)
   if len(ids) != len(p):

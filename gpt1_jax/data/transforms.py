@@ -50,6 +50,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from gpt1_jax.data import pipeline, tf
+from gpt1_jax.data import tasks
 from gpt1_jax.data.tasks import Example, Task
 
 DEFAULT_CAP = 512  # GPT-1's n_ctx
@@ -185,6 +186,7 @@ def fit_length(task: Task, tokenizer, *example_lists: Sequence[Example], cap: in
   ``n_ctx`` over train, validation and test). Pass a :func:`memoized`
   tokenizer to reuse its encodings in :func:`encode_examples`.
   """
+  task = tasks.resolve(task)  # a name still works for callers written before Task objects
   tok = memoized(tokenizer)
   longest = max((_longest(task, *_tokenize(task, ex, tok), tok) for ex in example_lists if len(ex)), default=1)
   return min(cap, _round_up(longest, multiple))
@@ -195,6 +197,7 @@ def truncation(task: Task, examples: Sequence[Example], tokenizer, max_len: int)
 
   Returns ``{"examples", "truncated", "mean_tokens_cut", "max_tokens_cut"}``.
   """
+  task = tasks.resolve(task)  # a name still works for callers written before Task objects
   tok = memoized(tokenizer)
   texts, choices = _tokenize(task, list(examples), tok)
   s, d, c = tok.start_id, tok.delimiter_id, tok.classify_id
@@ -211,6 +214,7 @@ def encode_examples(task: Task, examples: Sequence[Example], tokenizer,
 
   ``max_len=None`` uses :func:`fit_length` over these examples (cap 512).
   """
+  task = tasks.resolve(task)  # a name still works for callers written before Task objects
   examples = list(examples)
   for i, ex in enumerate(examples):
     _check_example(task, i, ex)
