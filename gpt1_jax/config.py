@@ -21,6 +21,7 @@ from typing import Any, Optional
 import ml_collections
 
 from gpt1_jax.model import ModelConfig
+from gpt1_jax.workdir import RunDir
 
 SCHEDULES = ("cosine", "linear", "constant")
 ON_NONFINITE = ("stop", "skip")
@@ -222,7 +223,7 @@ _SECTIONS = {"task": Task, "data": Data, "train": Train, "checkpoint": Checkpoin
 # metadata) and the command line (``--config.init.from=...``) may still spell them the old way.
 RENAMED = {"init.from": "init.weights"}
 
-FILE_NAME = "config.json"  # RUN_DIR/FILE_NAME: Run.to_dict(), written once the run is accepted
+FILE_NAME = RunDir.CONFIG  # RUN_DIR/FILE_NAME: Run.to_dict(), written once the run is accepted
 
 
 def defaults() -> ml_collections.ConfigDict:

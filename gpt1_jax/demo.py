@@ -32,6 +32,7 @@ from gpt1_jax import checkpoint, extras, generate, loop, probe, project, report,
 from gpt1_jax.data import prepare
 from gpt1_jax.project import load_config
 from gpt1_jax.tokenizer import GPT1Tokenizer
+from gpt1_jax.workdir import RunDir
 
 FLAGS = flags.FLAGS
 
@@ -146,12 +147,7 @@ def results_table(summary: dict) -> str:
 
 
 def _first_logged_loss(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      d = json.loads(line)
-      if "train/loss" in d:
-        return d["train/loss"]
-  return float("nan")
+  return next((row["train/loss"] for row in RunDir(workdir).metrics() if "train/loss" in row), float("nan"))
 
 
 def define_flags():

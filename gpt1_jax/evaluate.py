@@ -22,6 +22,7 @@ from gpt1_jax import checkpoint as ckpt_lib
 from gpt1_jax import metrics as task_metrics
 from gpt1_jax import sharding
 from gpt1_jax.train import eval_step
+from gpt1_jax.workdir import RunDir
 
 
 def compile_eval(objective, setup, eval_batch: int, with_index: bool = False):
@@ -105,7 +106,7 @@ class TaskEvaluator(LMEvaluator):
     scores = task_metrics.compute_metrics(self.task, predictions, self.labels)
     result.update({f"eval/{k}": float(v) for k, v in scores.items()})
     if jax.process_index() == 0:
-      out_dir = os.path.join(workdir, "predictions")
+      out_dir = RunDir(workdir).predictions
       os.makedirs(out_dir, exist_ok=True)
       # The index column is each example's own id (GLUE's index column; Story Cloze's InputStoryid),
       # so a prediction can be traced to its source line whatever order the split was read in.
@@ -121,7 +122,7 @@ class TaskEvaluator(LMEvaluator):
     if value is None or value <= self.best_value:
       return
     self.best_value, self.best_step = value, step
-    ckpt_lib.save_params(os.path.join(workdir, "best"), self.model_config,
+    ckpt_lib.save_params(RunDir(workdir).best, self.model_config,
                          {"transformer": params["transformer"], "head": params["head"]},
                          extra_meta={"step": step, "metric": key, "value": value, "task": self.task.name})
     logging.info("new best %s = %.4f at step %d (saved to %s/best)", key, value, step, workdir)

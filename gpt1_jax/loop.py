@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import signal
@@ -69,13 +68,14 @@ def _run(run: config_lib.Run, workdir: str) -> dict:
   state_lib.check_memory_plan(setup, limit)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-  ck = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), keep=run.checkpoint.keep,
+  rd = workdir_lib.RunDir(workdir)
+  ck = ckpt_lib.Checkpoints(rd.checkpoints, keep=run.checkpoint.keep,
                             keep_period=run.checkpoint.keep_period or None, async_save=run.checkpoint.async_save)
   state, meta, start_step = restore_or_create(run, job, setup, ck, workdir)
   if jax.process_index() == 0:
     # Only once the run is accepted (checkpoint, data position and init weights all fit): a
     # refused config must not overwrite the record of the run it was refused for. Atomic.
-    ckpt_lib.write_json(os.path.join(workdir, config_lib.FILE_NAME), run.to_dict())
+    ckpt_lib.write_json(rd.config_file, run.to_dict())
 
   compiled = setup.compile(train_step_fn(run, job, tx, schedule))
   state_lib.check_compiled_memory(compiled, limit)
@@ -258,7 +258,7 @@ def _train(run: config_lib.Run, job: jobs.Job, setup: state_lib.Setup, ck, compi
         writer.close()
         progress.close()
         getattr(train_iter, "close", lambda: None)()  # stops the LM pipeline's prefetch thread
-  return {**_logged_metrics(workdir, step), **final, "step": step,
+  return {**workdir_lib.RunDir(workdir).latest(step), **final, "step": step,
           **(job.evaluator.summary() if job.evaluator is not None else {})}
 
 
@@ -300,19 +300,6 @@ def _host_scalars(metrics_list):
 def _any_host(flag: bool) -> bool:
   from jax.experimental import multihost_utils
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
-
-
-def _logged_metrics(workdir: str, step: int) -> dict:
-  """The latest value of every metric in ``metrics.jsonl`` up to ``step`` (what a finished run reports)."""
-  out = {}
-  path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        row = json.loads(line)
-        if row["step"] <= step:
-          out.update(row)
-  return out
 
 
 def _log_scalars(pending: _Pending, job, run, ck, last_saved: Optional[int], flops: float, peak: float) -> dict:

@@ -19,6 +19,8 @@ from typing import Sequence
 
 import jax
 
+from gpt1_jax.workdir import RunDir
+
 
 class _QuietLibraries:
   """Drops records below ``below`` logged from inside ``libraries`` (by source path); the rest pass."""
@@ -96,7 +98,7 @@ class MetricWriter:
 
   def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True):
     self.active = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = RunDir(workdir).metrics_file
     self._tb = None
     if not self.active:
       return

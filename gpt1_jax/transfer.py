@@ -32,15 +32,14 @@ from gpt1_jax.project import load_config  # configs/ loaded by path, as --config
 from gpt1_jax.report import quiet_library_logs
 from gpt1_jax.tokenizer import GPT1Tokenizer
 from gpt1_jax.train import LMObjective
+from gpt1_jax.workdir import RunDir
 
 
 def checkpoint_steps(pretrain_dir: str) -> list[int]:
-  ck = os.path.join(pretrain_dir, "checkpoints")
-  if not os.path.isdir(ck):
-    raise FileNotFoundError(f"{pretrain_dir}: not a pretraining run (no checkpoints/ directory)")
-  steps = sorted(int(d) for d in os.listdir(ck) if d.isdigit())
+  rd = RunDir(pretrain_dir)
+  steps = rd.steps()
   if not steps:
-    raise FileNotFoundError(f"{ck}: no complete checkpoint")
+    raise FileNotFoundError(f"{rd.checkpoints}: no complete checkpoint")
   return steps
 
 

@@ -1,4 +1,10 @@
-"""The workdir: checked before any work, and owned by one run at a time.
+"""The workdir: its layout (``RunDir``), checked before any work, and owned by one run at a time.
+
+``RunDir(path)`` is the one statement of a run directory's layout: its paths (``checkpoints``,
+``metrics_file``, ``config_file``, ``best``, ``predictions``, ``tensorboard``), its recorded
+config (``config()``), its logged metrics (``metrics()``, ``latest()``) and its complete
+checkpoint steps (``steps()``). The loop writes through it and every tool that reads a finished
+run (transfer, zero-shot curve, ablations, demo, benchmarks) reads through it.
 
 ``check(workdir)`` finds every problem with the directory layout (a file where
 a directory must be, no write permission) before data is read or a step is
@@ -25,6 +31,7 @@ advice=..., multihost=False)``), which imports no JAX then.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import fcntl
 import json
@@ -36,9 +43,91 @@ import sys
 
 LOCK_NAME = ".lock"
 
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+  """A run directory: where each thing a run writes lives, and the readers of a finished run."""
+
+  path: str
+
+  CHECKPOINTS = "checkpoints"
+  METRICS = "metrics.jsonl"  # one JSON object per line: a log step's row, or an evaluation's
+  CONFIG = "config.json"  # config.Run.to_dict(), written once the run is accepted
+  BEST = "best"  # fine-tuning: the weights of the best evaluation
+  PREDICTIONS = "predictions"  # fine-tuning: GLUE-style prediction files of the last evaluation
+  TENSORBOARD = "tensorboard"
+  CORRUPT = "corrupt_checkpoints"
+
+  def join(self, name: str) -> str:
+    return os.path.join(self.path, name)
+
+  @property
+  def checkpoints(self) -> str:
+    return self.join(self.CHECKPOINTS)
+
+  @property
+  def metrics_file(self) -> str:
+    return self.join(self.METRICS)
+
+  @property
+  def config_file(self) -> str:
+    return self.join(self.CONFIG)
+
+  @property
+  def best(self) -> str:
+    return self.join(self.BEST)
+
+  @property
+  def predictions(self) -> str:
+    return self.join(self.PREDICTIONS)
+
+  @property
+  def tensorboard(self) -> str:
+    return self.join(self.TENSORBOARD)
+
+  def config(self):
+    """The run's recorded config as a ``config.Run`` (older records included)."""
+    from gpt1_jax import config as config_lib  # imports JAX (the model); Lock's users (prepare) must not
+    return config_lib.load(self.path)
+
+  def metrics(self) -> list[dict]:
+    """Every row of ``metrics.jsonl`` in order ([] before the first log); a torn last line (the
+    process died writing it) is left out, as the run that resumes rewrites it."""
+    if not os.path.exists(self.metrics_file):
+      return []
+    with open(self.metrics_file) as f:
+      lines = f.read().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        if i == len(lines) - 1:
+          break
+        raise ValueError(f"{self.metrics_file}: line {i + 1} is not JSON") from None
+    return rows
+
+  def latest(self, up_to_step: int | None = None) -> dict:
+    """The latest value of every metric logged up to ``up_to_step`` (what a finished run reports)."""
+    out = {}
+    for row in self.metrics():
+      if up_to_step is None or row["step"] <= up_to_step:
+        out.update(row)
+    return out
+
+  def steps(self) -> list[int]:
+    """The run's complete (committed) checkpoint steps, read without opening or changing anything."""
+    if not os.path.isdir(self.checkpoints):
+      raise FileNotFoundError(f"{self.path}: no {self.CHECKPOINTS}/ directory (not a training run)")
+    from gpt1_jax import checkpoint  # Orbax and JAX: only for the readers that need the steps
+    return checkpoint.complete_steps(self.checkpoints)
+
+
 # Entries the run writes, and the type each must have if it already exists.
-_LAYOUT = {"checkpoints": "dir", "best": "dir", "predictions": "dir", "tensorboard": "dir",
-           "corrupt_checkpoints": "dir", "metrics.jsonl": "file", "config.json": "file", LOCK_NAME: "file"}
+_LAYOUT = {RunDir.CHECKPOINTS: "dir", RunDir.BEST: "dir", RunDir.PREDICTIONS: "dir", RunDir.TENSORBOARD: "dir",
+           RunDir.CORRUPT: "dir", RunDir.METRICS: "file", RunDir.CONFIG: "file", LOCK_NAME: "file"}
 
 
 class WorkdirError(RuntimeError):

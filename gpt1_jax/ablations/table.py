@@ -13,6 +13,7 @@ import numpy as np
 
 from gpt1_jax import checkpoint, extras
 from gpt1_jax.ablations.grid import Grid, lstm_units_of, run_dir
+from gpt1_jax.workdir import RunDir
 
 # Table 5's metric per task (the paper's tables report F1 for MRPC/QQP and Pearson for STS-B);
 # accuracy for the rest.
@@ -32,11 +33,9 @@ PAPER_TABLE5 = {
 def final_eval(workdir: str) -> dict:
   """The last evaluation a run logged in its ``metrics.jsonl`` (what every cell of the table shows)."""
   last = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      row = json.loads(line)
-      if any(k.startswith("eval/") for k in row):
-        last = row
+  for row in RunDir(workdir).metrics():
+    if any(k.startswith("eval/") for k in row):
+      last = row
   if not last:
     raise RuntimeError(f"{workdir}/metrics.jsonl has no evaluation")
   return last

@@ -13,7 +13,6 @@ works). Same data, seed and batches: the two loss curves must agree within a tol
 
 from __future__ import annotations
 
-import json
 import lzma
 import math
 import os
@@ -25,6 +24,7 @@ import time
 from gpt1_jax import loop
 from gpt1_jax.bench.options import REPO, load_config
 from gpt1_jax.data import prepare
+from gpt1_jax.workdir import RunDir
 
 CORPUS = os.path.join(REPO, "data", "imdb", "unlabelled.txt.xz")
 # The first 1,000 reviews of CORPUS as a token store, shipped: accelerator images often lack spaCy and ftfy.
@@ -136,13 +136,11 @@ class CpuTwin:
 def curve(workdir: str) -> dict:
   """``{"train": {step: mean train loss since the last log}, "eval": (step, eval loss)}`` from metrics.jsonl."""
   train, ev = {}, None
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      row = json.loads(line)
-      if row.get("train/loss") is not None:
-        train[int(row["step"])] = float(row["train/loss"])
-      if row.get("eval/loss") is not None:
-        ev = (int(row["step"]), float(row["eval/loss"]))
+  for row in RunDir(workdir).metrics():
+    if row.get("train/loss") is not None:
+      train[int(row["step"])] = float(row["train/loss"])
+    if row.get("eval/loss") is not None:
+      ev = (int(row["step"]), float(row["eval/loss"]))
   return {"train": train, "eval": ev}
 
 

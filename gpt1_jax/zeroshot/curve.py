@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 from gpt1_jax import checkpoint, extras
 from gpt1_jax.checkpoint import load_params, write_json
+from gpt1_jax.workdir import RunDir
 from gpt1_jax.tokenizer import GPT1Tokenizer
 from gpt1_jax.zeroshot.scoring import Scorer
 from gpt1_jax.zeroshot.suite import build, default_source, evaluate, summary
@@ -22,12 +23,10 @@ CURVE_JSON, CURVE_PNG = "zeroshot_curve.json", "zeroshot_curve.png"
 
 def checkpoint_steps(run_dir: str) -> list[int]:
   """The complete checkpoint steps of a run (read-only: never touches a run that is still saving)."""
-  directory = os.path.abspath(run_dir)
-  if os.path.isdir(os.path.join(directory, "checkpoints")):
-    directory = os.path.join(directory, "checkpoints")
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoints under {run_dir}")
-  return checkpoint.complete_steps(directory)
+  rd = RunDir(os.path.abspath(run_dir))
+  if not os.path.isdir(rd.checkpoints) and os.path.isdir(rd.path):  # given the checkpoints/ directory itself
+    return checkpoint.complete_steps(rd.path)
+  return rd.steps()
 
 
 def markdown_table(scores: dict, tasks: Sequence[str], metrics: dict) -> str:
