@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from gpt1_jax import checkpoint, project, transfer, weights
 from gpt1_jax import config as config_lib
-from gpt1_jax import project, transfer
 from gpt1_jax.data import tasks as tasks_lib
 from gpt1_jax.project import load_config
 
@@ -225,7 +225,6 @@ def read_weights(grid: Grid, name: str, spec: str):
   """Reads ``spec``'s weights (its latest checkpoint) and checks them: ``(model config dict, freeze)``,
   where ``freeze()`` writes them to ``OUT/weights/NAME`` unless they are there already (from the same
   source: another source is refused) and returns the model config dict."""
-  from gpt1_jax import checkpoint, weights
   kind, path = weights.parse(spec)
   if kind == "gpt1_jax" and not os.path.isdir(path):
     raise ValueError(f"--{name}={spec}: no such directory")
@@ -352,7 +351,6 @@ def pretrain_config(grid: Grid, which: str, transformer_model: dict | None = Non
 
 def _transformer_run_config(grid: Grid) -> dict | None:
   """The transformer pretraining run's config (as a dict): ``--transformer``'s when it is a run, else ours."""
-  from gpt1_jax import weights
   if grid.transformer:
     kind, path = weights.parse(grid.transformer)
     path = os.path.abspath(path)
