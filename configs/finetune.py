@@ -26,9 +26,18 @@ _spec.loader.exec_module(pretrain)
 
 # name -> (default local source, max_len). RACE and Story Cloze need long contexts.
 TASKS = {
-    "sst2": ("data/sst2", 0), "cola": ("data/cola", 0), "mnli": ("tfds", 0), "snli": ("tfds", 0),
-    "qnli": ("tfds", 0), "rte": ("data/rte", 0), "scitail": ("tfds", 0), "mrpc": ("tfds", 0),
-    "qqp": ("tfds", 0), "stsb": ("data/stsb", 0), "race": ("tfds", 0), "story_cloze": ("tfds", 0),
+    "sst2": ("data/sst2", 0),
+    "cola": ("data/cola", 0),
+    "mnli": ("tfds", 0),
+    "snli": ("tfds", 0),
+    "qnli": ("tfds", 0),
+    "rte": ("data/rte", 0),
+    "scitail": ("tfds", 0),
+    "mrpc": ("tfds", 0),
+    "qqp": ("tfds", 0),
+    "stsb": ("data/stsb", 0),
+    "race": ("tfds", 0),
+    "story_cloze": ("tfds", 0),
 }
 
 

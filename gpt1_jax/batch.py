@@ -42,9 +42,11 @@ class BatchSpec:
   def avals(self, batch_size: int,
             sharding: Optional[Callable[[int], jax.sharding.Sharding]] = None) -> dict[str, jax.ShapeDtypeStruct]:
     """The abstract global batch; ``sharding(ndim)`` places each field (e.g. ``sharding.batch_sharding``)."""
-    return {k: jax.ShapeDtypeStruct((batch_size,) + f.shape, f.dtype,
-                                    sharding=sharding(1 + len(f.shape)) if sharding else None)
-            for k, f in self.fields.items()}
+    return {
+        k: jax.ShapeDtypeStruct(
+            (batch_size,) + f.shape, f.dtype,
+            sharding=sharding(1 + len(f.shape)) if sharding else None) for k, f in self.fields.items()
+    }
 
   def check(self, batch: Mapping[str, np.ndarray], where: str, batch_size: Optional[int] = None):
     """Refuses a batch whose fields, shapes or dtypes differ from the spec, naming the first difference."""

@@ -225,20 +225,22 @@ def _to_numpy_args(metadata_tree):
 class Checkpoints:
   """The run's ``CheckpointManager``: periodic async saves, keep-last-K, permanent every M."""
 
-  def __init__(self, directory: str, *, keep: int = 3, keep_period: int | None = None,
-               async_save: bool = True):
+  def __init__(self, directory: str, *, keep: int = 3, keep_period: int | None = None, async_save: bool = True):
     self.directory = os.path.abspath(directory) if "://" not in directory else directory
     partial = _tmp_dirs(self.directory)
     if partial and jax.process_index() == 0:
-      logging.warning("ignoring and removing incomplete checkpoint(s) in %s (a run was interrupted while "
-                      "saving): %s", self.directory, ", ".join(partial))
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, keep_period=keep_period or None, create=True, cleanup_tmp_directories=True,
-        enable_async_checkpointing=async_save)
+      logging.warning(
+          "ignoring and removing incomplete checkpoint(s) in %s (a run was interrupted while "
+          "saving): %s", self.directory, ", ".join(partial))
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_period or None, create=True,
+                                           cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
     # Handlers named up front (not only inferred from the save/restore args) so the saved
     # state's array index can be read without restoring it (check_structure).
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
-        "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options, item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler()
+        })
     self.async_save = async_save
     self._writing = None  # the step of an async save not yet known to have succeeded
     self._state_bytes = 0
@@ -261,8 +263,7 @@ class Checkpoints:
     self._state_bytes = sum(int(x.nbytes) for x in jax.tree.leaves(state) if hasattr(x, "nbytes"))
     try:
       saved = self.manager.save(
-          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-          force=force)
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
     except Exception as e:  # noqa: BLE001 - a disk error becomes one line, anything else is re-raised
       raise self._save_failed(step, e) from e
     if saved and self.async_save:
@@ -376,8 +377,9 @@ class Checkpoints:
         state = self.restore(step, abstract_state, meta.get("checksums"))
         if i:
           self._quarantine([s for s in steps if s > step])
-          logging.warning("resumed from step %d, the newest good checkpoint: newer steps were unreadable and "
-                          "were moved to %s", step, self.quarantine_dir)
+          logging.warning(
+              "resumed from step %d, the newest good checkpoint: newer steps were unreadable and "
+              "were moved to %s", step, self.quarantine_dir)
         return state, meta, step
       except CheckpointError as e:
         if not allow_fallback:
@@ -430,10 +432,15 @@ class Checkpoints:
 
 def save_params(directory: str, model_config: ModelConfig, params, *, extra_meta: dict | None = None) -> None:
   """Writes weights (host or device arrays) as a checkpoint that ``load_params`` and ``init.weights`` read."""
-  meta = {"kind": "params", "model": model_config_to_dict(model_config), **(extra_meta or {}),
-          "checksums": checksums(params)}
-  mngr = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
-      max_to_keep=1, create=True, enable_async_checkpointing=False), item_names=("params", "meta"))
+  meta = {
+      "kind": "params",
+      "model": model_config_to_dict(model_config),
+      **(extra_meta or {}), "checksums": checksums(params)
+  }
+  mngr = ocp.CheckpointManager(
+      os.path.abspath(directory), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                                                       enable_async_checkpointing=False),
+      item_names=("params", "meta"))
   step = (mngr.latest_step() or 0) + 1 if mngr.latest_step() is not None else 0
   mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)),
             force=True)
@@ -477,8 +484,9 @@ def load_params(directory: str, step: int | None = None, *, with_meta: bool = Fa
     tree = reader.metadata(epath.Path(step_dir) / item).tree
     # A training state holds the optimiser moments too: read only the params.
     wanted = tree if item == "params" else {"params": tree["params"]}
-    out = reader.restore(epath.Path(step_dir) / item, args=ocp.args.PyTreeRestore(
-        item=wanted, restore_args=_to_numpy_args(wanted), partial_restore=item == "state"))
+    out = reader.restore(
+        epath.Path(step_dir) / item, args=ocp.args.PyTreeRestore(item=wanted, restore_args=_to_numpy_args(wanted),
+                                                                 partial_restore=item == "state"))
     params = out if item == "params" else out["params"]
     sums = meta.get("checksums")
     if sums and item == "state":  # the state's sums cover the optimiser too: keep the params' own

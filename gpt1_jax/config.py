@@ -216,8 +216,17 @@ class Run:
     return min(self.task.max_len or self.model.n_ctx, self.model.n_ctx)
 
 
-_SECTIONS = {"task": Task, "data": Data, "train": Train, "checkpoint": Checkpoint, "log": Log, "eval": Eval,
-             "mesh": Mesh, "init": Init, "debug": Debug}
+_SECTIONS = {
+    "task": Task,
+    "data": Data,
+    "train": Train,
+    "checkpoint": Checkpoint,
+    "log": Log,
+    "eval": Eval,
+    "mesh": Mesh,
+    "init": Init,
+    "debug": Debug
+}
 
 # Keys renamed since runs were saved, old -> new: saved configs (config.json, a checkpoint's
 # metadata) and the command line (``--config.init.from=...``) may still spell them the old way.

@@ -78,8 +78,7 @@ def main(argv):
       f"(less if resumed); full log: {log}")
 
   say(f"== 1/4 tokenising {os.path.relpath(CORPUS, project.root())} -> {data_dir}")
-  manifest = prepare.prepare(data_dir, inputs=[CORPUS], doc_split="line", num_shards=4,
-                             progress=report.interactive())
+  manifest = prepare.prepare(data_dir, inputs=[CORPUS], doc_split="line", num_shards=4, progress=report.interactive())
   say(f"   {manifest['splits']['train']['tokens']:,} training tokens in "
       f"{manifest['splits']['train']['documents']:,} reviews")
 
@@ -104,10 +103,23 @@ def main(argv):
       say(f"   seed {seed} {init:10s}: dev accuracy {accs[init]:.3f}")
     rows.append((seed, accs["pretrained"], accs["random"]))
   gaps = [100 * (a - b) for _, a, b in rows]
-  spread = (sum((g - sum(gaps) / len(gaps)) ** 2 for g in gaps) / max(1, len(gaps) - 1)) ** 0.5
-  summary = {"pretrain": {k: v for k, v in result.items() if not k.startswith("perf/")},
-             "finetune": [{"seed": s, "pretrained": a, "random": b} for s, a, b in rows],
-             "gap_points": {"mean": sum(gaps) / len(gaps), "std": spread, "min": min(gaps), "max": max(gaps)}}
+  spread = (sum((g - sum(gaps) / len(gaps))**2 for g in gaps) / max(1, len(gaps) - 1))**0.5
+  summary = {
+      "pretrain": {
+          k: v for k, v in result.items() if not k.startswith("perf/")
+      },
+      "finetune": [{
+          "seed": s,
+          "pretrained": a,
+          "random": b
+      } for s, a, b in rows],
+      "gap_points": {
+          "mean": sum(gaps) / len(gaps),
+          "std": spread,
+          "min": min(gaps),
+          "max": max(gaps)
+      }
+  }
   if FLAGS.probe:
     say("== 4/4 probe: logistic regression on the 1,000 labelled sentences (C by 5-fold CV on them), "
         "SST-2 dev accuracy (about two minutes)")
@@ -129,9 +141,11 @@ def say(text: str):
 def results_table(summary: dict) -> str:
   """The results at the end, in one place: pretraining, SST-2 dev accuracy per seed, the probes."""
   pre = summary["pretrain"]
-  lines = [f"== results: {pre['step']:,} pretraining steps, held-out perplexity "
-           f"{pre.get('eval/perplexity', float('nan')):.1f}",
-           "   SST-2 dev accuracy | from pretraining | from random init | gap (points)"]
+  lines = [
+      f"== results: {pre['step']:,} pretraining steps, held-out perplexity "
+      f"{pre.get('eval/perplexity', float('nan')):.1f}",
+      "   SST-2 dev accuracy | from pretraining | from random init | gap (points)"
+  ]
   for row in summary["finetune"]:
     a, b = row["pretrained"], row["random"]
     lines.append(f"   seed {row['seed']:<13d} | {a:16.3f} | {b:16.3f} | {100 * (a - b):+.1f}")
@@ -154,12 +168,14 @@ def define_flags():
   """The CLI's flags, defined only when run as a program: importing the module must not claim flag names such as ``workdir`` that ``gpt1_jax.main`` also defines."""
   flags.DEFINE_string("workdir", "workdirs/demo", "Where data, checkpoints and metrics go.")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Fine-tuning seeds (pretrained vs random init for each).")
-  flags.DEFINE_integer("budget", 0, "Pretraining steps (0: the tiny config's 6,000, the smallest budget on the measured "
-                       "curve that beats random init on every seed on SST-2 and on held-back IMDb reviews; "
-                       "see BENCHMARKS.md).", lower_bound=0)
+  flags.DEFINE_integer(
+      "budget", 0, "Pretraining steps (0: the tiny config's 6,000, the smallest budget on the measured "
+      "curve that beats random init on every seed on SST-2 and on held-back IMDb reviews; "
+      "see BENCHMARKS.md).", lower_bound=0)
   flags.DEFINE_float("finetune_epochs", 0.0, "Override the fine-tuning epochs (0: keep).", lower_bound=0.0)
-  flags.DEFINE_bool("probe", True, "Finish with linear probes: the pretrained token embeddings and the corpus's "
-                    "count-based vectors (about two minutes).")
+  flags.DEFINE_bool(
+      "probe", True, "Finish with linear probes: the pretrained token embeddings and the corpus's "
+      "count-based vectors (about two minutes).")
 
 
 if __name__ == "__main__":

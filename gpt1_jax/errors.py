@@ -40,6 +40,7 @@ def exit_with(message: str, code: int = 1):
 
 def cli(main):
   """Wraps a command's ``main``: user errors become ``error: MESSAGE`` and exit status 1."""
+
   @functools.wraps(main)
   def wrapped(*args, **kwargs):
     try:
@@ -48,6 +49,7 @@ def cli(main):
       if is_user_error(e):
         exit_with(str(e))
       raise
+
   return wrapped
 
 
@@ -87,7 +89,7 @@ def parse_flags(argv: list[str], help_status: int | None = None) -> list[str]:
     # config_flags puts the config file's own traceback in the message: its last line is the reason.
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     exit_with(lines[-1] if len(lines) > 1 and lines[-1].startswith(("ValueError", "KeyError", "AttributeError",
-                                                                     "FileNotFoundError")) else str(e))
+                                                                    "FileNotFoundError")) else str(e))
   except (AttributeError, KeyError) as e:
     message = _config_key_message(e, argv)
     if message is None:
@@ -136,6 +138,7 @@ def absl_main(run):
   Logs at WARNING and above unless ``--verbosity`` is given: ``app.run`` turns absl's INFO on, and
   Orbax logs a dozen INFO lines per checkpoint it opens.
   """
+
   @functools.wraps(run)
   def main(argv):
     from absl import flags
@@ -143,6 +146,7 @@ def absl_main(run):
     if not flags.FLAGS["verbosity"].present:
       absl_logging.set_verbosity(absl_logging.WARNING)
     return run(flags.FLAGS, argv)
+
   return main
 
 

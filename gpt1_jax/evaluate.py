@@ -29,18 +29,20 @@ def compile_eval(objective, setup, eval_batch: int, with_index: bool = False):
   """The eval step compiled for ``eval_batch`` rows of the train batch's shapes, plus ``example_mask``
   (padding rows) and, with ``with_index``, ``example_index`` (each row's example, for predictions)."""
   mesh, rules = setup.mesh, setup.rules
-  batch = {k: jax.ShapeDtypeStruct((eval_batch,) + v.shape[1:], v.dtype, sharding=v.sharding)
-           for k, v in setup.abstract_batch.items()}
+  batch = {
+      k: jax.ShapeDtypeStruct((eval_batch,) + v.shape[1:], v.dtype, sharding=v.sharding)
+      for k, v in setup.abstract_batch.items()
+  }
   batch["example_mask"] = jax.ShapeDtypeStruct((eval_batch,), np.float32,
                                                sharding=sharding.batch_sharding(mesh, rules, 1))
   if with_index:
     batch["example_index"] = batch["example_mask"].update(dtype=np.int32)
   shardings = {k: v.sharding for k, v in batch.items()}
   with sharding.activate(mesh, rules):
-    return jax.jit(
-        lambda p, b: eval_step(p, {k: v for k, v in b.items() if k != "example_index"}, objective=objective),
-        in_shardings=(setup.shardings["params"], shardings), out_shardings=sharding.replicated(mesh)).lower(
-            setup.abstract_state["params"], batch).compile()
+    return jax.jit(lambda p, b: eval_step(p, {
+        k: v for k, v in b.items() if k != "example_index"
+    }, objective=objective), in_shardings=(setup.shardings["params"], shardings),
+                   out_shardings=sharding.replicated(mesh)).lower(setup.abstract_state["params"], batch).compile()
 
 
 @dataclasses.dataclass
@@ -122,9 +124,16 @@ class TaskEvaluator(LMEvaluator):
     if value is None or value <= self.best_value:
       return
     self.best_value, self.best_step = value, step
-    ckpt_lib.save_params(RunDir(workdir).best, self.model_config,
-                         {"transformer": params["transformer"], "head": params["head"]},
-                         extra_meta={"step": step, "metric": key, "value": value, "task": self.task.name})
+    ckpt_lib.save_params(
+        RunDir(workdir).best, self.model_config, {
+            "transformer": params["transformer"],
+            "head": params["head"]
+        }, extra_meta={
+            "step": step,
+            "metric": key,
+            "value": value,
+            "task": self.task.name
+        })
     logging.info("new best %s = %.4f at step %d (saved to %s/best)", key, value, step, workdir)
 
   def summary(self) -> dict:

@@ -77,6 +77,7 @@ def inference_fn(config: ModelConfig, params: Mapping[str, Any], task=None):
 
     def lm(input_ids, attention_mask):
       return model.apply(variables, input_ids, attention_mask).astype(jnp.float32)
+
     return lm
 
   model = GPT1ForTask(config, task.type, task.num_labels)
@@ -87,6 +88,7 @@ def inference_fn(config: ModelConfig, params: Mapping[str, Any], task=None):
     cls_index = jnp.maximum(lengths - 1, 0)
     logits, _ = model.apply(variables, input_ids, attention_mask, cls_index)
     return task.kind.mask_absent(logits, lengths > 0, jnp)  # a candidate with no tokens is absent
+
   return classify
 
 
@@ -109,10 +111,18 @@ def signature(config: ModelConfig, task=None) -> dict:
   from gpt1_jax.tokenizer import SPECIAL_TOKENS
   first = config.vocab_size - N_SPECIAL
   out = {
-      "inputs": {"input_ids": "int32", "attention_mask": "int32"},
-      "max_length": config.n_ctx, "vocab_size": config.vocab_size, "pad_id": 0,
-      "special_tokens": {t: first + i for i, t in enumerate(SPECIAL_TOKENS)},
-      "task": None if task is None else task.name, "task_type": None if task is None else task.type,
+      "inputs": {
+          "input_ids": "int32",
+          "attention_mask": "int32"
+      },
+      "max_length": config.n_ctx,
+      "vocab_size": config.vocab_size,
+      "pad_id": 0,
+      "special_tokens": {
+          t: first + i for i, t in enumerate(SPECIAL_TOKENS)
+      },
+      "task": None if task is None else task.name,
+      "task_type": None if task is None else task.type,
   }
   if task is None:
     out.update(input_shape="[batch, length]", output="language-model logits [batch, length, vocab_size], float32")
@@ -169,8 +179,8 @@ def define_flags(flag_values=None) -> None:
   """The command's flags, on ``flag_values`` (default absl's global ``FLAGS``)."""
   from absl import flags
   fv = dict(flag_values=flags.FLAGS if flag_values is None else flag_values)
-  flags.DEFINE_string("checkpoint", None, "A gpt1_jax weights checkpoint, training workdir or best/.",
-                      required=True, **fv)
+  flags.DEFINE_string("checkpoint", None, "A gpt1_jax weights checkpoint, training workdir or best/.", required=True,
+                      **fv)
   flags.DEFINE_string("out", None, "File to write (FILE.json beside it describes the signature).", required=True, **fv)
   flags.DEFINE_string("platforms", ",".join(DEFAULT_PLATFORMS), "Comma-separated platforms to lower for "
                       f"(some of {', '.join(DEFAULT_PLATFORMS)}).", **fv)
@@ -212,15 +222,20 @@ def _run(args, argv=(PROG,)) -> None:
   tmp = args.out + ".tmp"
   with open(tmp, "wb") as f:
     f.write(data)
-  sig = {**signature(config, task), "platforms": list(platforms), "dtype": config.dtype,
-         "source": os.path.abspath(args.checkpoint), "step": meta.get("step")}
+  sig = {
+      **signature(config, task), "platforms": list(platforms),
+      "dtype": config.dtype,
+      "source": os.path.abspath(args.checkpoint),
+      "step": meta.get("step")
+  }
   with open(args.out + ".json.tmp", "w") as f:
     json.dump(sig, f, indent=2)
   os.replace(tmp, args.out)
   os.replace(args.out + ".json.tmp", args.out + ".json")
   what = "language model" if task is None else f"{task.name} ({task.type})"
-  print(f"wrote {what}, {len(data) / 1e6:.1f} MB, for {', '.join(platforms)}, to {os.path.abspath(args.out)} "
-        f"(signature: {args.out}.json)", file=sys.stderr)
+  print(
+      f"wrote {what}, {len(data) / 1e6:.1f} MB, for {', '.join(platforms)}, to {os.path.abspath(args.out)} "
+      f"(signature: {args.out}.json)", file=sys.stderr)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

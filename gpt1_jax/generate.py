@@ -96,11 +96,14 @@ def _decode(params, input_ids, prompt_lengths, rng, temperature, top_k, top_p, g
   def init_cache():
     return model.init(jax.random.key(0), jnp.zeros((b, cache_len), jnp.int32), attention_mask=slot_mask,
                       position_ids=jnp.zeros((b, cache_len), jnp.int32), decode=True)["cache"]
+
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(init_cache))
 
   def step(cache, ids, positions):
-    logits, updated = model.apply({"params": params, "cache": cache}, ids, attention_mask=slot_mask,
-                                  position_ids=positions, decode=True, mutable=["cache"])
+    logits, updated = model.apply({
+        "params": params,
+        "cache": cache
+    }, ids, attention_mask=slot_mask, position_ids=positions, decode=True, mutable=["cache"])
     return logits[:, -1].astype(jnp.float32), updated["cache"]
 
   def choose(logits, i, done):
@@ -165,11 +168,10 @@ def generate_with_logits(config: ModelConfig, params, prompts: Sequence[Sequence
   ids = np.full((len(prompts), longest), PAD_ID, np.int32)
   for row, p in zip(ids, prompts):
     row[longest - len(p):] = p
-  tokens, logits = _decode(
-      weights.lm_params(config, params), jnp.asarray(ids), jnp.asarray(lengths, jnp.int32), jax.random.key(seed),
-      jnp.float32(temperature if not greedy else 1.0), jnp.int32(top_k), jnp.float32(top_p), jnp.bool_(greedy),
-      jnp.int32(-1 if stop_token is None else stop_token),
-      config=config, max_new_tokens=int(max_new_tokens), return_logits=return_logits)
+  tokens, logits = _decode(weights.lm_params(config, params), jnp.asarray(ids), jnp.asarray(lengths, jnp.int32),
+                           jax.random.key(seed), jnp.float32(temperature if not greedy else 1.0), jnp.int32(top_k),
+                           jnp.float32(top_p), jnp.bool_(greedy), jnp.int32(-1 if stop_token is None else stop_token),
+                           config=config, max_new_tokens=int(max_new_tokens), return_logits=return_logits)
   tokens = np.asarray(tokens)
   out_lengths = np.full(len(prompts), max_new_tokens, np.int64)
   if stop_token is not None:
@@ -218,13 +220,15 @@ def define_flags(flag_values=None) -> None:
   """The command's flags, on ``flag_values`` (default absl's global ``FLAGS``)."""
   from absl import flags
   fv = dict(flag_values=flags.FLAGS if flag_values is None else flag_values)
-  flags.DEFINE_string("checkpoint", None, "A gpt1_jax.checkpoint weights checkpoint or training workdir "
-                      "(one of --checkpoint, --from_hf, --from_openai).", **fv)
+  flags.DEFINE_string(
+      "checkpoint", None, "A gpt1_jax.checkpoint weights checkpoint or training workdir "
+      "(one of --checkpoint, --from_hf, --from_openai).", **fv)
   flags.DEFINE_string("from_hf", None, "A saved Hugging Face OpenAI-GPT model (directory or weights file).", **fv)
   flags.DEFINE_string("from_openai", None, "OpenAI's release directory (params_shapes.json, params_*.npy).", **fv)
   flags.DEFINE_multi_string("prompt", None, "Text; repeat for a batch (one of --prompt, --prompt_ids)", **fv)
-  flags.DEFINE_multi_string("prompt_ids", None, "Token ids, comma-separated; repeat for a batch (no spaCy needed, "
-                            "e.g. on a bare GPU image)", **fv)
+  flags.DEFINE_multi_string(
+      "prompt_ids", None, "Token ids, comma-separated; repeat for a batch (no spaCy needed, "
+      "e.g. on a bare GPU image)", **fv)
   flags.DEFINE_integer("max_new_tokens", 40, "New tokens per prompt (at most).", **fv)
   flags.DEFINE_float("temperature", 1.0, "Sampling temperature (> 0).", **fv)
   flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens only (0: all).", **fv)
@@ -257,8 +261,8 @@ def _run(F, argv=(PROG,)) -> None:
     prompts = [_parse_ids(text, config.vocab_size) for text in F.prompt_ids]
   else:
     prompts = tokenizer.encode_batch(F.prompt)
-  outputs = generate(config, params, prompts, max_new_tokens=F.max_new_tokens, temperature=F.temperature,
-                     top_k=F.top_k, top_p=F.top_p, greedy=F.greedy, stop_token=F.stop_token, seed=F.seed)
+  outputs = generate(config, params, prompts, max_new_tokens=F.max_new_tokens, temperature=F.temperature, top_k=F.top_k,
+                     top_p=F.top_p, greedy=F.greedy, stop_token=F.stop_token, seed=F.seed)
   for prompt_ids, new in zip(prompts, outputs):
     print(f"{tokenizer.decode(prompt_ids)} >>> {tokenizer.decode(new)}")
 

@@ -72,12 +72,14 @@ class Watch:
   def _on(self, signum: int):
     name = signal.Signals(signum).name
     if signal.getsignal(signum) == self._startup:  # no step yet: the loop has not taken over
-      self._exit(EXIT_PREEMPTED, f"interrupted by {name} before the first training step: nothing to save; "
-                                 f"exiting with status {EXIT_PREEMPTED} (rerun the same command)")
+      self._exit(
+          EXIT_PREEMPTED, f"interrupted by {name} before the first training step: nothing to save; "
+          f"exiting with status {EXIT_PREEMPTED} (rerun the same command)")
     self._received += 1
     if signum == signal.SIGINT and self._received > 1:
-      self._exit(EXIT_INTERRUPTED, f"second {name}: stopping at once without saving, exit status "
-                                   f"{EXIT_INTERRUPTED}; the last complete checkpoint is intact")
+      self._exit(
+          EXIT_INTERRUPTED, f"second {name}: stopping at once without saving, exit status "
+          f"{EXIT_INTERRUPTED}; the last complete checkpoint is intact")
 
   def _exit(self, status: int, line: str):
     with self._exiting:  # one line, even if two signals race

@@ -69,8 +69,8 @@ def shapes_job(run: Run) -> Job:
   num_seqs = task.num_sequences
   return Job(objective=objective, num_steps=max(run.train.num_steps, 1), seq_len=seq_len,
              batch_spec=objective.batch_spec(num_seqs, seq_len), tokens_per_example=num_seqs * seq_len,
-             train_batches=None, evaluator=TaskEvaluator(objective, no_data, task=task, model_config=model_cfg),
-             data_state={})
+             train_batches=None, evaluator=TaskEvaluator(objective, no_data, task=task,
+                                                         model_config=model_cfg), data_state={})
 
 
 def no_data(rows):
@@ -97,25 +97,26 @@ def lm_job(run: Run) -> Job:
   manifest = lm.load_manifest(run.data.dir, fingerprint)
   train = lm.LMData.load(run.data.dir, "train", n_ctx, manifest=manifest)
   # Named at start: a config's default data.dir (the tiny one's workdirs/demo/data) is easy to miss.
-  logging.info("pretraining data: %s (%d tokens, %d windows of %d)", os.path.abspath(run.data.dir)
-               if "://" not in run.data.dir else run.data.dir, train.num_tokens, train.num_windows, n_ctx)
+  logging.info("pretraining data: %s (%d tokens, %d windows of %d)",
+               os.path.abspath(run.data.dir) if "://" not in run.data.dir else run.data.dir, train.num_tokens,
+               train.num_windows, n_ctx)
   valid = None
   if run.eval.every_steps and manifest["splits"].get("valid", {}).get("tokens", 0):
     valid = lm.LMData.load(run.data.dir, "valid", n_ctx, manifest=manifest)
   elif run.eval.every_steps:
-    logging.warning("eval.every_steps=%d but %s has no held-out ('valid') split: there will be no evaluation. "
-                    "Prepare the data with --valid_fraction > 0, or set eval.every_steps=0 to silence this",
-                    run.eval.every_steps, run.data.dir)
+    logging.warning(
+        "eval.every_steps=%d but %s has no held-out ('valid') split: there will be no evaluation. "
+        "Prepare the data with --valid_fraction > 0, or set eval.every_steps=0 to silence this", run.eval.every_steps,
+        run.data.dir)
   proposal = None
   if run.train.softmax_samples:  # the corpus's own unigram: the proposal closest to the model early on
     proposal = unigram_proposal(train.unigram_counts(model_cfg.vocab_size))
   objective = lm_objective(run, proposal)
-  return Job(
-      objective=objective, num_steps=run.train.num_steps, seq_len=n_ctx, batch_spec=objective.batch_spec(n_ctx),
-      tokens_per_example=n_ctx,
-      train_batches=lambda rows, start: train.train_batches(rows, seed=run.seed, start_step=start),
-      evaluator=LMEvaluator(objective, valid.eval_batches) if valid is not None else None,
-      data_state=train.data_state(run.train.batch_size, run.seed))
+  return Job(objective=objective, num_steps=run.train.num_steps, seq_len=n_ctx, batch_spec=objective.batch_spec(n_ctx),
+             tokens_per_example=n_ctx,
+             train_batches=lambda rows, start: train.train_batches(rows, seed=run.seed, start_step=start),
+             evaluator=LMEvaluator(objective, valid.eval_batches) if valid is not None else None,
+             data_state=train.data_state(run.train.batch_size, run.seed))
 
 
 def task_job(run: Run) -> Job:
@@ -134,10 +135,10 @@ def task_job(run: Run) -> Job:
   for split, examples in ((tc.train_split, train_ex), (tc.eval_split, eval_ex)):
     t = transforms.truncation(task, examples, tok, seq_len)
     if t["truncated"]:
-      logging.warning("%s %s: %d of %d examples are longer than %d tokens and were truncated (by %.1f tokens on "
-                      "average, at most %d); raise task.max_len (up to model.n_ctx=%d) to keep more", task.name,
-                      split, t["truncated"], t["examples"], seq_len, t["mean_tokens_cut"], t["max_tokens_cut"],
-                      model_cfg.n_ctx)
+      logging.warning(
+          "%s %s: %d of %d examples are longer than %d tokens and were truncated (by %.1f tokens on "
+          "average, at most %d); raise task.max_len (up to model.n_ctx=%d) to keep more", task.name, split,
+          t["truncated"], t["examples"], seq_len, t["mean_tokens_cut"], t["max_tokens_cut"], model_cfg.n_ctx)
   train_arr = transforms.encode_examples(task, train_ex, tok, seq_len)
   eval_arr = transforms.encode_examples(task, eval_ex, tok, seq_len)
   n, gb = len(train_ex), run.train.batch_size
@@ -146,10 +147,10 @@ def task_job(run: Run) -> Job:
   objective = task_objective(run, task)
   return Job(
       objective=objective, num_steps=num_steps, seq_len=seq_len, batch_spec=objective.batch_spec(num_seqs, seq_len),
-      tokens_per_example=num_seqs * seq_len,
-      train_batches=lambda rows, start: transforms.task_train_dataset(
+      tokens_per_example=num_seqs * seq_len, train_batches=lambda rows, start: transforms.task_train_dataset(
           train_arr, rows, seed=run.seed, start_step=start).as_numpy_iterator(),
       evaluator=TaskEvaluator(objective, lambda rows: transforms.task_eval_dataset(eval_arr, rows).as_numpy_iterator(),
                               task=task, examples=eval_ex, labels=eval_arr["label"], split=tc.eval_split,
-                              model_config=model_cfg),
-      data_state={**pipeline.state_dict(n, gb, run.seed), "task": task.name})
+                              model_config=model_cfg), data_state={
+                                  **pipeline.state_dict(n, gb, run.seed), "task": task.name
+                              })

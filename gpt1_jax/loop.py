@@ -39,6 +39,7 @@ class NonFiniteError(RuntimeError):
 
 
 class Preempted(SystemExit):
+
   def __init__(self, step):
     super().__init__(EXIT_PREEMPTED)
     self.step = step
@@ -69,8 +70,8 @@ def _run(run: config_lib.Run, workdir: str) -> dict:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
   rd = workdir_lib.RunDir(workdir)
-  ck = ckpt_lib.Checkpoints(rd.checkpoints, keep=run.checkpoint.keep,
-                            keep_period=run.checkpoint.keep_period or None, async_save=run.checkpoint.async_save)
+  ck = ckpt_lib.Checkpoints(rd.checkpoints, keep=run.checkpoint.keep, keep_period=run.checkpoint.keep_period or None,
+                            async_save=run.checkpoint.async_save)
   state, meta, start_step = restore_or_create(run, job, setup, ck, workdir)
   if jax.process_index() == 0:
     # Only once the run is accepted (checkpoint, data position and init weights all fit): a
@@ -88,6 +89,7 @@ def _run(run: config_lib.Run, workdir: str) -> dict:
 # ----------------------------------------------------------------------------
 # Before anything is compiled.
 
+
 def make_mesh(run: config_lib.Run, devices=None):
   """``(mesh, rules)`` over ``devices`` (default: every device of the job; ``gpt1_jax.aot`` passes a
   TPU slice's compile-only devices)."""
@@ -103,8 +105,8 @@ def make_mesh(run: config_lib.Run, devices=None):
 def train_step_fn(run: config_lib.Run, job: jobs.Job, tx, schedule):
   """The step this run compiles (``gpt1_jax.aot`` compiles the same one for a TPU slice)."""
   return functools.partial(train_step, objective=job.objective, tx=tx, schedule=schedule, seed=run.seed,
-                           grad_accum_steps=run.train.grad_accum_steps,
-                           skip_nonfinite=run.train.on_nonfinite == "skip", nan_at_step=run.debug.nan_at_step)
+                           grad_accum_steps=run.train.grad_accum_steps, skip_nonfinite=run.train.on_nonfinite == "skip",
+                           nan_at_step=run.debug.nan_at_step)
 
 
 def eval_batch_size(run: config_lib.Run) -> int:
@@ -138,8 +140,8 @@ def restore_or_create(run: config_lib.Run, job: jobs.Job, setup: state_lib.Setup
 
   def check_resume(meta, step):
     # Everything that can refuse a resume, before anything in the workdir changes.
-    resume.check(meta.get("config", {}), run, saved_num_steps=meta.get("num_steps"), num_steps=job.num_steps,
-                 step=step, where=ck.step_dir(step))
+    resume.check(meta.get("config", {}), run, saved_num_steps=meta.get("num_steps"), num_steps=job.num_steps, step=step,
+                 where=ck.step_dir(step))
     pipeline.check_state(meta.get("data", {}), job.data_state, f"resuming {workdir} at step {step}")
 
   state, meta, step = ck.restore_latest(setup.abstract_state, model_dict, check=check_resume,
@@ -163,6 +165,7 @@ def restore_or_create(run: config_lib.Run, job: jobs.Job, setup: state_lib.Setup
 
 # ----------------------------------------------------------------------------
 # The loop.
+
 
 @dataclasses.dataclass
 class _Pending:
@@ -222,8 +225,8 @@ def _train(run: config_lib.Run, job: jobs.Job, setup: state_lib.Setup, ck, compi
           writer.write(step, scalars)
           progress.update(step, scalars)
           final.update(scalars)
-        if job.evaluator is not None and (run.eval.every_steps and step % run.eval.every_steps == 0
-                                          or step == job.num_steps):
+        if job.evaluator is not None and (run.eval.every_steps and step % run.eval.every_steps == 0 or
+                                          step == job.num_steps):
           ev = job.evaluator.run(state["params"], step, workdir)
           writer.write(step, ev)
           final.update(ev)
@@ -241,9 +244,16 @@ def _train(run: config_lib.Run, job: jobs.Job, setup: state_lib.Setup, ck, compi
           # steps stay pending so the logged means do not depend on when we save.
           host = _host_scalars(pending.steps)
           _check_finite(host, run, ck, last_saved)
-          meta_now = {"model": model_dict, "data": job.data_state, "config": run.to_dict(), "step": step,
-                      "num_steps": job.num_steps,
-                      "pending_metrics": [(s, {k: np.asarray(v).item() for k, v in m.items()}) for s, m in host]}
+          meta_now = {
+              "model": model_dict,
+              "data": job.data_state,
+              "config": run.to_dict(),
+              "step": step,
+              "num_steps": job.num_steps,
+              "pending_metrics": [(s, {
+                  k: np.asarray(v).item() for k, v in m.items()
+              }) for s, m in host]
+          }
           if ck.save(step, state, meta_now, force=True):
             last_saved, last_ckpt_time = step, time.monotonic()
         if preempted:
@@ -258,8 +268,11 @@ def _train(run: config_lib.Run, job: jobs.Job, setup: state_lib.Setup, ck, compi
         writer.close()
         progress.close()
         getattr(train_iter, "close", lambda: None)()  # stops the LM pipeline's prefetch thread
-  return {**workdir_lib.RunDir(workdir).latest(step), **final, "step": step,
-          **(job.evaluator.summary() if job.evaluator is not None else {})}
+  return {
+      **workdir_lib.RunDir(workdir).latest(step),
+      **final, "step": step,
+      **(job.evaluator.summary() if job.evaluator is not None else {})
+  }
 
 
 class _SignalFlag:
@@ -311,8 +324,12 @@ def _log_scalars(pending: _Pending, job, run, ck, last_saved: Optional[int], flo
   # float64 means of the float32 step values: the same result whether a value
   # came from the device or from a checkpoint's JSON (exact resume of the log).
   mean = lambda k: float(np.mean(np.asarray([m[k] for _, m in host if bool(m["finite"])] or [np.nan], np.float64)))
-  out = {"train/loss": mean("loss"), "train/grad_norm": mean("grad_norm"), "train/lr": float(host[-1][1]["lr"]),
-         "train/nonfinite_steps": int(sum(not bool(m["finite"]) for _, m in host))}
+  out = {
+      "train/loss": mean("loss"),
+      "train/grad_norm": mean("grad_norm"),
+      "train/lr": float(host[-1][1]["lr"]),
+      "train/nonfinite_steps": int(sum(not bool(m["finite"]) for _, m in host))
+  }
   for k in host[-1][1]:
     if k.endswith("_loss"):
       out[f"train/{k}"] = mean(k)
@@ -338,8 +355,8 @@ def _check_finite(host, run, ck, last_saved):
   for s, m in host:
     if not bool(m["finite"]):
       if run.train.on_nonfinite == "skip":
-        logging.warning("step %d: non-finite loss/grad norm (loss=%s, grad_norm=%s): update skipped", s,
-                        m["loss"], m["grad_norm"])
+        logging.warning("step %d: non-finite loss/grad norm (loss=%s, grad_norm=%s): update skipped", s, m["loss"],
+                        m["grad_norm"])
         continue
       batch = (f"the batch was global batch #{s - 1} of the data stream (examples {(s - 1) * gb}..{s * gb - 1} "
                f"of seed {run.seed}'s order)")
@@ -350,10 +367,9 @@ def _check_finite(host, run, ck, last_saved):
         advice = "Correct those settings and rerun"
       else:
         blame, advice = batch, "Set train.on_nonfinite='skip' to skip such updates instead"
-      raise NonFiniteError(
-          f"non-finite loss or gradient norm at step {s} (loss={float(m['loss'])}, grad_norm="
-          f"{float(m['grad_norm'])}); {blame}; last good checkpoint: "
-          f"{ck.step_dir(last_saved) if last_saved is not None else 'none'}. {advice}")
+      raise NonFiniteError(f"non-finite loss or gradient norm at step {s} (loss={float(m['loss'])}, grad_norm="
+                           f"{float(m['grad_norm'])}); {blame}; last good checkpoint: "
+                           f"{ck.step_dir(last_saved) if last_saved is not None else 'none'}. {advice}")
 
 
 # A divergence this early (warmup included: an absurd peak rate reaches the weights within tens of

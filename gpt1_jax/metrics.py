@@ -87,8 +87,13 @@ def spearman(predictions, labels) -> float:
   return pearson(_average_ranks(p), _average_ranks(y))
 
 
-METRICS: dict[str, Callable] = {"accuracy": accuracy, "mcc": matthews_corrcoef, "f1": f1, "pearson": pearson,
-                                "spearman": spearman}
+METRICS: dict[str, Callable] = {
+    "accuracy": accuracy,
+    "mcc": matthews_corrcoef,
+    "f1": f1,
+    "pearson": pearson,
+    "spearman": spearman
+}
 # Combined scores of the GLUE leaderboard: name -> the metrics averaged.
 COMBINED = {"acc_and_f1": ("accuracy", "f1"), "pearson_spearman": ("pearson", "spearman")}
 
@@ -141,11 +146,22 @@ def compute_metrics(task: Task, predictions, labels, mask: Optional[Sequence] = 
 # GLUE submission files (https://gluebenchmark.com/submit): ``index\tprediction``.
 
 # task -> (file stem, how a prediction is written): "id" class id, "name" label name, "score" float.
-GLUE_FILES = {"cola": ("CoLA", "id"), "sst2": ("SST-2", "id"), "mrpc": ("MRPC", "id"), "qqp": ("QQP", "id"),
-              "stsb": ("STS-B", "score"), "mnli": ("MNLI", "name"), "qnli": ("QNLI", "name"),
-              "rte": ("RTE", "name")}
-_MNLI_SUFFIX = {"test_matched": "-m", "validation_matched": "-m", "test_mismatched": "-mm",
-                "validation_mismatched": "-mm"}
+GLUE_FILES = {
+    "cola": ("CoLA", "id"),
+    "sst2": ("SST-2", "id"),
+    "mrpc": ("MRPC", "id"),
+    "qqp": ("QQP", "id"),
+    "stsb": ("STS-B", "score"),
+    "mnli": ("MNLI", "name"),
+    "qnli": ("QNLI", "name"),
+    "rte": ("RTE", "name")
+}
+_MNLI_SUFFIX = {
+    "test_matched": "-m",
+    "validation_matched": "-m",
+    "test_mismatched": "-mm",
+    "validation_mismatched": "-mm"
+}
 
 
 def glue_filename(task: Task, split: Optional[str] = None) -> str:

@@ -75,8 +75,10 @@ class ModelConfig:
     self.validate()
 
   def validate(self):
+
     def bad(msg):  # named as the config key (config.model.*) that sets it
       raise ValueError(f"model.{msg}")
+
     for name in ("vocab_size", "n_ctx", "n_embd", "n_head", "n_layer", "vocab_pad_multiple", "lstm_units"):
       if int(getattr(self, name)) <= 0:
         bad(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
@@ -295,8 +297,7 @@ class Embed(nn.Module):
     cfg = self.config
     self.tokens = _param(self, "tokens", _init(cfg), (cfg.padded_vocab_size, cfg.n_embd), ("vocab", "embed"),
                          cfg.param_dtype)
-    self.positions = _param(self, "positions", _init(cfg), (cfg.n_ctx, cfg.n_embd), (None, "embed"),
-                            cfg.param_dtype)
+    self.positions = _param(self, "positions", _init(cfg), (cfg.n_ctx, cfg.n_embd), (None, "embed"), cfg.param_dtype)
 
   def __call__(self, input_ids: Array, position_ids: Array) -> Array:
     cfg = self.config
@@ -373,8 +374,13 @@ class Decoder(nn.Module):
     if cfg.remat != "none":
       block = nn.remat(block, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
-                      in_axes=nn.broadcast, length=cfg.n_layer, metadata_params={nn.PARTITION_NAME: "layers"})
+      stack = nn.scan(block, variable_axes={
+          "params": 0,
+          "cache": 0
+      }, split_rngs={
+          "params": True,
+          "dropout": True
+      }, in_axes=nn.broadcast, length=cfg.n_layer, metadata_params={nn.PARTITION_NAME: "layers"})
       x, _ = stack(cfg, deterministic, decode, name="h")(x, attention_mask)
     else:
       for i in range(cfg.n_layer):
@@ -530,8 +536,10 @@ class GPT1ForTask(nn.Module):
 # (``h_0/...``) parameter trees, so checkpoints and converted weights load
 # whichever way the model is compiled.
 
+
 def stack_layers(params: dict, n_layer: int) -> dict:
   """Per-layer ``{..., 'h_0': tree, 'h_1': tree}`` -> scanned ``{'h': stacked}`` (any nesting depth)."""
+
   def go(tree):
     if not isinstance(tree, dict):
       return tree
@@ -541,11 +549,13 @@ def stack_layers(params: dict, n_layer: int) -> dict:
       rest["h"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
       return rest
     return {k: go(v) for k, v in tree.items()}
+
   return go(params)
 
 
 def unstack_layers(params: dict) -> dict:
   """Scanned ``{'h': stacked}`` -> per-layer ``{'h_0': ..., 'h_1': ...}`` (any nesting depth)."""
+
   def go(tree):
     if not isinstance(tree, dict):
       return tree
@@ -557,6 +567,7 @@ def unstack_layers(params: dict) -> dict:
         rest[f"h_{i}"] = jax.tree.map(lambda x: x[i], stacked)
       return rest
     return {k: go(v) for k, v in tree.items()}
+
   return go(params)
 
 

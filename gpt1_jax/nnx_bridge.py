@@ -44,7 +44,8 @@ def to_nnx(config: ModelConfig, params: Mapping[str, Any], *, rngs: Optional[nnx
   if have != jax.tree.structure(want):
     raise ValueError(f"params do not fit ModelConfig(n_layer={config.n_layer}, scan_layers={config.scan_layers}): "
                      f"parameter trees differ")
-  shapes = [(a.shape, b.shape) for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(state)), jax.tree.leaves(want))
+  shapes = [(a.shape, b.shape)
+            for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(state)), jax.tree.leaves(want))
             if a.shape != b.shape]
   if shapes:
     raise ValueError(f"params do not fit the config: shapes {shapes[0][1]} where the model has {shapes[0][0]}")

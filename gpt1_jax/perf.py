@@ -78,7 +78,7 @@ def measure_matmul_peak(dtype="float32", n: int | None = None, reps: int = 5) ->
     t = time.perf_counter()
     f(a, b).block_until_ready()
     best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 / best
+  return 2 * n**3 / best
 
 
 def tree_bytes_per_device(abstract_tree, shardings) -> int:
@@ -99,8 +99,13 @@ def compiled_memory(compiled) -> dict:
   if m is None:
     return {}
   total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
-  return {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
-          "aliased": int(m.alias_size_in_bytes), "temporaries": int(m.temp_size_in_bytes), "total": int(total)}
+  return {
+      "arguments": int(m.argument_size_in_bytes),
+      "outputs": int(m.output_size_in_bytes),
+      "aliased": int(m.alias_size_in_bytes),
+      "temporaries": int(m.temp_size_in_bytes),
+      "total": int(total)
+  }
 
 
 def device_memory_limit() -> int | None:

@@ -52,8 +52,8 @@ def bag_of_words(seqs: list, vocab_size: int):
   return m
 
 
-def ppmi_vectors(docs: list[np.ndarray], rows: np.ndarray, vocab_size: int, dims: int = 64,
-                 num_contexts: int = 10_000, chunk: int = 2_000, seed: int = 0) -> np.ndarray:
+def ppmi_vectors(docs: list[np.ndarray], rows: np.ndarray, vocab_size: int, dims: int = 64, num_contexts: int = 10_000,
+                 chunk: int = 2_000, seed: int = 0) -> np.ndarray:
   """Count-based word vectors ``[vocab_size, dims]`` (zero outside ``rows``).
 
   ``M[r, c]`` = number of documents containing both row token ``r`` and context token ``c``
@@ -78,7 +78,7 @@ def ppmi_vectors(docs: list[np.ndarray], rows: np.ndarray, vocab_size: int, dims
     if int(t) in pos:
       counts[i, pos[int(t)]] = 0.0
   row_sum = counts.sum(1, keepdims=True)
-  col_p = counts.sum(0, keepdims=True) ** 0.75
+  col_p = counts.sum(0, keepdims=True)**0.75
   with np.errstate(divide="ignore", invalid="ignore"):
     pmi = np.log(counts * col_p.sum() / (row_sum * col_p))
   ppmi = sp.csr_matrix(np.where(np.isfinite(pmi) & (pmi > 0), pmi, 0.0).astype(np.float32))
@@ -144,6 +144,6 @@ def run(task_dir: str, *, data_dir: str | None = None, params: dict | None = Non
   if data_dir is not None:
     docs = documents(lm.load_tokens(data_dir, "train"), tok.start_id)
     used = np.concatenate([np.concatenate(ids[s]) for s in ids])
-    out["bag of words + PPMI-SVD vectors of the corpus"] = accuracy(
-        words, labels, ids, ppmi_vectors(docs, used, v, dims=dims))
+    out["bag of words + PPMI-SVD vectors of the corpus"] = accuracy(words, labels, ids,
+                                                                    ppmi_vectors(docs, used, v, dims=dims))
   return out

@@ -41,8 +41,7 @@ class _QuietLibraries:
     return not any(p in path for p in self.paths)
 
 
-def quiet_library_logs(below: int = logging.WARNING,
-                       libraries: Sequence[str] = ("orbax", "tensorflow", "jax/_src")):
+def quiet_library_logs(below: int = logging.WARNING, libraries: Sequence[str] = ("orbax", "tensorflow", "jax/_src")):
   """Filters the absl handler: by default, INFO chatter from Orbax/TF/JAX internals goes (each save
   logs dozens of lines) and their warnings pass; ``below``/``libraries`` narrow or widen that."""
   from absl import logging as absl_logging
@@ -82,8 +81,9 @@ def _tensorboard_writer(logdir: str):
   try:
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
   except ImportError as e:
-    logging.getLogger(__name__).warning("TensorBoard output off: the tensorboard package is not importable (%s); "
-                                        "metrics.jsonl has every logged value", e)
+    logging.getLogger(__name__).warning(
+        "TensorBoard output off: the tensorboard package is not importable (%s); "
+        "metrics.jsonl has every logged value", e)
     return None
   return EventFileWriter(logdir)
 
@@ -136,10 +136,13 @@ class MetricWriter:
       f.write(json.dumps({"step": int(step), **row}, sort_keys=True, allow_nan=False) + "\n")
     if self._tb is not None:
       from tensorboard.compat.proto import event_pb2, summary_pb2
-      values = [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in clean.items()
-                if isinstance(v, (int, float)) and math.isfinite(v)]
-      self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                         summary=summary_pb2.Summary(value=values)))
+      values = [
+          summary_pb2.Summary.Value(tag=k, simple_value=v)
+          for k, v in clean.items()
+          if isinstance(v, (int, float)) and math.isfinite(v)
+      ]
+      self._tb.add_event(
+          event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)))
       self._tb.flush()
 
   def close(self):

@@ -94,8 +94,8 @@ def check(saved_config: dict, run: config_lib.Run, *, saved_num_steps: int | Non
     else:
       refused[key] = (old, new)
   jump = ""
-  if saved_num_steps is not None and saved_num_steps != num_steps and not any(k.startswith("train.") and
-                                                                            k not in LENGTH_KEYS for k in refused):
+  if saved_num_steps is not None and saved_num_steps != num_steps and not any(
+      k.startswith("train.") and k not in LENGTH_KEYS for k in refused):
     jump = _schedule_jump(config_lib.upgraded(saved_config)["train"], saved_num_steps, run.train, num_steps, step)
     for key in LENGTH_KEYS:
       if key in changes:

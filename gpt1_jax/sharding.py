@@ -123,8 +123,8 @@ def check_divisible(abstract_tree, shardings, where: str = "parameters"):
         problems.append(f"  {jax.tree_util.keystr(path)} {tuple(shape)}: dim {dim} over {axes} (size {n})")
   if problems:
     raise ValueError(f"{where} do not divide over the mesh "
-                     f"{dict(zip(shardings_mesh_axes(flat_s), shardings_mesh_sizes(flat_s)))}:\n"
-                     + "\n".join(problems[:20]) + "\nchange mesh sizes, mesh.rules or model sizes "
+                     f"{dict(zip(shardings_mesh_axes(flat_s), shardings_mesh_sizes(flat_s)))}:\n" +
+                     "\n".join(problems[:20]) + "\nchange mesh sizes, mesh.rules or model sizes "
                      "(e.g. model.vocab_pad_multiple for the vocabulary)")
 
 
@@ -152,8 +152,7 @@ def host_rows(mesh: Mesh, rules, global_batch_size: int):
   """``(start, count)``: the contiguous rows of each global batch that this process feeds."""
   sharding = batch_sharding(mesh, rules, 1)
   idx = sharding.addressable_devices_indices_map((global_batch_size,))
-  starts = sorted({(s[0].start or 0, s[0].stop if s[0].stop is not None else global_batch_size)
-                   for s in idx.values()})
+  starts = sorted({(s[0].start or 0, s[0].stop if s[0].stop is not None else global_batch_size) for s in idx.values()})
   lo, hi = starts[0][0], starts[-1][1]
   covered = sum(b - a for a, b in starts)
   if covered != hi - lo:

@@ -49,8 +49,7 @@ def setup(objective, tx, batch_spec: BatchSpec, global_batch: int, mesh, rules) 
   """The state and batch layout of ``objective`` trained by ``tx`` on ``mesh``."""
   init_fn, abstract, shardings = state_layout(objective, tx, batch_spec, mesh, rules)
   abstract_batch = batch_spec.avals(global_batch, lambda ndim: sharding.batch_sharding(mesh, rules, ndim))
-  return Setup(mesh, rules, init_fn, abstract, shardings, abstract_with_shardings(abstract, shardings),
-               abstract_batch)
+  return Setup(mesh, rules, init_fn, abstract, shardings, abstract_with_shardings(abstract, shardings), abstract_batch)
 
 
 def state_layout(objective, tx, batch_spec: BatchSpec, mesh, rules):

@@ -82,13 +82,15 @@ class TaskType:
     return outputs if self.regression else xp.argmax(outputs, axis=-1)
 
 
-TYPES = {t.name: t for t in (
-    TaskType("classification", "single", "first", sequences=1),
-    TaskType("entailment", "pair", "first", sequences=1),
-    TaskType("similarity", "both_orders", "sum", sequences=2),
-    TaskType("multiple_choice", "candidates", "each"),
-    TaskType("regression", "both_orders", "sum", regression=True, sequences=2),
-)}
+TYPES = {
+    t.name: t for t in (
+        TaskType("classification", "single", "first", sequences=1),
+        TaskType("entailment", "pair", "first", sequences=1),
+        TaskType("similarity", "both_orders", "sum", sequences=2),
+        TaskType("multiple_choice", "candidates", "each"),
+        TaskType("regression", "both_orders", "sum", regression=True, sequences=2),
+    )
+}
 NAMES = tuple(TYPES)
 
 

@@ -38,7 +38,6 @@ from typing import Iterable
 
 from gpt1_jax import extras
 
-
 ENCODER_FILE = "encoder_bpe_40000.json"
 MERGES_FILE = "vocab_40000.bpe"
 SPECIAL_TOKENS = ("_start_", "_delimiter_", "_classify_")
@@ -134,21 +133,20 @@ def _cross_space_tables(tokenizer) -> tuple[dict[str, tuple[str, ...]], dict[str
   from spacy.tokenizer import Tokenizer
 
   twin = Tokenizer(
-    tokenizer.vocab,
-    prefix_search=tokenizer.prefix_search,
-    suffix_search=tokenizer.suffix_search,
-    infix_finditer=tokenizer.infix_finditer,
-    token_match=tokenizer.token_match,
-    url_match=tokenizer.url_match,
+      tokenizer.vocab,
+      prefix_search=tokenizer.prefix_search,
+      suffix_search=tokenizer.suffix_search,
+      infix_finditer=tokenizer.infix_finditer,
+      token_match=tokenizer.token_match,
+      url_match=tokenizer.url_match,
   )
   ends: dict[str, set[str]] = collections.defaultdict(set)
   inner: dict[str, set[str]] = collections.defaultdict(set)
   for key in tokenizer.rules:
     # With faster_heuristics (the default) only these rules enter the matcher
     # (spacy/tokenizer.pyx, add_special_case); without it, all of them do.
-    if getattr(tokenizer, "faster_heuristics", False) and not (
-      tokenizer.find_prefix(key) or tokenizer.find_infix(key) or tokenizer.find_suffix(key) or " " in key
-    ):
+    if getattr(tokenizer, "faster_heuristics", False) and not (tokenizer.find_prefix(key) or tokenizer.find_infix(key)
+                                                               or tokenizer.find_suffix(key) or " " in key):
       continue
     pattern = [token.text for token in twin(key)]
     for j in range(1, len(pattern)):
@@ -194,11 +192,11 @@ class GPT1Tokenizer:
   """
 
   def __init__(
-    self,
-    encoder_path: str | os.PathLike | None = None,
-    bpe_path: str | os.PathLike | None = None,
-    *,
-    cache_size: int = 1 << 18,
+      self,
+      encoder_path: str | os.PathLike | None = None,
+      bpe_path: str | os.PathLike | None = None,
+      *,
+      cache_size: int = 1 << 18,
   ):
     self.encoder: dict[str, int] = json.loads(_read_text(encoder_path, ENCODER_FILE))
     self.merges = _parse_merges(_read_text(bpe_path, MERGES_FILE))
@@ -326,7 +324,7 @@ class GPT1Tokenizer:
       ties = cache[chunk][2]
     else:
       return chunks
-    spans = chunks[: k - 1]
+    spans = chunks[:k - 1]
     group = [chunks[k - 1]]
     for chunk in chunks[k:]:
       if ties and chunk.startswith(ties):
@@ -439,13 +437,13 @@ class GPT1Tokenizer:
     """
     if self._fingerprint is None:
       canonical = json.dumps(
-        {
-          "encoder": sorted(self.encoder.items(), key=lambda kv: kv[1]),
-          "merges": [list(m) for m in self.merges],
-          "special_tokens": sorted(self.special_tokens.items(), key=lambda kv: kv[1]),
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
+          {
+              "encoder": sorted(self.encoder.items(), key=lambda kv: kv[1]),
+              "merges": [list(m) for m in self.merges],
+              "special_tokens": sorted(self.special_tokens.items(), key=lambda kv: kv[1]),
+          },
+          ensure_ascii=False,
+          separators=(",", ":"),
       )
       self._fingerprint = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
     return self._fingerprint

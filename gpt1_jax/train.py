@@ -30,9 +30,9 @@ from gpt1_jax.sampled_softmax import sample_candidates, sampled_softmax_cross_en
 
 Batch = dict[str, jax.Array]
 
-
 # ----------------------------------------------------------------------------
 # Optimiser: GPT-1's Adam with decoupled ("modified L2") weight decay.
+
 
 def learning_rate_schedule(train_cfg: "config.Train", num_steps: int) -> optax.Schedule:
   """Linear warmup then cosine to 0 (pretraining), linear to 0 (fine-tuning) or constant."""
@@ -67,14 +67,15 @@ def make_optimizer(train_cfg: "config.Train", num_steps: int) -> tuple[optax.Gra
   tx = optax.chain(
       optax.clip_by_global_norm(train_cfg.grad_clip),
       # Decoupled decay scaled by the learning rate: p -= lr * (adam + wd * p).
-      optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps,
-                  weight_decay=train_cfg.weight_decay, mask=decay_mask),
+      optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps, weight_decay=train_cfg.weight_decay,
+                  mask=decay_mask),
   )
   return tx, schedule
 
 
 # ----------------------------------------------------------------------------
 # Objectives. `loss_sums` -> (sum of per-unit losses, number of units, aux sums).
+
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """Per-position softmax cross-entropy in float32."""
@@ -168,7 +169,8 @@ class LMObjective:
 
   def _sampled_cross_entropy(self, params, hidden, targets, rng):
     if self.proposal is None:
-      raise ValueError("softmax_samples > 0 needs a proposal: LMObjective(proposal=sampled_softmax.unigram_proposal(counts))")
+      raise ValueError(
+          "softmax_samples > 0 needs a proposal: LMObjective(proposal=sampled_softmax.unigram_proposal(counts))")
     log_probs = jnp.asarray(self.proposal)
     sampled = sample_candidates(rng, log_probs, int(self.softmax_samples))
     apply = lambda method, *a: self.model.apply({"params": params}, *a, method=method)  # noqa: E731
@@ -218,18 +220,21 @@ class TaskObjective:
 
   def eval_outputs(self, params, batch: Batch) -> dict:
     """The loss sums and each example's prediction (the metrics are computed on the host)."""
-    return {**_eval_sums(self.loss_sums(params, batch, None, deterministic=True)),
-            "predictions": self.predict(params, batch)}
+    return {
+        **_eval_sums(self.loss_sums(params, batch, None, deterministic=True)), "predictions": self.predict(
+            params, batch)
+    }
 
   def init(self, rng, batch: Batch):
-    return self.model.init({"params": rng, "dropout": rng}, batch["input_ids"], batch["attention_mask"],
-                           batch["cls_index"])
+    return self.model.init({
+        "params": rng,
+        "dropout": rng
+    }, batch["input_ids"], batch["attention_mask"], batch["cls_index"])
 
   def forward(self, params, batch: Batch, rng, deterministic: bool):
     model = self.model
-    logits, hidden = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                                 batch["cls_index"], deterministic=deterministic,
-                                 rngs=None if deterministic else {"dropout": rng})
+    logits, hidden = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["cls_index"],
+                                 deterministic=deterministic, rngs=None if deterministic else {"dropout": rng})
     return task_types.get(self.task_type).mask_absent(logits, batch["choice_mask"] > 0, jnp), hidden
 
   def task_losses(self, logits, labels):
@@ -257,21 +262,22 @@ class TaskObjective:
     return task_types.get(self.task_type).predict(logits, jnp)
 
 
-
 # ----------------------------------------------------------------------------
 # State and steps.
 
+
 def init_state_fn(objective, tx, dummy: Batch) -> Callable[[jax.Array], dict]:
   """``rng -> state`` with params still boxed in ``nn.Partitioned`` (for sharding discovery)."""
+
   def init(rng):
     params = objective.init(rng, dummy)["params"]
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
   return init
 
 
-def train_step(state: dict, batch: Batch, *, objective, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, seed: int, grad_accum_steps: int = 1, skip_nonfinite: bool = False,
-               nan_at_step: int = -1):
+def train_step(state: dict, batch: Batch, *, objective, tx: optax.GradientTransformation, schedule: optax.Schedule,
+               seed: int, grad_accum_steps: int = 1, skip_nonfinite: bool = False, nan_at_step: int = -1):
   """One optimiser update over a global batch (optionally in micro-batches)."""
   step = state["step"]
   # Dropout randomness is a function of the step: resuming replays it exactly.
@@ -279,25 +285,27 @@ def train_step(state: dict, batch: Batch, *, objective, tx: optax.GradientTransf
   params = state["params"]
 
   def grads_of(micro, micro_rng):
+
     def f(p):
       total, count, aux = objective.loss_sums(p, micro, micro_rng, deterministic=False)
       return total, (count, aux)
+
     (total, (count, aux)), g = jax.value_and_grad(f, has_aux=True)(params)
     return total, count, aux, g
 
   if grad_accum_steps == 1:
     total, count, aux, grads = grads_of(batch, rng)
   else:
-    micro_batches = jax.tree.map(
-        lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]), batch)
+    micro_batches = jax.tree.map(lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]),
+                                 batch)
 
     def body(carry, xs):
       i, micro = xs
       t, c, a, g = grads_of(micro, jax.random.fold_in(rng, i))
       return jax.tree.map(jnp.add, carry, (t, c, a, g)), None
 
-    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: grads_of(
-        jax.tree.map(lambda x: x[0], micro_batches), rng)))
+    zero = jax.tree.map(jnp.zeros_like,
+                        jax.eval_shape(lambda: grads_of(jax.tree.map(lambda x: x[0], micro_batches), rng)))
     (total, count, aux, grads), _ = jax.lax.scan(body, zero, (jnp.arange(grad_accum_steps), micro_batches))
 
   count = jnp.maximum(count, 1.0)
@@ -330,5 +338,3 @@ def eval_step(params, batch: Batch, *, objective) -> dict:
 
 def abstract_with_shardings(abstract_tree, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
-
-

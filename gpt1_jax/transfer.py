@@ -55,8 +55,11 @@ def heldout_perplexity_fn(pretrain_dir: str, max_windows: int = 512):
   if n < 1:
     raise ValueError(f"{run.data.dir}: valid split has {len(tokens)} tokens, under one window of {seq_len}")
   windows = np.stack([tokens[r * seq_len:r * seq_len + seq_len + 1] for r in range(n)]).astype(np.int32)
-  batches = [{"inputs": jnp.asarray(w[:, :-1]), "targets": jnp.asarray(w[:, 1:]),
-              "loss_mask": jnp.ones(w[:, 1:].shape, jnp.float32)} for w in np.array_split(windows, -(-n // 64))]
+  batches = [{
+      "inputs": jnp.asarray(w[:, :-1]),
+      "targets": jnp.asarray(w[:, 1:]),
+      "loss_mask": jnp.ones(w[:, 1:].shape, jnp.float32)
+  } for w in np.array_split(windows, -(-n // 64))]
   objective = LMObjective(run.model)
   loss_fn = jax.jit(lambda p, b: objective.loss_sums(p, b, None, True)[:2])
 
@@ -67,8 +70,8 @@ def heldout_perplexity_fn(pretrain_dir: str, max_windows: int = 512):
   return perplexity
 
 
-def finetune_config(task: str, weights: str, seed: int, source: str, *, model: dict | None = None,
-                    epochs: float = 0.0, recipe: str = "tiny"):
+def finetune_config(task: str, weights: str, seed: int, source: str, *, model: dict | None = None, epochs: float = 0.0,
+                    recipe: str = "tiny"):
   """``configs/finetune.py:<task>_tiny`` (``recipe="paper"``: ``:<task>``) from ``weights`` (``none``:
   random init) on the task files in ``source``, with a pretraining run's ``model`` section when given
   (every arm of a comparison gets the same shape)."""
@@ -102,8 +105,8 @@ def export_step(pretrain_dir: str, step: int, out: str) -> dict:
   return params
 
 
-def curve(pretrain_dir: str, out: str, seeds=(0, 1, 2), task_dir: str | None = None, steps=None,
-          epochs: float = 0.0, log=print) -> list[dict]:
+def curve(pretrain_dir: str, out: str, seeds=(0, 1, 2), task_dir: str | None = None, steps=None, epochs: float = 0.0,
+          log=print) -> list[dict]:
   """One row per checkpoint (and step 0 = random init); see the module docstring. ``epochs``
   overrides the fine-tuning epochs (0: the demo's)."""
   task_dir = task_dir or project.path("data", "sst2")
@@ -128,16 +131,31 @@ def curve(pretrain_dir: str, out: str, seeds=(0, 1, 2), task_dir: str | None = N
   model = run.to_dict()["model"]
   random = [finetune(os.path.join(out, f"random_seed{s}"), "none", s, task_dir, epochs, model) for s in seeds]
   log(f"random init: {' '.join(f'{a:.3f}' for a in random)} (bag-of-words probe {bow:.3f})")
-  rows = [{"step": 0, "tokens": 0, "perplexity": None, "probe_bow": bow, "probe_embeddings": None,
-           "pretrained": random, "random": random, "gap": 0.0}]
+  rows = [{
+      "step": 0,
+      "tokens": 0,
+      "perplexity": None,
+      "probe_bow": bow,
+      "probe_embeddings": None,
+      "pretrained": random,
+      "random": random,
+      "gap": 0.0
+  }]
   perplexity = heldout_perplexity_fn(pretrain_dir)
   for step in steps:
     weights = os.path.join(out, f"weights_{step}")
     params = export_step(pretrain_dir, step, weights)
     accs = [finetune(os.path.join(out, f"step{step}_seed{s}"), weights, s, task_dir, epochs, model) for s in seeds]
-    row = {"step": step, "tokens": step * tokens_per_step, "perplexity": perplexity(params),
-           "probe_bow": bow, "probe_embeddings": probe.accuracy(words, labels, ids, probe.centred_embeddings(params, v)),
-           "pretrained": accs, "random": random, "gap": float(np.mean(accs) - np.mean(random))}
+    row = {
+        "step": step,
+        "tokens": step * tokens_per_step,
+        "perplexity": perplexity(params),
+        "probe_bow": bow,
+        "probe_embeddings": probe.accuracy(words, labels, ids, probe.centred_embeddings(params, v)),
+        "pretrained": accs,
+        "random": random,
+        "gap": float(np.mean(accs) - np.mean(random))
+    }
     rows.append(row)
     log(f"step {step}: {row['tokens'] / 1e6:.2f}M tokens, perplexity {row['perplexity']:.0f}, embedding probe "
         f"{row['probe_embeddings']:.3f}, fine-tuned {' '.join(f'{a:.3f}' for a in accs)} "
@@ -147,14 +165,17 @@ def curve(pretrain_dir: str, out: str, seeds=(0, 1, 2), task_dir: str | None = N
 
 
 def table(rows: list[dict]) -> str:
-  lines = ["| step | tokens seen | held-out ppl | probe: BoW + embeddings (BoW alone) | fine-tuned from pretraining "
-           "(seeds) | from random init | gap (points) |", "|---|---|---|---|---|---|---|"]
+  lines = [
+      "| step | tokens seen | held-out ppl | probe: BoW + embeddings (BoW alone) | fine-tuned from pretraining "
+      "(seeds) | from random init | gap (points) |", "|---|---|---|---|---|---|---|"
+  ]
   for r in rows:
     ppl = f"{r['perplexity']:.0f}" if r["perplexity"] else "-"
     emb = f"{r['probe_embeddings']:.3f} ({r['probe_bow']:.3f})" if r["probe_embeddings"] else f"- ({r['probe_bow']:.3f})"
     pre = " / ".join(f"{a:.3f}" for a in r["pretrained"])
-    lines.append(f"| {r['step']} | {r['tokens'] / 1e6:.2f}M | {ppl} | {emb} | {pre} (mean {np.mean(r['pretrained']):.3f}) "
-                 f"| {np.mean(r['random']):.3f} | {100 * r['gap']:+.1f} |")
+    lines.append(
+        f"| {r['step']} | {r['tokens'] / 1e6:.2f}M | {ppl} | {emb} | {pre} (mean {np.mean(r['pretrained']):.3f}) "
+        f"| {np.mean(r['random']):.3f} | {100 * r['gap']:+.1f} |")
   return "\n".join(lines)
 
 
@@ -204,6 +225,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("out", "", "Output directory (default: PRETRAIN/../transfer).")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Fine-tuning seeds.")
   flags.DEFINE_list("steps", [], "Checkpoint steps to evaluate (default: all kept).")
-  flags.DEFINE_string("task_dir", "", "Labelled sentences in SST-2's format (train.tsv, dev.tsv: sentence, label) "
-                      "to fine-tune and probe on instead of the shipped SST-2 sample (a held-back check).")
+  flags.DEFINE_string(
+      "task_dir", "", "Labelled sentences in SST-2's format (train.tsv, dev.tsv: sentence, label) "
+      "to fine-tune and probe on instead of the shipped SST-2 sample (a held-back check).")
   app.run(main)

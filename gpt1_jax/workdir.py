@@ -126,8 +126,16 @@ class RunDir:
 
 
 # Entries the run writes, and the type each must have if it already exists.
-_LAYOUT = {RunDir.CHECKPOINTS: "dir", RunDir.BEST: "dir", RunDir.PREDICTIONS: "dir", RunDir.TENSORBOARD: "dir",
-           RunDir.CORRUPT: "dir", RunDir.METRICS: "file", RunDir.CONFIG: "file", LOCK_NAME: "file"}
+_LAYOUT = {
+    RunDir.CHECKPOINTS: "dir",
+    RunDir.BEST: "dir",
+    RunDir.PREDICTIONS: "dir",
+    RunDir.TENSORBOARD: "dir",
+    RunDir.CORRUPT: "dir",
+    RunDir.METRICS: "file",
+    RunDir.CONFIG: "file",
+    LOCK_NAME: "file"
+}
 
 
 class WorkdirError(RuntimeError):
@@ -182,8 +190,7 @@ class Lock:
   such as ``prepare`` must not start a backend); ``what`` and ``advice`` word the refusal.
   """
 
-  def __init__(self, workdir: str, *, what: str = "workdir", advice: str = _WORKDIR_ADVICE,
-               multihost: bool = True):
+  def __init__(self, workdir: str, *, what: str = "workdir", advice: str = _WORKDIR_ADVICE, multihost: bool = True):
     self.workdir = workdir
     self.path = os.path.join(workdir, LOCK_NAME)
     self.what, self.advice, self.multihost = what, advice, multihost
@@ -210,8 +217,9 @@ class Lock:
 
   def _acquire(self) -> str:
     if is_remote(self.workdir):
-      logging.warning("%s is on an object store, which has no locks: nothing stops a second run from using "
-                      "this %s at the same time", self.workdir, self.what)
+      logging.warning(
+          "%s is on an object store, which has no locks: nothing stops a second run from using "
+          "this %s at the same time", self.workdir, self.what)
       return ""
     missing, path = [], os.path.abspath(self.workdir)
     while not os.path.exists(path):
@@ -232,9 +240,12 @@ class Lock:
     if previous:
       logging.warning("%s: the previous run there (%s) ended without releasing the %s (killed?); taking it "
                       "over", self.workdir, _owner_text(previous), self.what)
-    me = {"host": socket.gethostname(), "pid": os.getpid(),
-          "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "command": " ".join(sys.argv)[:500]}
+    me = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv)[:500]
+    }
     os.ftruncate(self._fd, 0)
     os.pwrite(self._fd, json.dumps(me).encode(), 0)
     os.fsync(self._fd)
@@ -259,9 +270,11 @@ class Lock:
     then everything stays. The lock file goes while still locked; a run that opened it in that instant
     could lock the unlinked inode (the race in the module docstring), accepted for a refusal.
     """
+
     def empty(path):
       return os.path.isdir(path) and not os.path.islink(path) and all(
           empty(os.path.join(path, n)) for n in os.listdir(path))
+
     added = set(os.listdir(self.workdir)) - self._entries_before
     if any(n != LOCK_NAME and not empty(os.path.join(self.workdir, n)) for n in added):
       return

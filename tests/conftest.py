@@ -55,13 +55,15 @@ def lm_data_dir(tmp_path_factory):
 
 def micro_cli(workdir, data_dir, steps=40, extra=()):
   """`python -m gpt1_jax.main` for the micro pretraining run used by the process-level tests."""
-  return [sys.executable, "-m", "gpt1_jax.main", "--config=configs/pretrain.py:tiny", f"--workdir={workdir}",
-          f"--config.data.dir={data_dir}", "--config.model.n_ctx=32", "--config.model.n_embd=32",
-          "--config.model.n_head=2", "--config.model.n_layer=2", "--config.model.vocab_pad_multiple=8",
-          f"--config.train.num_steps={steps}", "--config.train.batch_size=8", "--config.train.learning_rate=3e-3",
-          "--config.train.warmup_steps=5", "--config.checkpoint.every_steps=10", "--config.checkpoint.keep=10",
-          "--config.log.every_steps=5", "--config.log.measure_peak=False", "--config.log.peak_flops_per_device=1e12",
-          "--config.eval.every_steps=20", "--config.eval.batch_size=8", "--config.mesh.num_devices=1", *extra]
+  return [
+      sys.executable, "-m", "gpt1_jax.main", "--config=configs/pretrain.py:tiny", f"--workdir={workdir}",
+      f"--config.data.dir={data_dir}", "--config.model.n_ctx=32", "--config.model.n_embd=32", "--config.model.n_head=2",
+      "--config.model.n_layer=2", "--config.model.vocab_pad_multiple=8", f"--config.train.num_steps={steps}",
+      "--config.train.batch_size=8", "--config.train.learning_rate=3e-3", "--config.train.warmup_steps=5",
+      "--config.checkpoint.every_steps=10", "--config.checkpoint.keep=10", "--config.log.every_steps=5",
+      "--config.log.measure_peak=False", "--config.log.peak_flops_per_device=1e12", "--config.eval.every_steps=20",
+      "--config.eval.batch_size=8", "--config.mesh.num_devices=1", *extra
+  ]
 
 
 @contextlib.contextmanager
@@ -74,6 +76,7 @@ def xla_compiles(name):
   def listen(event, duration, **labels):
     if event == "/jax/core/compile/backend_compile_duration" and labels.get("fun_name") == f"jit({name})":
       compiles.append(duration)
+
   jax.monitoring.register_event_duration_secs_listener(listen)
   try:
     yield compiles
@@ -84,5 +87,6 @@ def xla_compiles(name):
 def run_module(module: str, *args, timeout: int = 600):
   """``python -m MODULE ARGS`` from the checkout on CPU, output captured."""
   import subprocess
-  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=timeout)
+  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO, env={
+      **os.environ, "JAX_PLATFORMS": "cpu"
+  }, timeout=timeout)

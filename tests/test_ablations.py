@@ -10,7 +10,6 @@
 import csv
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -27,13 +26,17 @@ def _write_story_cloze(folder, n=30):
   os.makedirs(folder)
   with open(os.path.join(folder, "cloze_test_val__spring2016.csv"), "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["InputStoryid", "InputSentence1", "InputSentence2", "InputSentence3", "InputSentence4",
-                "RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2", "AnswerRightEnding"])
+    w.writerow([
+        "InputStoryid", "InputSentence1", "InputSentence2", "InputSentence3", "InputSentence4",
+        "RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2", "AnswerRightEnding"
+    ])
     for i in range(n):
       right, wrong = "she was glad to be home.", "the moon was made of cheese."
       ends = (right, wrong) if i % 2 else (wrong, right)
-      w.writerow([f"story-{i}", "Ann walked to the park.", "It was sunny.", "She met a friend.",
-                  "They talked for an hour.", *ends, 1 if i % 2 else 2])
+      w.writerow([
+          f"story-{i}", "Ann walked to the park.", "It was sunny.", "She met a friend.", "They talked for an hour.",
+          *ends, 1 if i % 2 else 2
+      ])
 
 
 def _head_of_sst2(folder, n=40):
@@ -48,9 +51,10 @@ def quick_grid(tmp_path_factory):
   root = tmp_path_factory.mktemp("ablations")
   _head_of_sst2(str(root / "sst2"))
   _write_story_cloze(str(root / "story_cloze"))
-  grid = ablations.Grid(out=str(root / "out"), tasks=("sst2", "story_cloze"),
-                        task_dirs={"sst2": str(root / "sst2"), "story_cloze": str(root / "story_cloze")},
-                        seeds=(0,), quick=True)
+  grid = ablations.Grid(out=str(root / "out"), tasks=("sst2", "story_cloze"), task_dirs={
+      "sst2": str(root / "sst2"),
+      "story_cloze": str(root / "story_cloze")
+  }, seeds=(0,), quick=True)
   logs = []
   record = ablations.run_grid(grid, log=logs.append)
   return grid, record, logs
@@ -69,8 +73,11 @@ def test_quick_grid_cells_are_the_runs_logged_metrics(quick_grid):
   assert record["metrics"] == {"sst2": "accuracy", "story_cloze": "accuracy"}
   with open(os.path.join(grid.out, "ablations.md")) as f:
     md = f.read()
-  rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-          for line in md.splitlines() if line.startswith("| ") and "±" in line}
+  rows = {
+      line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+      for line in md.splitlines()
+      if line.startswith("| ") and "±" in line
+  }
   labels = {a.name: a.label for a in ablations.ARMS}
   for arm in ablations.ARM_NAMES:
     for j, task in enumerate(grid.tasks):
@@ -109,8 +116,7 @@ def test_resume_reruns_only_the_missing_run(quick_grid):
   assert not any(line.startswith("pretraining") for line in logs)  # finished pretraining is not redone
   assert {d: os.stat(os.path.join(d, "metrics.jsonl")).st_mtime_ns for d in others} == before
   assert again["cells"]["full"] == record["cells"]["full"]
-  assert again["cells"]["no_aux_lm"]["story_cloze"]["values"] == [
-      100 * _logged_final(gone, "accuracy")]
+  assert again["cells"]["no_aux_lm"]["story_cloze"]["values"] == [100 * _logged_final(gone, "accuracy")]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -138,8 +144,8 @@ def test_unreadable_or_wrong_checkpoints_are_refused(tmp_path):
   import jax
   empty = tmp_path / "empty"
   empty.mkdir()
-  grid = lambda **kw: ablations.Grid(out=str(tmp_path / "out"), tasks=("sst2",),
-                                     task_dirs={"sst2": os.path.join(REPO, "data", "sst2")}, seeds=(0,), quick=True, **kw)
+  grid = lambda **kw: ablations.Grid(out=str(tmp_path / "out"), tasks=("sst2",), task_dirs=
+                                     {"sst2": os.path.join(REPO, "data", "sst2")}, seeds=(0,), quick=True, **kw)
   with pytest.raises(ValueError, match="--transformer=.*cannot read the weights"):
     ablations.check_inputs(grid(transformer=str(empty)))
   cfg = ModelConfig(vocab_size=40481, n_ctx=16, n_embd=16, n_head=2, n_layer=1, vocab_pad_multiple=1)
@@ -162,15 +168,15 @@ def test_default_tasks_are_those_with_data_and_the_rest_are_named(tmp_path, monk
   monkeypatch.setenv("GPT1_JAX_HOME", _fresh_clone(tmp_path / "clone"))
   dirs = ablations.task_dirs_with_defaults(ablations.DEFAULT_TASKS, {})
   assert set(dirs) == {"sst2", "cola", "stsb", "rte"}
-  assert ablations.tasks_with_data(ablations.DEFAULT_TASKS, dirs) == (("sst2", "cola", "stsb", "rte"),
-                                                                      ("mrpc", "story_cloze"))
+  assert ablations.tasks_with_data(ablations.DEFAULT_TASKS,
+                                   dirs) == (("sst2", "cola", "stsb", "rte"), ("mrpc", "story_cloze"))
   # A directory given for an unshipped task brings it back, in Table 5's order.
   dirs = ablations.task_dirs_with_defaults(ablations.DEFAULT_TASKS, {"mrpc": "/somewhere/MRPC"})
-  assert ablations.tasks_with_data(ablations.DEFAULT_TASKS, dirs) == (
-      ("sst2", "cola", "stsb", "rte", "mrpc"), ("story_cloze",))
-  assert ablations.left_out_message(("mrpc", "story_cloze")) == (
-      "left out mrpc, story_cloze: no data directory (the project cannot ship them); "
-      "add with --task_dirs=mrpc=DIR,story_cloze=DIR")
+  assert ablations.tasks_with_data(ablations.DEFAULT_TASKS,
+                                   dirs) == (("sst2", "cola", "stsb", "rte", "mrpc"), ("story_cloze",))
+  assert ablations.left_out_message(
+      ("mrpc", "story_cloze")) == ("left out mrpc, story_cloze: no data directory (the project cannot ship them); "
+                                   "add with --task_dirs=mrpc=DIR,story_cloze=DIR")
   monkeypatch.setenv("GPT1_JAX_HOME", str(tmp_path / "no_checkout"))
   with pytest.raises(ValueError, match=r"no data for any of the default tasks .*GPT1_JAX_HOME"):
     ablations.tasks_with_data(ablations.DEFAULT_TASKS, ablations.task_dirs_with_defaults(ablations.DEFAULT_TASKS, {}))
@@ -181,9 +187,9 @@ def test_cli_on_a_fresh_clone_names_the_left_out_tasks_and_checks_the_rest(tmp_p
   here at the input checks by a missing --transformer, so the test takes seconds, not the grid's minutes)."""
   env = {**os.environ, "GPT1_JAX_HOME": _fresh_clone(tmp_path / "clone")}
   out = tmp_path / "out"
-  p = subprocess.run([sys.executable, "-m", "gpt1_jax.ablations", f"--out={out}", "--quick",
-                      f"--transformer={tmp_path / 'missing'}"], cwd=REPO, env=env, capture_output=True, text=True,
-                     timeout=300)
+  p = subprocess.run([
+      sys.executable, "-m", "gpt1_jax.ablations", f"--out={out}", "--quick", f"--transformer={tmp_path / 'missing'}"
+  ], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert p.stdout.splitlines()[0] == ablations.left_out_message(("mrpc", "story_cloze")), p.stdout
   errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
   assert p.returncode == 1 and errors == [f"error: --transformer={tmp_path / 'missing'}: no such directory"], p.stderr

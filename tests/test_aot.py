@@ -43,9 +43,11 @@ def reports():
 # ----------------------------------------------------------------------------
 # Accelerator types.
 
-@pytest.mark.parametrize("name,topology_name,chips", [
-    ("v5e-8", "v5e:2x4", 8), ("v5litepod-256", "v5e:16x16", 256), ("v4-8", "v4:2x2x1", 4),
-    ("v4-4096", "v4:8x16x16", 2048), ("v5p-8", "v5p:2x2x1", 4), ("v6e-8", "v6e:2x4", 8), ("V5E-1", "v5e:1x1", 1)])
+
+@pytest.mark.parametrize("name,topology_name,chips", [("v5e-8", "v5e:2x4", 8), ("v5litepod-256", "v5e:16x16", 256),
+                                                      ("v4-8", "v4:2x2x1", 4), ("v4-4096", "v4:8x16x16", 2048),
+                                                      ("v5p-8", "v5p:2x2x1", 4), ("v6e-8", "v6e:2x4", 8),
+                                                      ("V5E-1", "v5e:1x1", 1)])
 def test_accelerator_types_map_to_libtpu_topologies(name, topology_name, chips):
   s = topology.parse(name)
   assert (s.topology_name, s.chips) == (topology_name, chips)
@@ -64,7 +66,7 @@ def test_megacore_chips_are_one_device_each():
 
 
 def test_hbm_available_is_the_compilers_own_figure():
-  assert aot_compile.hbm_available("v5e-8") == int(15.75 * 2 ** 30)
+  assert aot_compile.hbm_available("v5e-8") == int(15.75 * 2**30)
   assert topology.parse("v5e-8").hosts == 1 and topology.parse("v5e-256").hosts == 64
   assert topology.parse("v4-32").hosts == 4
 
@@ -150,6 +152,7 @@ def test_iota_replica_groups():
 # ----------------------------------------------------------------------------
 # The micro GPT-1 on v5e-8.
 
+
 def kinds(r, over="ici"):
   return {c["kind"] for c in r["collectives"] if c["over"] == over and c["count"]}
 
@@ -189,11 +192,13 @@ def test_loops_count_every_iteration(scan, accum):
   """XLA's cost analysis counts the body of a scan over layers or of gradient accumulation once
   (measured: 1/4 of the FLOPs with 4 micro-batches); the report adds the iterations it missed, so
   the same step written with loops counts what the flat one does."""
+
   def config(scan_layers=False, grad_accum_steps=1):
     c = micro(batch=32, data=8)
     c.model.update(n_embd=128, n_head=4, n_layer=4, n_ctx=64, scan_layers=scan_layers)
     c.train.update(grad_accum_steps=grad_accum_steps)
     return c
+
   flat = aot_compile.compile_for(config(), "v5e-8")
   looped = aot_compile.compile_for(config(scan, accum), "v5e-8")
   xla = looped["xla_cost_analysis"]
@@ -243,6 +248,7 @@ def test_sweep_refuses_impossible_shapes_without_compiling():
 # ----------------------------------------------------------------------------
 # The command line.
 
+
 def run_cli(*args, timeout=900):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   env.pop("XLA_FLAGS", None)
@@ -250,10 +256,11 @@ def run_cli(*args, timeout=900):
                         env=env, timeout=timeout)
 
 
-MICRO_FLAGS = ["--config=configs/pretrain.py:tiny", "--config.model.n_ctx=32", "--config.model.n_embd=32",
-               "--config.model.n_head=2", "--config.model.n_layer=2", "--config.model.vocab_pad_multiple=8",
-               "--config.train.softmax_samples=0", "--config.eval.every_steps=0", "--config.mesh.data=1",
-               "--config.mesh.fsdp=-1"]
+MICRO_FLAGS = [
+    "--config=configs/pretrain.py:tiny", "--config.model.n_ctx=32", "--config.model.n_embd=32",
+    "--config.model.n_head=2", "--config.model.n_layer=2", "--config.model.vocab_pad_multiple=8",
+    "--config.train.softmax_samples=0", "--config.eval.every_steps=0", "--config.mesh.data=1", "--config.mesh.fsdp=-1"
+]
 
 
 def test_cli_writes_the_report(tmp_path):
@@ -288,8 +295,8 @@ def test_cli_refuses_an_unknown_topology_before_compiling(tmp_path):
 @pytest.mark.slow
 def test_gpt1_117m_at_the_papers_batch_compiles_for_v5e_8(tmp_path):
   """The acceptance command: :gpt1 as shipped (float32, vocabulary padded to 128), 64 x 512, fsdp=8."""
-  p = run_cli("--topology=v5e-8", "--config=configs/pretrain.py:gpt1", "--config.mesh.data=1",
-              "--config.mesh.fsdp=-1", f"--out={tmp_path}", timeout=2400)
+  p = run_cli("--topology=v5e-8", "--config=configs/pretrain.py:gpt1", "--config.mesh.data=1", "--config.mesh.fsdp=-1",
+              f"--out={tmp_path}", timeout=2400)
   assert p.returncode == 0, p.stderr[-3000:]
   r = json.loads((tmp_path / "aot.json").read_text())
   assert r["fits"] and r["memory_per_chip"]["total"] < r["hbm_per_chip_bytes"]
@@ -310,9 +317,11 @@ def test_sweep_ranks_the_meshes_that_fit_and_skips_impossible_ones(tmp_path):
   skipped = [c for c in rows if c["candidate"]["tensor"] == 4]
   assert skipped and all(c["status"] == "skipped" and "heads" in c["reason"] for c in skipped)
   fitting = [c for c in rows if c.get("fits")]
-  assert len(fitting) >= 5 and [c["tokens_per_s"] for c in fitting] == sorted((c["tokens_per_s"] for c in fitting),
-                                                                             reverse=True)
+  assert len(fitting) >= 5 and [c["tokens_per_s"] for c in fitting] == sorted(
+      (c["tokens_per_s"] for c in fitting), reverse=True)
   best = fitting[0]["candidate"]
-  assert r["best_flags"][:3] == [f"--config.mesh.data={best['data']}", f"--config.mesh.fsdp={best['fsdp']}",
-                                 f"--config.mesh.tensor={best['tensor']}"]
+  assert r["best_flags"][:3] == [
+      f"--config.mesh.data={best['data']}", f"--config.mesh.fsdp={best['fsdp']}",
+      f"--config.mesh.tensor={best['tensor']}"
+  ]
   assert "Best: --config.mesh.data=" in (tmp_path / "sweep.md").read_text()

@@ -16,14 +16,13 @@ import pathlib
 import re
 import subprocess
 import sys
-import sysconfig
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # What the image has that exists for CPU, plus the two small wheels it may be given.
-IMAGE = ("jax", "flax", "optax", "orbax-checkpoint", "chex", "numpy", "scipy", "tensorboard", "tqdm",
-         "ml-collections", "absl-py")
+IMAGE = ("jax", "flax", "optax", "orbax-checkpoint", "chex", "numpy", "scipy", "tensorboard", "tqdm", "ml-collections",
+         "absl-py")
 ABSENT = ("tensorflow", "tensorflow_datasets", "spacy", "ftfy", "torch", "transformers", "sklearn")
 
 
@@ -69,8 +68,10 @@ def bare_python(tmp_path_factory):
   for name in ABSENT:
     r = subprocess.run([str(python), "-c", f"import {name}"], capture_output=True, text=True)
     assert r.returncode != 0 and "ModuleNotFoundError" in r.stderr, f"{name} is importable in the bare venv"
-  r = subprocess.run([str(python), "-c", "import jax, flax, optax, orbax.checkpoint, ml_collections, gpt1_jax; "
-                      "print(gpt1_jax.__file__)"], capture_output=True, text=True, timeout=300)
+  r = subprocess.run([
+      str(python), "-c", "import jax, flax, optax, orbax.checkpoint, ml_collections, gpt1_jax; "
+      "print(gpt1_jax.__file__)"
+  ], capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   assert r.stdout.strip().startswith(str(REPO))
   return python
@@ -102,13 +103,15 @@ def test_pretraining_and_sampling_run_on_a_bare_image(bare_python, tmp_path):
   # Text prompts need spaCy: a one-line error says so.
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
   r = subprocess.run([str(bare_python), "-m", "gpt1_jax.generate", f"--checkpoint={wd}", "--prompt=hello"],
-                     capture_output=True, text=True, cwd=REPO, env={**env, "JAX_PLATFORMS": "cpu"}, timeout=600)
+                     capture_output=True, text=True, cwd=REPO, env={
+                         **env, "JAX_PLATFORMS": "cpu"
+                     }, timeout=600)
   assert r.returncode != 0 and "encoding text needs spaCy" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
 def test_the_train_benchmark_runs_on_a_bare_image(bare_python, tmp_path):
   out = tmp_path / "bench.json"
-  _run(bare_python, "-m", "gpt1_jax.bench", "--suite=train", "--shape=tiny", "--steps=2", "--warmup=1",
-       "--hf=False", "--breakdown=False", f"--out={out}")
+  _run(bare_python, "-m", "gpt1_jax.bench", "--suite=train", "--shape=tiny", "--steps=2", "--warmup=1", "--hf=False",
+       "--breakdown=False", f"--out={out}")
   assert out.exists() and "tokens_per_s" in out.read_text()

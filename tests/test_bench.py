@@ -30,10 +30,10 @@ def positive_finite(x):
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-  opts = bench.Options(
-      shapes=(bench.Shape("micro", MICRO, 4, 32),), steps=2, warmup=1, peak_n=256, tokenizer_lines=200,
-      lm_batch=4, lm_seq_len=32, pipeline_seconds=0.1, task_batch=8, task_max_len=32, inference_model=MICRO,
-      classify_batch=4, generate_batch=2, prompt_len=4, new_tokens=4, inference_reps=2)
+  opts = bench.Options(shapes=(bench.Shape("micro", MICRO, 4,
+                                           32),), steps=2, warmup=1, peak_n=256, tokenizer_lines=200, lm_batch=4,
+                       lm_seq_len=32, pipeline_seconds=0.1, task_batch=8, task_max_len=32, inference_model=MICRO,
+                       classify_batch=4, generate_batch=2, prompt_len=4, new_tokens=4, inference_reps=2)
   r = bench.run(opts, "pytest")
   path = tmp_path_factory.mktemp("bench") / "bench.json"
   bench.write_json(r, str(path))
@@ -126,14 +126,14 @@ def test_cpu_shapes_state_their_reductions():
                                  vocab_pad=0)
   demo = load_config("pretrain", "tiny")  # the demo's model, whatever its current size
   assert (tiny.batch, tiny.seq_len) == (demo.train.batch_size, demo.model.n_ctx) == (32, 64)
-  assert (tiny.model.n_embd, tiny.model.n_layer, tiny.model.resid_pdrop) == (
-      demo.model.n_embd, demo.model.n_layer, demo.model.resid_pdrop)
+  assert (tiny.model.n_embd, tiny.model.n_layer, tiny.model.resid_pdrop) == (demo.model.n_embd, demo.model.n_layer,
+                                                                             demo.model.resid_pdrop)
   assert (gpt1.model.n_layer, gpt1.model.n_embd, gpt1.model.n_head, gpt1.seq_len) == (2, 768, 12, 512)
   assert "2 of its 12 blocks" in gpt1.describe()
   (full,) = bench.make_shapes("gpt1", on_cpu=False, layers_cpu=2, batch=0, dtype="bfloat16", attention="cudnn",
                               vocab_pad=0)
-  assert (full.model.n_layer, full.model.dtype, full.model.attention, full.model.attn_pdrop) == (
-      12, "bfloat16", "cudnn", 0.0)
+  assert (full.model.n_layer, full.model.dtype, full.model.attention, full.model.attn_pdrop) == (12, "bfloat16",
+                                                                                                 "cudnn", 0.0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -159,10 +159,12 @@ def _cpu_env(**extra):
 
 
 def test_the_train_suite_imports_neither_tensorflow_nor_torch(tmp_path):
-  args = ["--suite=train", "--shape=tiny", "--steps=1", "--warmup=1", "--hf=False", "--breakdown=False",
-          f"--out={tmp_path / 'bench.json'}"]
-  r = subprocess.run([sys.executable, "-c", _LOADED.format(args=args)], cwd=REPO, env=_cpu_env(),
-                     capture_output=True, text=True, timeout=600)
+  args = [
+      "--suite=train", "--shape=tiny", "--steps=1", "--warmup=1", "--hf=False", "--breakdown=False",
+      f"--out={tmp_path / 'bench.json'}"
+  ]
+  r = subprocess.run([sys.executable, "-c", _LOADED.format(args=args)], cwd=REPO, env=_cpu_env(), capture_output=True,
+                     text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   assert json.loads(r.stdout.splitlines()[-1]) == []
   assert json.loads((tmp_path / "bench.json").read_text())["train"][0]["ours"]["tokens_per_s"] > 0
@@ -191,7 +193,8 @@ for name in ("tensorflow", "tensorflow_datasets", "spacy", "ftfy"):
 QUICK_ROWS = {
     "logits_bf16_vs_f32", "attention_dot_product", "attention_cudnn", "pretrain_float32", "pretrain_bfloat16",
     "speed_b4_xla", "speed_b4_cudnn", "speed_b4_xla_no_attn_dropout", "speed_b4_xla_scan", "speed_b2_xla",
-    "speed_b4_cudnn_scan", "speed_b4_xla_remat", "speed_b4_dot_product", "hf_b4_eager", "hf_b4_compile", "profile"}
+    "speed_b4_cudnn_scan", "speed_b4_xla_remat", "speed_b4_dot_product", "hf_b4_eager", "hf_b4_compile", "profile"
+}
 GPU_ONLY = {"attention_cudnn", "speed_b4_cudnn", "speed_b4_cudnn_scan"}
 
 
@@ -200,9 +203,10 @@ def quick(tmp_path_factory):
   d = tmp_path_factory.mktemp("gpu_check")
   (d / "site").mkdir()
   (d / "site" / "sitecustomize.py").write_text(_NOT_ON_THE_IMAGE)
-  r = subprocess.run([sys.executable, "-m", "gpt1_jax.bench", "--suite=gpu", "--quick", f"--out={d}/gpu_check.json",
-                      f"--work_dir={d}/work", "--steps=3", "--warmup=1", "--pretrain_steps=24", "--budget=1200"],
-                     cwd=REPO, env=_cpu_env(PYTHONPATH=str(d / "site")), capture_output=True, text=True, timeout=1800)
+  r = subprocess.run([
+      sys.executable, "-m", "gpt1_jax.bench", "--suite=gpu", "--quick", f"--out={d}/gpu_check.json",
+      f"--work_dir={d}/work", "--steps=3", "--warmup=1", "--pretrain_steps=24", "--budget=1200"
+  ], cwd=REPO, env=_cpu_env(PYTHONPATH=str(d / "site")), capture_output=True, text=True, timeout=1800)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
   with open(d / "gpu_check.json") as f:
     result = json.load(f, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
@@ -274,20 +278,22 @@ def test_gpu_check_quick_profiles_the_fastest_row_and_writes_the_tables(quick):
 
 
 def test_gpu_check_skips_what_the_budget_no_longer_allows():
-  result = gpu_check.run_check(gpu_check.GpuOptions(quick=True, budget_s=0.0,
-                                                    rows=("logits_bf16_vs_f32", "speed_b4_xla")))
+  result = gpu_check.run_check(
+      gpu_check.GpuOptions(quick=True, budget_s=0.0, rows=("logits_bf16_vs_f32", "speed_b4_xla")))
   assert [r["status"] for r in result["rows"]] == ["skipped", "skipped"]
   assert all(r["note"].startswith("skipped: time budget") for r in result["rows"])
   assert result["summary"]["skipped"] == ["logits_bf16_vs_f32", "speed_b4_xla"]
 
 
 def test_gpu_check_records_a_failing_row_and_goes_on(monkeypatch, tmp_path):
+
   def broken(*a, **k):
     raise RuntimeError("a kernel fell over")
 
   monkeypatch.setattr(correctness, "logits_bf16_vs_f32", broken)
-  result = gpu_check.run_check(gpu_check.GpuOptions(quick=True, steps=2, warmup=1, work_dir=str(tmp_path),
-                                                    rows=("logits_bf16_vs_f32", "attention_cudnn", "speed_b2_xla")))
+  result = gpu_check.run_check(
+      gpu_check.GpuOptions(quick=True, steps=2, warmup=1, work_dir=str(tmp_path),
+                           rows=("logits_bf16_vs_f32", "attention_cudnn", "speed_b2_xla")))
   rows = {r["name"]: r for r in result["rows"]}
   assert rows["logits_bf16_vs_f32"]["status"] == "error" and "a kernel fell over" in rows["logits_bf16_vs_f32"]["error"]
   assert rows["attention_cudnn"]["note"] == gpu_check.NEEDS_GPU
@@ -326,10 +332,37 @@ def test_the_shipped_store_is_what_prepare_writes_from_the_shipped_reviews(tmp_p
 def test_profile_summary_counts_each_kernel_once_from_the_device_streams(tmp_path):
   # A GPU-shaped trace: kernels on a compute stream, the same ops again on a derived "XLA Ops"
   # line of the device, and host-side launch events that must not count.
-  meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
-          {"ph": "M", "name": "thread_name", "pid": 1, "tid": 7, "args": {"name": "Stream #7(Compute)"}},
-          {"ph": "M", "name": "thread_name", "pid": 1, "tid": 9, "args": {"name": "XLA Ops"}},
-          {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}}]
+  meta = [{
+      "ph": "M",
+      "name": "process_name",
+      "pid": 1,
+      "args": {
+          "name": "/device:GPU:0"
+      }
+  }, {
+      "ph": "M",
+      "name": "thread_name",
+      "pid": 1,
+      "tid": 7,
+      "args": {
+          "name": "Stream #7(Compute)"
+      }
+  }, {
+      "ph": "M",
+      "name": "thread_name",
+      "pid": 1,
+      "tid": 9,
+      "args": {
+          "name": "XLA Ops"
+      }
+  }, {
+      "ph": "M",
+      "name": "process_name",
+      "pid": 2,
+      "args": {
+          "name": "/host:CPU"
+      }
+  }]
   kernels = [("sm90_xmma_gemm_bf16", "custom-call.3", 600.0), ("loop_add_fusion", "loop_add_fusion.1", 100.0),
              ("cudnn_generated_fort_native_sdpa", "custom-call.9", 300.0)]
   events = list(meta)
@@ -346,7 +379,7 @@ def test_profile_summary_counts_each_kernel_once_from_the_device_streams(tmp_pat
   s = profile.summarize(str(tmp_path), steps=2, step_s=1.2e-3)
   assert [o["op"] for o in s["top_ops"]] == ["custom-call.3", "custom-call.9", "loop_add_fusion.1"]
   assert [o["ms_per_step"] for o in s["top_ops"]] == [0.6, 0.3, 0.1] and s["busy_ms_per_step"] == 1.0
-  assert [o["category"] for o in s["top_ops"]] == ["matmul", "fused attention (cuDNN)",
-                                                   "fusion (elementwise, reductions)"]
+  assert [o["category"] for o in s["top_ops"]
+         ] == ["matmul", "fused attention (cuDNN)", "fusion (elementwise, reductions)"]
   assert s["top_ops"][0]["kernel"] == "sm90_xmma_gemm_bf16" and s["top_ops"][0]["calls_per_step"] == 1
   assert math.isclose(s["busy_share_of_step"], 1.0 / 1.2) and "Stream #7" in s["source"]

@@ -73,8 +73,9 @@ BAD = [
 ]
 
 PRETRAIN_VARIANTS = ["gpt1", "tiny"]
-FINETUNE_VARIANTS = ["sst2", "cola", "mnli", "snli", "qnli", "rte", "scitail", "mrpc", "qqp", "stsb", "race",
-                     "story_cloze"]
+FINETUNE_VARIANTS = [
+    "sst2", "cola", "mnli", "snli", "qnli", "rte", "scitail", "mrpc", "qqp", "stsb", "race", "story_cloze"
+]
 
 
 def _config(key: str, value):
@@ -96,16 +97,17 @@ def test_an_out_of_domain_value_is_refused_naming_key_value_and_range(key, value
 
 def test_softmax_samples_must_be_fewer_than_the_vocabulary():
   config = _config("train.softmax_samples", 40481)
-  with pytest.raises(ValueError, match=r"^train\.softmax_samples=40481: expected 0 \(the full softmax\) or fewer "
-                                       r"candidates than model\.vocab_size=40481$"):
+  with pytest.raises(
+      ValueError, match=r"^train\.softmax_samples=40481: expected 0 \(the full softmax\) or fewer "
+      r"candidates than model\.vocab_size=40481$"):
     config_lib.resolve(config)
   config.train.softmax_samples = 40480
   assert config_lib.resolve(config).train.softmax_samples == 40480
 
 
-@pytest.mark.parametrize("name, variant", [("pretrain", v) for v in PRETRAIN_VARIANTS]
-                         + [("finetune", v) for v in FINETUNE_VARIANTS]
-                         + [("finetune", v + "_tiny") for v in FINETUNE_VARIANTS])
+@pytest.mark.parametrize("name, variant",
+                         [("pretrain", v) for v in PRETRAIN_VARIANTS] + [("finetune", v) for v in FINETUNE_VARIANTS] +
+                         [("finetune", v + "_tiny") for v in FINETUNE_VARIANTS])
 def test_every_shipped_variant_resolves(name, variant):
   run = config_lib.resolve(load_config(name, variant))
   assert run.train.learning_rate > 0
@@ -113,8 +115,7 @@ def test_every_shipped_variant_resolves(name, variant):
 
 def test_edge_values_inside_the_domain_are_accepted():
   config = load_config("finetune", "sst2")
-  config.train.update(weight_decay=0.0, warmup_steps=0, warmup_fraction=0.0, b1=0.0, num_epochs=0.0,
-                      num_steps=10)
+  config.train.update(weight_decay=0.0, warmup_steps=0, warmup_fraction=0.0, b1=0.0, num_epochs=0.0, num_steps=10)
   config.task.update(lm_coef=0.0, clf_pdrop=0.0)
   config.model.update(embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
   config.checkpoint.update(every_minutes=0.0, keep=1)
@@ -126,10 +127,12 @@ def test_edge_values_inside_the_domain_are_accepted():
 @pytest.mark.parametrize("value", ["-1", "nan"])
 def test_the_cli_refuses_with_one_error_line_and_creates_nothing(tmp_path, value):
   workdir = tmp_path / "run"
-  r = subprocess.run([sys.executable, "-m", "gpt1_jax.main", "--config=configs/pretrain.py:tiny",
-                      f"--workdir={workdir}", f"--config.train.learning_rate={value}"],
-                     capture_output=True, text=True, cwd=REPO, timeout=120,
-                     env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  r = subprocess.run([
+      sys.executable, "-m", "gpt1_jax.main", "--config=configs/pretrain.py:tiny", f"--workdir={workdir}",
+      f"--config.train.learning_rate={value}"
+  ], capture_output=True, text=True, cwd=REPO, timeout=120, env={
+      **os.environ, "JAX_PLATFORMS": "cpu"
+  })
   assert r.returncode != 0
   errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
   assert errors == [f"error: train.learning_rate={float(value)!r}: expected a finite number > 0"], r.stderr

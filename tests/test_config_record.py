@@ -23,8 +23,8 @@ def _frozen_variants() -> dict:
 
 
 def _variants() -> list[str]:
-  return [f"pretrain.py:{v}" for v in ("gpt1", "tiny")] + [
-      f"finetune.py:{t}{s}" for t in project.config_module("finetune").TASKS for s in ("", "_tiny")]
+  return [f"pretrain.py:{v}" for v in ("gpt1", "tiny")
+         ] + [f"finetune.py:{t}{s}" for t in project.config_module("finetune").TASKS for s in ("", "_tiny")]
 
 
 def test_every_variant_is_frozen():
@@ -64,9 +64,18 @@ def test_the_defaults_are_the_dataclasses_and_unchanged():
   reads back as that key's default (``config.upgraded``): changing one changes how old runs resume."""
   assert config_lib.resolve(config_lib.defaults()) == config_lib.Run()
   frozen = _frozen_variants()
-  want = {**frozen["pretrain.py:gpt1"], "model": {**frozen["pretrain.py:gpt1"]["model"], "vocab_pad_multiple": 1},
-          "task": {**frozen["finetune.py:sst2"]["task"], "name": "lm", "source": ""},
-          "init": {"weights": frozen["pretrain.py:gpt1"]["init"]["from"]}}
+  want = {
+      **frozen["pretrain.py:gpt1"], "model": {
+          **frozen["pretrain.py:gpt1"]["model"], "vocab_pad_multiple": 1
+      },
+      "task": {
+          **frozen["finetune.py:sst2"]["task"], "name": "lm",
+          "source": ""
+      },
+      "init": {
+          "weights": frozen["pretrain.py:gpt1"]["init"]["from"]
+      }
+  }
   assert json.dumps(config_lib.defaults().to_dict(), sort_keys=True) == json.dumps(want, sort_keys=True)
 
 

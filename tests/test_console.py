@@ -18,7 +18,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 from conftest import REPO
 from gpt1_jax import checkpoint, report
@@ -49,8 +48,8 @@ def test_reading_weights_logs_no_warning(tmp_path, caplog):
 
 def test_importing_tensorflow_writes_nothing_to_stderr():
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user runs it
-  p = subprocess.run([sys.executable, "-c", "from gpt1_jax.data import tf; print(int(tf.constant(2) * 3))"],
-                     cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  p = subprocess.run([sys.executable, "-c", "from gpt1_jax.data import tf; print(int(tf.constant(2) * 3))"], cwd=REPO,
+                     env=env, capture_output=True, text=True, timeout=300)
   assert p.returncode == 0 and p.stdout == "6\n", p.stderr
   assert p.stderr == ""
 
@@ -65,8 +64,9 @@ def test_importing_tensorflow_passes_on_what_is_not_a_start_up_notice(monkeypatc
 
   def fake_import(name, *args, **kwargs):
     if name == "tensorflow":
-      os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
-                  b"something went wrong in C++\n")
+      os.write(
+          2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+          b"something went wrong in C++\n")
       return FakeTensorFlow
     return real_import(name, *args, **kwargs)
 
@@ -107,10 +107,9 @@ def test_log_to_file_keeps_records_off_the_console_and_prints_quarters_of_long_r
     root.setLevel(level)
     logging.captureWarnings(False)
   out, err = capsys.readouterr()
-  assert [line.split(" | ")[0] for line in out.splitlines()] == [
-      "   pretrain: step 25/100", "   pretrain: step 50/100", "   pretrain: step 75/100"]
+  assert [line.split(" | ")[0] for line in out.splitlines()
+         ] == ["   pretrain: step 25/100", "   pretrain: step 50/100", "   pretrain: step 75/100"]
   assert "a library's warning" not in err + out
   text = open(path).read()
   assert "WARNING orbax.somewhere" in text and "a library's warning" in text
   assert "pretrain: step 100/100" in text and "finetune: step 100/100" in text
-

@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from transformers import OpenAIGPTConfig, OpenAIGPTDoubleHeadsModel, OpenAIGPTLMHeadModel, OpenAIGPTModel  # noqa: E402
 
-from conftest import run_module
+from conftest import run_module  # noqa: E402
 from gpt1_jax import convert  # noqa: E402
 from gpt1_jax.model import GPT1ForTask, GPT1LM, ModelConfig, init_params, stack_layers  # noqa: E402
 
@@ -43,8 +43,8 @@ def hf_logits(model, ids, mask=None):
 
 def our_logits(config, params, ids, mask=None):
   with jax.default_matmul_precision("float32"):
-    return np.asarray(GPT1LM(config).apply({"params": params}, jnp.asarray(ids),
-                                           None if mask is None else jnp.asarray(mask)))
+    return np.asarray(
+        GPT1LM(config).apply({"params": params}, jnp.asarray(ids), None if mask is None else jnp.asarray(mask)))
 
 
 def test_hf_activation_is_the_tanh_gelu():
@@ -116,8 +116,7 @@ def test_double_heads_multiple_choice_matches_gpt1_for_task():
   mask = (np.arange(t)[None, None] <= cls[..., None]).astype(np.int64)
   with torch.no_grad():
     # transformers flattens the choices of input_ids but not of the mask.
-    ref = model(torch.tensor(ids), attention_mask=torch.tensor(mask.reshape(b * k, t)),
-                mc_token_ids=torch.tensor(cls))
+    ref = model(torch.tensor(ids), attention_mask=torch.tensor(mask.reshape(b * k, t)), mc_token_ids=torch.tensor(cls))
   with jax.default_matmul_precision("float32"):
     task = GPT1ForTask(config, task_type="multiple_choice")
     mc, hidden = task.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(cls))
@@ -181,9 +180,9 @@ def test_full_gpt1_config_matches_hf_and_appends_special_rows():
 # ----------------------------------------------------------------------------
 # OpenAI's release format
 
+
 def release_shapes(n_ctx, vocab, d, n_layer):
-  per_layer = [[1, d, 3 * d], [3 * d], [1, d, d], [d], [d], [d], [1, d, 4 * d], [4 * d], [1, 4 * d, d], [d], [d],
-               [d]]
+  per_layer = [[1, d, 3 * d], [3 * d], [1, d, d], [d], [d], [d], [1, d, 4 * d], [4 * d], [1, 4 * d, d], [d], [d], [d]]
   return [[n_ctx, d], [vocab, d]] + per_layer * n_layer
 
 
@@ -277,14 +276,15 @@ def test_openai_release_errors(tmp_path):
 # ----------------------------------------------------------------------------
 # The command line
 
+
 @pytest.mark.slow
 def test_cli_writes_checkpoints_that_load_params_reads_back(tmp_path):
   checkpoint = pytest.importorskip("gpt1_jax.checkpoint")
 
   (tmp_path / "release").mkdir()
   write_release(tmp_path / "release", release_shapes(8, 50, 32, 2))
-  convert.main(["--from=openai", f"--openai_dir={tmp_path / 'release'}", "--n_head=4",
-                f"--out={tmp_path / 'ckpt_openai'}"])
+  convert.main(
+      ["--from=openai", f"--openai_dir={tmp_path / 'release'}", "--n_head=4", f"--out={tmp_path / 'ckpt_openai'}"])
   config, params = checkpoint.load_params(str(tmp_path / "ckpt_openai"))
   ref_config, ref_params = convert.from_openai_release(str(tmp_path / "release"), n_head=4)
   assert config == ref_config
@@ -373,23 +373,37 @@ def test_hf_directories_load_in_a_fresh_transformers_process_with_our_logits(tmp
   mc_ids, mc_mask, mc_cls = right_padded(rng, 2, 2, 10)
   clf_ids, clf_mask, clf_cls = right_padded(rng, 4, 1, 12)
   plan = {
-      "lm": ("OpenAIGPTLMHeadModel", str(tmp_path / "lm_hf"), {"input_ids": lm_ids, "attention_mask": lm_mask}),
+      "lm": ("OpenAIGPTLMHeadModel", str(tmp_path / "lm_hf"), {
+          "input_ids": lm_ids,
+          "attention_mask": lm_mask
+      }),
       # transformers flattens the candidates of input_ids but not of the mask.
-      "mc": ("OpenAIGPTDoubleHeadsModel", str(tmp_path / "mc_hf"),
-             {"input_ids": mc_ids, "attention_mask": mc_mask.reshape(4, 10), "mc_token_ids": mc_cls}),
-      "clf": ("OpenAIGPTForSequenceClassification", str(tmp_path / "clf_hf"),
-              {"input_ids": clf_ids[:, 0], "attention_mask": clf_mask[:, 0]}),
+      "mc": ("OpenAIGPTDoubleHeadsModel", str(tmp_path / "mc_hf"), {
+          "input_ids": mc_ids,
+          "attention_mask": mc_mask.reshape(4, 10),
+          "mc_token_ids": mc_cls
+      }),
+      "clf": ("OpenAIGPTForSequenceClassification", str(tmp_path / "clf_hf"), {
+          "input_ids": clf_ids[:, 0],
+          "attention_mask": clf_mask[:, 0]
+      }),
   }
   plan = {k: (c, d, {n: np.asarray(v).tolist() for n, v in x.items()}) for k, (c, d, x) in plan.items()}
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  proc = subprocess.run([sys.executable, "-c", HF_LOADER, json.dumps(plan), json.dumps(str(tmp_path / "clf_hf"))],
-                        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+  proc = subprocess.run([sys.executable, "-c", HF_LOADER,
+                         json.dumps(plan),
+                         json.dumps(str(tmp_path / "clf_hf"))], capture_output=True, text=True, timeout=300, env=env,
+                        cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   hf = json.loads(proc.stdout)
 
   for name in ("lm", "mc", "clf"):
-    assert hf[name]["info"] == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [],
-                                "error_msgs": []}, (name, hf[name]["info"])
+    assert hf[name]["info"] == {
+        "missing_keys": [],
+        "unexpected_keys": [],
+        "mismatched_keys": [],
+        "error_msgs": []
+    }, (name, hf[name]["info"])
   for words in ("newly initialized", "not used", "missing", "unexpected"):
     assert words not in (hf["log"] + proc.stderr).lower(), (words, hf["log"], proc.stderr[-2000:])
 
@@ -497,8 +511,8 @@ def test_to_hf_bad_inputs_fail_in_one_line_and_touch_nothing(tmp_path):
   cases = [
       (["--to=hf", f"--checkpoint={tmp_path / 'nowhere'}", f"--out={tmp_path / 'o1'}"], ["nowhere", "no such"]),
       (["--to=hf", f"--checkpoint={tmp_path / 'sim'}", f"--out={tmp_path / 'full'}"], ["full", "non-empty"]),
-      (["--to=hf", f"--checkpoint={tmp_path / 'sim'}", f"--out={tmp_path / 'o2'}"],
-       ["mrpc", "both sentence orderings", "--drop_head"]),
+      (["--to=hf", f"--checkpoint={tmp_path / 'sim'}",
+        f"--out={tmp_path / 'o2'}"], ["mrpc", "both sentence orderings", "--drop_head"]),
       (["--to=hf", f"--checkpoint={tmp_path / 'odd'}", f"--out={tmp_path / 'o3'}"], ["unknown task 'no_such_task'"]),
       (["--from=hf", f"--hf_path={tmp_path / 'nowhere'}", f"--out={tmp_path / 'o4'}"], ["nowhere", "no such"]),
   ]
@@ -517,6 +531,7 @@ def test_to_hf_bad_inputs_fail_in_one_line_and_touch_nothing(tmp_path):
 
 # ----------------------------------------------------------------------------
 # The command line's flags (absl, as every other command)
+
 
 def _flags(argv):
   from gpt1_jax import errors
@@ -567,19 +582,21 @@ def test_cli_mistakes_are_one_line_errors_before_any_work(tmp_path):
 
 @pytest.mark.slow
 def test_python_m_convert_help_and_one_line_errors(tmp_path):
+
   def run(*args):
     return run_module("gpt1_jax.convert", *args)
+
   for flag in ("--help", "-h"):
     r = run(flag)
     assert r.returncode == 0, r.stderr[-2000:]
     assert all(f in r.stdout for f in ("--from:", "--to:", "--hf_path", "--openai_dir", "--checkpoint", "--out",
                                        "--n_head", "--seed", "--[no]drop_head", "--max_shard_size")), r.stdout
     assert "(default: '5GB')" in r.stdout
-  for args, want in [(["--to", "hf", "--out", str(tmp_path / "o"), "--max_shard_size", "5XB"],
-                      "error: flag --max_shard_size=5XB: expected a size such as 500MB, 2GB or 1000000"),
+  for args, want in [(["--to", "hf", "--out", str(tmp_path / "o"), "--max_shard_size",
+                       "5XB"], "error: flag --max_shard_size=5XB: expected a size such as 500MB, 2GB or 1000000"),
                      (["--from=hf", "--to=hf", f"--out={tmp_path / 'o'}"], "error: --from and --to exclude each other"),
-                     (["--from=openai", f"--openai_dir={tmp_path / 'nowhere'}", f"--out={tmp_path / 'o'}"],
-                      "params_shapes.json")]:
+                     (["--from=openai", f"--openai_dir={tmp_path / 'nowhere'}",
+                       f"--out={tmp_path / 'o'}"], "params_shapes.json")]:
     r = run(*args)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     last = r.stderr.strip().splitlines()[-1]

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import pytest
 
-from gpt1_jax import checkpoint, loop, probe, transfer
+from gpt1_jax import loop, probe, transfer
 from gpt1_jax.data import prepare
 from gpt1_jax.model import ModelConfig, init_params
 
@@ -58,15 +58,16 @@ def test_probe_finds_sentiment_only_the_corpus_holds(tmp_path):
   # distributional similarity needs (shared contexts, not each other).
   corpus = [f"{rng.choice(FILLER)} {rng.choice(SEEN[y] + UNSEEN[y])} {rng.choice(CONTEXT[y])}" for y in (0, 1) * 300]
   (tmp_path / "corpus.txt").write_text("\n".join(corpus) + "\n")
-  prepare.prepare(str(tmp_path / "corpus"), inputs=[str(tmp_path / "corpus.txt")], doc_split="line",
-                  valid_fraction=0.0, num_shards=1, workers=1, progress=False)
+  prepare.prepare(str(tmp_path / "corpus"), inputs=[str(tmp_path / "corpus.txt")], doc_split="line", valid_fraction=0.0,
+                  num_shards=1, workers=1, progress=False)
   cfg = ModelConfig(n_ctx=16, n_embd=8, n_head=2, n_layer=1)
   params = init_params(cfg, jax.random.key(0))
 
   acc = probe.run(str(task), data_dir=str(tmp_path / "corpus"), params=params, dims=16)
 
-  assert set(acc) == {"bag of words", "bag of words + pretrained token embeddings",
-                      "bag of words + PPMI-SVD vectors of the corpus"}
+  assert set(acc) == {
+      "bag of words", "bag of words + pretrained token embeddings", "bag of words + PPMI-SVD vectors of the corpus"
+  }
   assert 0.4 <= acc["bag of words"] <= 0.6  # dev words never labelled: chance
   # 60 dev sentences: chance is 0.5 +- 0.065, so 0.75 is ~4 standard deviations above it.
   assert acc["bag of words + PPMI-SVD vectors of the corpus"] >= 0.75
@@ -95,8 +96,10 @@ def test_shipped_corpus_matches_its_readme_and_holds_no_sst2_dev_8gram():
   dev = [line.split("\t")[0] for line in (REPO / "data" / "sst2" / "dev.tsv").read_text().splitlines()[1:]]
   grams = {tuple(w[i:i + 8]) for w in map(_letters, dev) for i in range(len(w) - 7)}
   assert len(grams) > 5_000  # the check has something to find
-  hits = [i for i, r in enumerate(reviews) if any(tuple(w) in grams for w in
-                                                  (lambda x: (x[j:j + 8] for j in range(len(x) - 7)))(_letters(r)))]
+  hits = [
+      i for i, r in enumerate(reviews) if any(
+          tuple(w) in grams for w in (lambda x: (x[j:j + 8] for j in range(len(x) - 7)))(_letters(r)))
+  ]
   assert hits == []
 
 
@@ -105,13 +108,15 @@ def test_transfer_curve_on_a_micro_run(lm_data_dir, tmp_path):
   from conftest import micro_pretrain_config
   pre = str(tmp_path / "pre")
   loop.train_and_evaluate(micro_pretrain_config(lm_data_dir, steps=40), pre)  # checkpoints every 10, evals at 20, 40
-  rows = transfer.curve(pre, str(tmp_path / "curve"), seeds=[0], steps=[20, 40], epochs=1,
-                          log=lambda m: None)
+  rows = transfer.curve(pre, str(tmp_path / "curve"), seeds=[0], steps=[20, 40], epochs=1, log=lambda m: None)
 
   assert [r["step"] for r in rows] == [0, 20, 40]
   assert [r["tokens"] for r in rows] == [0, 20 * 8 * 32, 40 * 8 * 32]
-  logged = {d["step"]: d["eval/perplexity"] for d in map(json.loads, open(os.path.join(pre, "metrics.jsonl")))
-            if "eval/perplexity" in d}
+  logged = {
+      d["step"]: d["eval/perplexity"]
+      for d in map(json.loads, open(os.path.join(pre, "metrics.jsonl")))
+      if "eval/perplexity" in d
+  }
   for r in rows[1:]:  # the same held-out windows as the loop's evaluation, up to a padded tail window
     assert r["perplexity"] == pytest.approx(logged[r["step"]], rel=0.03)
   assert rows[2]["perplexity"] < rows[1]["perplexity"]
@@ -154,8 +159,8 @@ def test_shipped_files_are_found_in_the_checkout_or_GPT1_JAX_HOME(tmp_path, monk
   with pytest.raises(FileNotFoundError, match=r"configs/pretrain.py.*GPT1_JAX_HOME"):
     project.load_config("pretrain", "tiny")
   (tmp_path / "configs").mkdir()
-  (tmp_path / "configs" / "pretrain.py").write_text(
-      "import ml_collections\ndef get_config(arg):\n  return ml_collections.ConfigDict({'variant': arg})\n")
+  (tmp_path / "configs" / "pretrain.py"
+  ).write_text("import ml_collections\ndef get_config(arg):\n  return ml_collections.ConfigDict({'variant': arg})\n")
   assert project.load_config("pretrain", "x").variant == "x"
   assert project.path("data", "nowhere", must_exist=False) == str(tmp_path / "data" / "nowhere")
 
@@ -183,9 +188,11 @@ def test_demo_console_is_its_stages_and_results_and_the_details_are_in_its_log(t
   # A user's environment (the test session sets these for itself), output to a pipe as under a
   # scheduler or `> file`: no bars, a few lines per stage.
   env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "XLA_FLAGS")}
-  p = subprocess.run([sys.executable, "-m", "gpt1_jax.demo", f"--workdir={workdir}", "--budget=30", "--seeds=0",
-                      "--finetune_epochs=1"], cwd=REPO, capture_output=True, text=True, timeout=900,
-                     env={**env, "GPT1_JAX_HOME": str(home)})
+  p = subprocess.run([
+      sys.executable, "-m", "gpt1_jax.demo", f"--workdir={workdir}", "--budget=30", "--seeds=0", "--finetune_epochs=1"
+  ], cwd=REPO, capture_output=True, text=True, timeout=900, env={
+      **env, "GPT1_JAX_HOME": str(home)
+  })
   console = (p.stdout + p.stderr).splitlines()
   shown = "\n".join(console)
   assert p.returncode == 0, p.stderr[-3000:]

@@ -43,8 +43,10 @@ runpy.run_module("gpt1_jax.main", run_name="__main__", alter_sys=True)
 
 
 def run(cmd, env=None):
-  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env={
+      **os.environ, "JAX_PLATFORMS": "cpu",
+      **(env or {})
+  })
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +102,7 @@ def test_sync_first_save_failing_says_no_checkpoint_exists_yet(lm_data_dir, tmp_
     if item.get("step") == 10:
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / "metadata"))
     return await save_fn(self, item, directory)
+
   monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", full_disk)
   wd = str(tmp_path / "run")
   with pytest.raises(checkpoint.CheckpointError) as e:
@@ -115,8 +118,10 @@ def test_sync_first_save_failing_says_no_checkpoint_exists_yet(lm_data_dir, tmp_
 def test_a_really_full_tmpfs(lm_data_dir, reference, tmp_path):
   """The issue's own reproduction: a tmpfs with room for the first checkpoint only (root only)."""
   mount = tempfile.mkdtemp(dir=tmp_path)
-  first = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(reference, "checkpoints", "10"))
-              for f in fs)
+  first = sum(
+      os.path.getsize(os.path.join(d, f))
+      for d, _, fs in os.walk(os.path.join(reference, "checkpoints", "10"))
+      for f in fs)
   size = int(first * 1.5) // 4096 * 4096
   if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mount], capture_output=True).returncode:
     pytest.skip("cannot mount a tmpfs here (not root)")

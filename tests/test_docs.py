@@ -49,27 +49,18 @@ RUN = {
 TEST_COVERS_IT = "tests/test_launch.py runs it with a fake gcloud and --dry_run"
 # substring of the unit -> why it is not run here
 EXEMPT = {
-    "pip install -q -e '.[demo]' && .venv/bin/python -m gpt1_jax.demo":
-        "the demo: a venv, an install and ~18 minutes; tests/test_demo.py runs the demo at --budget=30",
-    "pip install -q -e '.[test]' && .venv/bin/python -m pytest -q":
-        "the whole suite (~20 minutes), this test included; .ci/run runs exactly this line in CI",
+    "pip install -q -e '.[demo]' && .venv/bin/python -m gpt1_jax.demo": "the demo: a venv, an install and ~18 minutes; tests/test_demo.py runs the demo at --budget=30",
+    "pip install -q -e '.[test]' && .venv/bin/python -m pytest -q": "the whole suite (~20 minutes), this test included; .ci/run runs exactly this line in CI",
     'python -m pytest -q -m "not slow"': "the unit tests (~5 minutes), run in CI as part of the whole suite",
     "pip install -e '.[aot]'": "installs libtpu from PyPI; the test extra already has it",
-    "python -m gpt1_jax.aot --topology=v5e-8 --config=configs/pretrain.py:gpt1 --config.mesh.data=1":
-        "minutes of XLA:TPU compiling: tests/test_aot.py runs this exact command (slow) and micro models",
-    "python -m gpt1_jax.aot --topology=v5e-8 --config=configs/pretrain.py:gpt1 --sweep":
-        "a sweep of 3-4 minute compiles: tests/test_aot.py runs --sweep on a micro model",
-    "python -m gpt1_jax.main --config=configs/pretrain.py:tiny --workdir=workdirs/curve":
-        "17 minutes of pretraining on the demo's corpus; the pretraining scenario here runs gpt1_jax.main",
-    "python -m gpt1_jax.transfer --pretrain=workdirs/curve":
-        "30 fine-tuning runs (an hour); tests/test_demo.py runs the transfer curve on a micro run",
-    "python -m gpt1_jax.ablations --transformer=workdirs/demo/pretrain":
-        "hours of runs, and MRPC and Story Cloze data the project cannot ship; tests/test_ablations.py",
-    "python -m gpt1_jax.ablations --quick":
-        "minutes of micro runs: tests/test_ablations.py runs --quick on a fresh clone's tasks",
+    "python -m gpt1_jax.aot --topology=v5e-8 --config=configs/pretrain.py:gpt1 --config.mesh.data=1": "minutes of XLA:TPU compiling: tests/test_aot.py runs this exact command (slow) and micro models",
+    "python -m gpt1_jax.aot --topology=v5e-8 --config=configs/pretrain.py:gpt1 --sweep": "a sweep of 3-4 minute compiles: tests/test_aot.py runs --sweep on a micro model",
+    "python -m gpt1_jax.main --config=configs/pretrain.py:tiny --workdir=workdirs/curve": "17 minutes of pretraining on the demo's corpus; the pretraining scenario here runs gpt1_jax.main",
+    "python -m gpt1_jax.transfer --pretrain=workdirs/curve": "30 fine-tuning runs (an hour); tests/test_demo.py runs the transfer curve on a micro run",
+    "python -m gpt1_jax.ablations --transformer=workdirs/demo/pretrain": "hours of runs, and MRPC and Story Cloze data the project cannot ship; tests/test_ablations.py",
+    "python -m gpt1_jax.ablations --quick": "minutes of micro runs: tests/test_ablations.py runs --quick on a fresh clone's tasks",
     "launch/gpu.sh --workdir=workdirs/gpt1 --config.data.dir=DATA": "needs an NVIDIA GPU; its --dry_run runs here",
-    "launch/gpu_check.sh out/gpu_check":
-        "needs an NVIDIA GPU; tests/test_bench.py runs its suite (--suite=gpu --quick) on CPU",
+    "launch/gpu_check.sh out/gpu_check": "needs an NVIDIA GPU; tests/test_bench.py runs its suite (--suite=gpu --quick) on CPU",
     "sbatch --nodes=4": "needs a SLURM cluster; the --dry_run line runs here",
     "export TPU_NAME=": "the TPU lines' settings: they need gcloud, a project and TPU quota",
     "export WORKDIR=gs://": "the TPU lines' settings: they need gcloud, a project and TPU quota",
@@ -77,14 +68,10 @@ EXEMPT = {
     "launch/tpu_pod.sh all": "creates a TPU slice: needs gcloud and TPU quota; " + TEST_COVERS_IT,
     "launch/tpu_pod.sh logs;": "needs a running TPU slice; " + TEST_COVERS_IT,
     "launch/tpu_pod.sh --queued --spot all": "creates a TPU slice: needs gcloud and TPU quota; " + TEST_COVERS_IT,
-    "launch/local_multihost.sh":
-        "needs the demo's tokenised corpus; tests/test_multihost.py runs local_multihost.sh on a micro run",
-    "python -m gpt1_jax.bench --out=bench.json":
-        "~10 minutes of timing runs; tests/test_bench.py runs the suites at tiny shapes",
-    "python -m gpt1_jax.convert --from=openai":
-        "needs OpenAI's 480 MB release; tests/test_convert.py converts a synthetic one",
-    "--hf_path=path/to/openai-gpt":
-        "needs Hugging Face's openai-gpt download; the round trip in docs/weights.md runs --from=hf here",
+    "launch/local_multihost.sh": "needs the demo's tokenised corpus; tests/test_multihost.py runs local_multihost.sh on a micro run",
+    "python -m gpt1_jax.bench --out=bench.json": "~10 minutes of timing runs; tests/test_bench.py runs the suites at tiny shapes",
+    "python -m gpt1_jax.convert --from=openai": "needs OpenAI's 480 MB release; tests/test_convert.py converts a synthetic one",
+    "--hf_path=path/to/openai-gpt": "needs Hugging Face's openai-gpt download; the round trip in docs/weights.md runs --from=hf here",
     "from gpt1_jax.nnx_bridge import to_nnx": "tests/test_nnx.py runs it as written",
     "--workdir=/tmp/repro_check":
         "a minute of fine-tuning whose expected numbers are one machine's; tests/test_reproducibility.py "
@@ -172,7 +159,9 @@ def module_commands(text: str) -> list[tuple[str, list[str]]]:
 @functools.lru_cache(maxsize=None)
 def defined_flags(module: str) -> frozenset:
   out = subprocess.run([sys.executable, "-m", module, "--helpfull"], cwd=REPO, capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                       timeout=300, env={
+                           **os.environ, "JAX_PLATFORMS": "cpu"
+                       })
   names = re.findall(r"^\s+(?:-\w,)?--(\[no\])?([\w.]+)", out.stdout, re.M)
   assert names, f"{module} --helpfull printed no flags:\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
   return frozenset(name for _, name in names)
@@ -258,8 +247,8 @@ class Scenario:
     for old, new in replace:
       assert old in code, f"{old!r} is no longer in {u}"
       code = code.replace(old, new)
-    p = subprocess.run([sys.executable, "-c", before + code + after], cwd=self.cwd, env=self.env,
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run([sys.executable, "-c", before + code + after], cwd=self.cwd, env=self.env, capture_output=True,
+                       text=True, timeout=600)
     assert p.returncode == 0, f"{u}\n{p.stderr[-5000:]}"
     self.ran.add(key)
     return p.stdout
@@ -281,13 +270,15 @@ def test_pretraining_and_finetuning_commands_run_at_micro_scale(tmp_path):
     (tmp_path / "corpus" / f"{i:02d}.txt").write_text("".join(lines[30 * i:30 * (i + 1)]))
   s.shell("python -m gpt1_jax.data.prepare --input='corpus/*.txt' --output=data/books", append="--workers=1")
   assert (tmp_path / "data" / "books" / "manifest.json").exists()
-  s.shell("python -m gpt1_jax.main --config=configs/pretrain.py:gpt1 --workdir=workdirs/gpt1",
-          append=MICRO + " --config.train.num_steps=6 --config.train.warmup_steps=1 --config.checkpoint.every_steps=3"
-          " --config.eval.every_steps=6")
+  s.shell(
+      "python -m gpt1_jax.main --config=configs/pretrain.py:gpt1 --workdir=workdirs/gpt1",
+      append=MICRO + " --config.train.num_steps=6 --config.train.warmup_steps=1 --config.checkpoint.every_steps=3"
+      " --config.eval.every_steps=6")
   rows = (tmp_path / "workdirs" / "gpt1" / "metrics.jsonl").read_text()
   assert '"train/loss"' in rows
   assert "bad" not in s.shell("python -m gpt1_jax.data.prepare --verify=data/books").lower()
-  assert "the movie is" in s.shell("python -m gpt1_jax.generate --checkpoint=workdirs/gpt1", append="--max_new_tokens=4")
+  assert "the movie is" in s.shell("python -m gpt1_jax.generate --checkpoint=workdirs/gpt1",
+                                   append="--max_new_tokens=4")
   s.shell("python -m gpt1_jax.zeroshot --checkpoint=workdirs/gpt1 --task=sst2")
   s.shell("python -m gpt1_jax.main --config=configs/finetune.py:rte",
           replace=[("path/to/RTE", os.path.join(REPO, "data", "rte"))],
@@ -316,17 +307,18 @@ def test_weights_commands_and_examples_run_on_a_micro_checkpoint(tmp_path):
   # GPT-1's vocabulary and positions, a tiny body: a fine-tuned SST-2 checkpoint and a language model.
   cfg = ModelConfig(n_ctx=32, n_embd=32, n_head=2, n_layer=2)
   z = jnp.zeros((1, 1, 8), jnp.int32)
-  head = nn.meta.unbox(jax.jit(GPT1ForTask(cfg, "classification", 2).init)(jax.random.key(0), z, z + 1,
-                                                                            z[..., 0]))["params"]
+  head = nn.meta.unbox(jax.jit(GPT1ForTask(cfg, "classification", 2).init)(jax.random.key(0), z, z + 1, z[...,
+                                                                                                          0]))["params"]
   save_params(str(tmp_path / "workdirs" / "sst2" / "best"), cfg, jax.tree.map(np.asarray, head),
               extra_meta={"task": "sst2"})
   save_params(str(tmp_path / "lm"), cfg, init_params(cfg, jax.random.key(1)))
 
   # GPT-1 117M's eager init takes half a minute here: the same block with a small body.
-  out = s.python("from gpt1_jax.model import GPT1, GPT1LM, ModelConfig",
-                 replace=[("openai:path/to/model", "lm"),
-                          ("cfg = ModelConfig() ", "cfg = ModelConfig(n_ctx=32, n_embd=32, n_head=2, n_layer=2) ")],
-                 after="\nprint('logits', logits.shape)\n")
+  out = s.python(
+      "from gpt1_jax.model import GPT1, GPT1LM, ModelConfig",
+      replace=[("openai:path/to/model", "lm"),
+               ("cfg = ModelConfig() ", "cfg = ModelConfig(n_ctx=32, n_embd=32, n_head=2, n_layer=2) ")],
+      after="\nprint('logits', logits.shape)\n")
   assert "logits (1, " in out and ", 40481)" in out
   s.shell("python -m gpt1_jax.convert --to=hf --checkpoint=workdirs/sst2/best")
   assert (tmp_path / "hf" / "sst2" / "config.json").exists()

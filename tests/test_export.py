@@ -74,8 +74,9 @@ def run_loader(tmp_path, inputs, plan):
   """``plan``: artifact path -> the input names to run through it, all in one fresh process."""
   np.savez(tmp_path / "inputs.npz", **inputs)
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
-  out = subprocess.run([sys.executable, "-I", "-c", LOADER, str(tmp_path / "inputs.npz"), json.dumps(plan)],
-                       cwd="/tmp", env=env, capture_output=True, text=True, timeout=300)
+  out = subprocess.run([sys.executable, "-I", "-c", LOADER,
+                        str(tmp_path / "inputs.npz"),
+                        json.dumps(plan)], cwd="/tmp", env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   return {k: np.asarray(v) for k, v in json.loads(out.stdout).items()}
 
@@ -176,14 +177,16 @@ def test_cli_flags_take_both_spellings_and_keep_their_defaults():
 
 @pytest.mark.slow
 def test_python_m_export_help_and_one_line_errors(tmp_path):
+
   def run(*args):
     return run_module("gpt1_jax.export", *args)
+
   r = run("--help")
   assert r.returncode == 0, r.stderr[-2000:]
   assert all(f in r.stdout for f in ("--checkpoint", "--out", "--platforms", "--dtype", "--[no]lm")), r.stdout
   for args, want in [([f"--out={tmp_path / 'x.bin'}"], "--checkpoint"),
-                     (["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "x.bin")],
-                      "no such directory")]:
+                     (["--checkpoint", str(tmp_path / "missing"), "--out",
+                       str(tmp_path / "x.bin")], "no such directory")]:
     r = run(*args)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     last = r.stderr.strip().splitlines()[-1]

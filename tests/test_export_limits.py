@@ -44,8 +44,9 @@ def test_a_length_over_max_length_is_refused_naming_the_limit(artifact):
   ids, mask = _inputs(CFG.n_ctx + 1)
   with pytest.raises(Exception, match="refining shapes"):  # the bare artifact: why the wrapper exists
     served.exported.call(ids, mask)
-  with pytest.raises(ValueError, match=rf"^{path}: input length 17 is outside 1\.\.16: the model's context "
-                                       rf"\(n_ctx, max_length in its \.json\) is 16 tokens; truncate"):
+  with pytest.raises(
+      ValueError, match=rf"^{path}: input length 17 is outside 1\.\.16: the model's context "
+      rf"\(n_ctx, max_length in its \.json\) is 16 tokens; truncate"):
     served(ids, mask)
 
 

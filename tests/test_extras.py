@@ -19,8 +19,11 @@ DISTRIBUTIONS = ("tensorflow-cpu", "tensorflow-datasets", "spacy", "ftfy", "scik
 def requirements():
   cfg = configparser.ConfigParser()
   cfg.read(os.path.join(REPO, "setup.cfg"))
-  names = lambda text: {re.split(r"[<>=\[;! ]", line.strip())[0].lower()  # noqa: E731
-                        for line in text.splitlines() if line.strip() and not line.strip().startswith("#")}
+  names = lambda text: {
+      re.split(r"[<>=\[;! ]", line.strip())[0].lower()  # noqa: E731
+      for line in text.splitlines()
+      if line.strip() and not line.strip().startswith("#")
+  }
   core = names(cfg["options"]["install_requires"])
   extra = {k: names(v) for k, v in cfg["options.extras_require"].items()}
   return core, extra
@@ -64,8 +67,8 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 def run_without(modules, module, *args, path=()):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([*map(str, path), REPO])}
   env.pop("XLA_FLAGS", None)
-  return subprocess.run([sys.executable, "-c", BLOCK, ",".join(modules), module, *args], capture_output=True,
-                        text=True, cwd=REPO, env=env, timeout=600)
+  return subprocess.run([sys.executable, "-c", BLOCK, ",".join(modules), module, *args], capture_output=True, text=True,
+                        cwd=REPO, env=env, timeout=600)
 
 
 def run_snippet_without(modules, code, tmp_path):
@@ -74,9 +77,10 @@ def run_snippet_without(modules, code, tmp_path):
 
 
 def test_the_core_modules_import_without_any_extra(tmp_path):
-  p = run_snippet_without(HEAVY, "import sys\n"
-                          "import gpt1_jax.model, gpt1_jax.weights, gpt1_jax.checkpoint, gpt1_jax.convert, gpt1_jax.loop\n"
-                          f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n", tmp_path)
+  p = run_snippet_without(
+      HEAVY, "import sys\n"
+      "import gpt1_jax.model, gpt1_jax.weights, gpt1_jax.checkpoint, gpt1_jax.convert, gpt1_jax.loop\n"
+      f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n", tmp_path)
   assert p.returncode == 0, p.stderr[-2000:]
   assert p.stdout.strip() == "[]"
 
@@ -94,4 +98,4 @@ def test_encoding_text_without_the_tokenizer_extra_names_it(tmp_path):
                           "tok = GPT1Tokenizer()\nprint(tok.decode([tok.encoder['hello</w>']]))\n"
                           "tok.encode('hello world')\n", tmp_path)
   assert p.returncode == 1 and p.stdout.strip() == "hello"  # ids and decoding need no extra
-  assert f"encoding text needs spacy, which is not installed" in p.stderr and "'.[tokenizer]'" in p.stderr
+  assert "encoding text needs spacy, which is not installed" in p.stderr and "'.[tokenizer]'" in p.stderr

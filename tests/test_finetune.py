@@ -13,8 +13,8 @@ from gpt1_jax.train import TaskObjective
 
 def test_joint_loss_is_mc_loss_plus_half_lm_loss_on_hf_weights():
   torch.manual_seed(0)
-  hf = OpenAIGPTDoubleHeadsModel(OpenAIGPTConfig(afn="gelu", n_layer=2, n_embd=64, n_head=4, vocab_size=97,
-                                                 n_positions=24)).eval()
+  hf = OpenAIGPTDoubleHeadsModel(
+      OpenAIGPTConfig(afn="gelu", n_layer=2, n_embd=64, n_head=4, vocab_size=97, n_positions=24)).eval()
   config, params = convert.from_hf_double_heads(hf.state_dict(), n_head=4)
   rng = np.random.default_rng(0)
   b, k, t = 3, 4, 12
@@ -46,9 +46,13 @@ def test_joint_loss_is_mc_loss_plus_half_lm_loss_on_hf_weights():
   expected = np.mean(mc_loss + 0.5 * np.array(lm_example))
 
   objective = TaskObjective(config, "multiple_choice", 1, lm_coef=0.5)
-  batch = {"input_ids": jnp.asarray(ids, jnp.int32), "attention_mask": jnp.asarray(mask, jnp.int32),
-           "cls_index": jnp.asarray(cls, jnp.int32), "choice_mask": jnp.asarray(choice_mask),
-           "label": jnp.asarray(labels, jnp.int32)}
+  batch = {
+      "input_ids": jnp.asarray(ids, jnp.int32),
+      "attention_mask": jnp.asarray(mask, jnp.int32),
+      "cls_index": jnp.asarray(cls, jnp.int32),
+      "choice_mask": jnp.asarray(choice_mask),
+      "label": jnp.asarray(labels, jnp.int32)
+  }
   with jax.default_matmul_precision("float32"):
     total, count, aux = objective.loss_sums(params, batch, None, deterministic=True)
   assert float(count) == b
@@ -73,5 +77,5 @@ def test_task_losses(task_type, labels):
     lp = jax.nn.log_softmax(logits)
     want = -lp[jnp.arange(2), jnp.array(labels)]
   else:
-    want = (logits - jnp.asarray(labels)) ** 2
+    want = (logits - jnp.asarray(labels))**2
   np.testing.assert_allclose(got, want, rtol=1e-6)

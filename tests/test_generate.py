@@ -6,7 +6,6 @@ model with tied embeddings mostly repeats its last token, which would make
 differences between the cached and the full computation past 1e-5.
 """
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,8 +73,8 @@ def test_greedy_matches_hugging_face_generate(params, greedy):
   for prompt, ours in zip(PROMPTS, greedy.to_lists()):
     ids = torch.tensor([prompt])  # one prompt per call: HF derives no positions from padding
     with torch.no_grad():
-      out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=N,
-                           pad_token_id=0, eos_token_id=None)
+      out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=N, pad_token_id=0,
+                           eos_token_id=None)
     assert out[0, len(prompt):].tolist() == ours
 
 
@@ -86,8 +85,10 @@ def test_top_k_1_and_tiny_top_p_are_greedy(params, greedy):
 
 
 def test_seeded_sampling_is_reproducible_and_seed_dependent(params):
+
   def sample(seed):
     return gen.generate(CFG, params, PROMPTS, max_new_tokens=N, temperature=1.3, seed=seed)
+
   assert sample(7) == sample(7)
   assert sample(7) != sample(8)
 
@@ -163,16 +164,20 @@ def test_cli_prints_prompt_and_continuation(tmp_path, capsys):
   config = ModelConfig(n_ctx=32, n_embd=16, n_head=2, n_layer=1, initializer_range=0.5)  # full vocabulary
   params = init_params(config, jax.random.key(0))
   checkpoint.save_params(str(tmp_path / "ckpt"), config, params)
-  gen.main([f"--checkpoint={tmp_path / 'ckpt'}", "--prompt=the quick brown fox", "--prompt=hello",
-            "--max_new_tokens=4", "--greedy"])
+  gen.main([
+      f"--checkpoint={tmp_path / 'ckpt'}", "--prompt=the quick brown fox", "--prompt=hello", "--max_new_tokens=4",
+      "--greedy"
+  ])
   lines = capsys.readouterr().out.strip().splitlines()
   prompts = [tokenizer.encode("the quick brown fox"), tokenizer.encode("hello")]
   expected = gen.generate(config, params, prompts, max_new_tokens=4, greedy=True)
   assert lines == [f"{tokenizer.decode(p)} >>> {tokenizer.decode(e)}" for p, e in zip(prompts, expected)]
 
   # The same prompts as ids (no spaCy needed), and bad ids refused with the flag named.
-  gen.main([f"--checkpoint={tmp_path / 'ckpt'}", "--prompt_ids=" + ",".join(map(str, prompts[0])),
-            "--prompt_ids=" + ",".join(map(str, prompts[1])), "--max_new_tokens=4", "--greedy"])
+  gen.main([
+      f"--checkpoint={tmp_path / 'ckpt'}", "--prompt_ids=" + ",".join(map(str, prompts[0])),
+      "--prompt_ids=" + ",".join(map(str, prompts[1])), "--max_new_tokens=4", "--greedy"
+  ])
   assert capsys.readouterr().out.strip().splitlines() == lines
   with pytest.raises(ValueError, match=r"--prompt_ids='1,99999': ids \[99999\] are outside \[0, 40481\)"):
     gen.main([f"--checkpoint={tmp_path / 'ckpt'}", "--prompt_ids=1,99999"])
@@ -180,10 +185,13 @@ def test_cli_prints_prompt_and_continuation(tmp_path, capsys):
 
 def test_cli_flags_take_both_spellings_repeat_and_keep_their_defaults():
   from gpt1_jax import errors
-  for argv in (["--checkpoint=ck", "--prompt=a, b", "--prompt=c", "--max_new_tokens=5", "--temperature=0.5",
-                "--top_k=-1", "--top_p=0.9", "--greedy", "--stop_token=40477", "--seed=3"],
-               ["--checkpoint", "ck", "--prompt", "a, b", "--prompt", "c", "--max_new_tokens", "5", "--temperature",
-                "0.5", "--top_k", "-1", "--top_p", "0.9", "--greedy", "--stop_token", "40477", "--seed", "3"]):
+  for argv in ([
+      "--checkpoint=ck", "--prompt=a, b", "--prompt=c", "--max_new_tokens=5", "--temperature=0.5", "--top_k=-1",
+      "--top_p=0.9", "--greedy", "--stop_token=40477", "--seed=3"
+  ], [
+      "--checkpoint", "ck", "--prompt", "a, b", "--prompt", "c", "--max_new_tokens", "5", "--temperature", "0.5",
+      "--top_k", "-1", "--top_p", "0.9", "--greedy", "--stop_token", "40477", "--seed", "3"
+  ]):
     F, rest = errors.parse_own_flags(gen.define_flags, gen.PROG, argv)
     assert (F.checkpoint, F.prompt, F.prompt_ids, F.max_new_tokens, F.temperature, F.top_k, F.top_p, F.greedy,
             F.stop_token, F.seed, rest) == ("ck", ["a, b", "c"], None, 5, 0.5, -1, 0.9, True, 40477, 3, [gen.PROG])
@@ -191,8 +199,8 @@ def test_cli_flags_take_both_spellings_repeat_and_keep_their_defaults():
   assert (F.from_hf, F.prompt_ids, F.max_new_tokens, F.temperature, F.top_k, F.top_p, F.greedy, F.stop_token,
           F.seed) == ("h", ["1,2", "3"], 40, 1.0, 0, 1.0, False, None, 0)
   for argv, words in [(["--prompt=hi"], ["give one of --checkpoint, --from_hf, --from_openai"]),
-                      (["--checkpoint=a", "--from_openai=b", "--prompt=hi"], ["--checkpoint", "--from_openai",
-                                                                             "exclude each other"]),
+                      (["--checkpoint=a", "--from_openai=b",
+                        "--prompt=hi"], ["--checkpoint", "--from_openai", "exclude each other"]),
                       (["--checkpoint=a"], ["give one of --prompt, --prompt_ids"]),
                       (["--checkpoint=a", "--prompt=x", "--prompt_ids=1"], ["--prompt and --prompt_ids exclude"]),
                       (["--checkpoint=a", "--prompt=x", "--top_p=high"], ["--top_p=high"]),
@@ -205,13 +213,15 @@ def test_cli_flags_take_both_spellings_repeat_and_keep_their_defaults():
 
 @pytest.mark.slow
 def test_python_m_generate_help_and_one_line_errors(tmp_path):
+
   def run(*args):
     return run_module("gpt1_jax.generate", *args)
+
   r = run("--help")
   assert r.returncode == 0, r.stderr[-2000:]
-  assert all(f in r.stdout for f in ("--checkpoint", "--from_hf", "--from_openai", "--prompt:", "--prompt_ids",
-                                     "--max_new_tokens", "--temperature", "--top_k", "--top_p", "--[no]greedy",
-                                     "--stop_token", "--seed")), r.stdout
+  assert all(f in r.stdout
+             for f in ("--checkpoint", "--from_hf", "--from_openai", "--prompt:", "--prompt_ids", "--max_new_tokens",
+                       "--temperature", "--top_k", "--top_p", "--[no]greedy", "--stop_token", "--seed")), r.stdout
   for args, want in [(["--prompt", "hi"], "error: give one of --checkpoint, --from_hf, --from_openai"),
                      (["--checkpoint", str(tmp_path / "missing"), "--prompt_ids", "1,2"], str(tmp_path / "missing"))]:
     r = run(*args)

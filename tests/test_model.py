@@ -86,8 +86,9 @@ def test_dot_product_attention_matches_einsum(params):
   cfg = CFG.replace(attention="dot_product", attn_pdrop=0.0)
   x = ids()
   mask = jnp.ones((2, 12)).at[1, 9:].set(0)
-  np.testing.assert_allclose(GPT1LM(cfg).apply({"params": params}, x, mask),
-                             GPT1LM(CFG).apply({"params": params}, x, mask), atol=2e-5)
+  np.testing.assert_allclose(
+      GPT1LM(cfg).apply({"params": params}, x, mask),
+      GPT1LM(CFG).apply({"params": params}, x, mask), atol=2e-5)
 
 
 def test_attention_dropout_needs_the_einsum_path():
@@ -167,6 +168,6 @@ def test_lstm_ablation_is_causal_and_shares_the_heads():
   np.testing.assert_allclose(a[:, :6], b[:, :6], atol=1e-6)
   assert p["transformer"]["decoder"]["lstm"]["recurrent_kernel"].shape == (48, 4 * 48)
   m = GPT1ForTask(cfg, "multiple_choice")
-  out, _ = m.apply(m.init(jax.random.key(0), x[None], jnp.ones((1, 2, 12)), jnp.array([[11, 11]])),
-                   x[None], jnp.ones((1, 2, 12)), jnp.array([[11, 11]]))
+  out, _ = m.apply(m.init(jax.random.key(0), x[None], jnp.ones((1, 2, 12)), jnp.array([[11, 11]])), x[None],
+                   jnp.ones((1, 2, 12)), jnp.array([[11, 11]]))
   assert out.shape == (1, 2)

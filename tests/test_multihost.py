@@ -8,16 +8,17 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config, micro_model, micro_pretrain_config
+from conftest import REPO, micro_pretrain_config
 from gpt1_jax import checkpoint, loop
 
 pytestmark = [pytest.mark.multihost, pytest.mark.slow]
 
-COMMON = ["--config.model.n_ctx=32", "--config.model.n_embd=32", "--config.model.n_head=2",
-          "--config.model.n_layer=2", "--config.model.vocab_pad_multiple=8", "--config.train.batch_size=8",
-          "--config.train.learning_rate=3e-3", "--config.train.warmup_steps=5", "--config.checkpoint.keep=10",
-          "--config.log.every_steps=5", "--config.log.measure_peak=False", "--config.log.peak_flops_per_device=1e12",
-          "--config.eval.batch_size=8"]
+COMMON = [
+    "--config.model.n_ctx=32", "--config.model.n_embd=32", "--config.model.n_head=2", "--config.model.n_layer=2",
+    "--config.model.vocab_pad_multiple=8", "--config.train.batch_size=8", "--config.train.learning_rate=3e-3",
+    "--config.train.warmup_steps=5", "--config.checkpoint.keep=10", "--config.log.every_steps=5",
+    "--config.log.measure_peak=False", "--config.log.peak_flops_per_device=1e12", "--config.eval.batch_size=8"
+]
 
 
 def multihost(args, log_dir, timeout=600):
@@ -33,8 +34,9 @@ def multihost(args, log_dir, timeout=600):
 
 
 def single_process_config(data_dir, steps, num_devices, **mesh):
-  return micro_pretrain_config(data_dir, steps, num_devices=num_devices, **{"eval.every_steps": 10},
-                               **{f"mesh.{k}": v for k, v in mesh.items()})
+  return micro_pretrain_config(data_dir, steps, num_devices=num_devices, **{"eval.every_steps": 10}, **{
+      f"mesh.{k}": v for k, v in mesh.items()
+  })
 
 
 def losses(workdir):
@@ -44,9 +46,10 @@ def losses(workdir):
 
 def test_two_processes_pretrain_preempt_resume_match_one_process(lm_data_dir, tmp_path):
   wd = str(tmp_path / "mh")
-  args = ["--config=configs/pretrain.py:tiny", f"--workdir={wd}", f"--config.data.dir={lm_data_dir}",
-          "--config.train.num_steps=20", "--config.checkpoint.every_steps=10", "--config.eval.every_steps=10",
-          *COMMON]
+  args = [
+      "--config=configs/pretrain.py:tiny", f"--workdir={wd}", f"--config.data.dir={lm_data_dir}",
+      "--config.train.num_steps=20", "--config.checkpoint.every_steps=10", "--config.eval.every_steps=10", *COMMON
+  ]
   code, logs = multihost(args + ["--config.debug.preempt_at_step=10"], tmp_path / "logs1")
   print(f"injected: preemption at step 10 on both processes -> exit status {code}")
   assert code == loop.EXIT_PREEMPTED, logs
@@ -73,10 +76,12 @@ def test_two_processes_pretrain_preempt_resume_match_one_process(lm_data_dir, tm
 
 def test_two_processes_finetune(tmp_path):
   wd = str(tmp_path / "ft")
-  args = ["--config=configs/finetune.py:sst2_tiny", f"--workdir={wd}",
-          f"--config.task.source={os.path.join(REPO, 'data', 'sst2')}", "--config.task.max_train_examples=32",
-          "--config.train.num_epochs=1", "--config.eval.batch_size=64", *COMMON,
-          "--config.train.batch_size=8", "--config.checkpoint.every_steps=2"]
+  args = [
+      "--config=configs/finetune.py:sst2_tiny", f"--workdir={wd}",
+      f"--config.task.source={os.path.join(REPO, 'data', 'sst2')}", "--config.task.max_train_examples=32",
+      "--config.train.num_epochs=1", "--config.eval.batch_size=64", *COMMON, "--config.train.batch_size=8",
+      "--config.checkpoint.every_steps=2"
+  ]
   code, logs = multihost(args, tmp_path / "logs")
   assert code == 0, logs
   with open(os.path.join(wd, "metrics.jsonl")) as f:

@@ -45,8 +45,8 @@ def test_to_nnx_with_converted_hf_weights_matches_transformers(tmp_path):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   torch.manual_seed(0)
-  hf = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(
-      afn="gelu", n_layer=2, n_embd=32, n_head=4, vocab_size=61, n_positions=16)).eval()
+  hf = transformers.OpenAIGPTLMHeadModel(
+      transformers.OpenAIGPTConfig(afn="gelu", n_layer=2, n_embd=32, n_head=4, vocab_size=61, n_positions=16)).eval()
   hf.save_pretrained(tmp_path / "hf")
   config, params = convert.from_hf_pretrained(str(tmp_path / "hf"))
 
@@ -60,8 +60,7 @@ def test_to_nnx_with_converted_hf_weights_matches_transformers(tmp_path):
     got = np.asarray(lm(jnp.asarray(ids), jnp.asarray(mask)))
     body = to_nnx(config, params)
     hidden = np.asarray(body(jnp.asarray(ids), jnp.asarray(mask)))
-    want_hidden = np.asarray(GPT1(config).apply({"params": params["transformer"]}, jnp.asarray(ids),
-                                                jnp.asarray(mask)))
+    want_hidden = np.asarray(GPT1(config).apply({"params": params["transformer"]}, jnp.asarray(ids), jnp.asarray(mask)))
   real = mask.astype(bool)
   assert np.abs(got[real] - ref[real]).max() < 1e-4
   np.testing.assert_array_equal(hidden, want_hidden)
@@ -86,6 +85,7 @@ def test_to_nnx_trains_a_head_under_nnx_jit_and_accepts_scanned_params():
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
   class Classifier(nnx.Module):
+
     def __init__(self, rngs):
       self.gpt = to_nnx(config, params, rngs=rngs)
       self.head = nnx.Linear(config.n_embd, 2, rngs=rngs)
@@ -99,8 +99,10 @@ def test_to_nnx_trains_a_head_under_nnx_jit_and_accepts_scanned_params():
 
   @nnx.jit
   def step(model, optimizer):
+
     def loss_fn(model):
       return optax.softmax_cross_entropy_with_integer_labels(model(ids, mask), labels).mean()
+
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads)
     return loss

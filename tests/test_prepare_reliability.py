@@ -27,8 +27,8 @@ def corpus(tmp_path):
   """400 SST-2 phrases, prepared into 3 train shards with the settings every rerun repeats."""
   with open(REPO / "data" / "sst2" / "unlabelled.txt", encoding="utf-8") as f:
     (tmp_path / "c.txt").write_text("".join(next(f) for _ in range(400)), encoding="utf-8")
-  settings = dict(inputs=[str(tmp_path / "c.txt")], doc_split="line", valid_fraction=0.05, num_shards=3,
-                  workers=1, progress=False)
+  settings = dict(inputs=[str(tmp_path / "c.txt")], doc_split="line", valid_fraction=0.05, num_shards=3, workers=1,
+                  progress=False)
   out = tmp_path / "store"
   manifest = prepare.prepare(str(out), **settings)
   return out, manifest, settings
@@ -102,8 +102,10 @@ def test_a_second_prepare_on_one_output_is_refused_naming_the_first(corpus):
                      "--workers=1")
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode == 1, r.stderr
-    assert errors == [e for e in errors if f"is in use by another run: pid {os.getpid()} on host "
-                      f"{socket.gethostname()}" in e] and len(errors) == 1, r.stderr
+    assert errors == [
+        e for e in errors if f"is in use by another run: pid {os.getpid()} on host "
+        f"{socket.gethostname()}" in e
+    ] and len(errors) == 1, r.stderr
     assert "Traceback" not in r.stderr
     assert (live_tmp / "train-00000.bin").read_bytes() == b"partial"  # the first run's work is untouched
     assert json.loads((out / "manifest.json").read_text()) == manifest

@@ -64,8 +64,7 @@ def test_kill_9_at_random_points_including_mid_save(lm_data_dir, reference, tmp_
   points = [("during an async save", lambda: bool(glob.glob(os.path.join(ck, "*orbax-checkpoint-tmp*"))))]
   for _ in range(2):
     delay = rng.uniform(0.5, 6.0)
-    points.append((f"{delay:.2f}s after training started",
-                   lambda d=delay, t=[None]: _after_first_metrics(wd, d, t)))
+    points.append((f"{delay:.2f}s after training started", lambda d=delay, t=[None]: _after_first_metrics(wd, d, t)))
   for what, cond in points:
     proc = subprocess.Popen(micro_cli(wd, lm_data_dir, STEPS), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -112,8 +111,10 @@ def test_sigterm_saves_exits_75_and_resumes(lm_data_dir, reference, tmp_path):
 def _truncate_newest(wd):
   ck = os.path.join(wd, "checkpoints")
   newest = max(int(d) for d in os.listdir(ck) if d.isdigit())
-  files = [f for f in glob.glob(os.path.join(ck, str(newest), "state", "**", "*"), recursive=True)
-           if os.path.isfile(f) and os.path.getsize(f) > 1000]
+  files = [
+      f for f in glob.glob(os.path.join(ck, str(newest), "state", "**", "*"), recursive=True)
+      if os.path.isfile(f) and os.path.getsize(f) > 1000
+  ]
   target = max(files, key=os.path.getsize)
   with open(target, "r+b") as f:
     f.truncate(os.path.getsize(target) // 2)
@@ -169,11 +170,21 @@ def test_nan_skip_mode_counts_and_keeps_going(lm_data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"model.n_head": 5}, "n_embd=32 is not divisible by n_head=5"),
-    ({"train.batch_size": 7}, "does not divide over the batch mesh axes"),
-    ({"mesh.data": 3}, "uses 3 devices but 8 are available"),
-    ({"data.seq_len": 64}, "exceeds model.n_ctx=32"),
-    ({"train.grad_accum_steps": 3}, "not divisible by train.grad_accum_steps=3"),
+    ({
+        "model.n_head": 5
+    }, "n_embd=32 is not divisible by n_head=5"),
+    ({
+        "train.batch_size": 7
+    }, "does not divide over the batch mesh axes"),
+    ({
+        "mesh.data": 3
+    }, "uses 3 devices but 8 are available"),
+    ({
+        "data.seq_len": 64
+    }, "exceeds model.n_ctx=32"),
+    ({
+        "train.grad_accum_steps": 3
+    }, "not divisible by train.grad_accum_steps=3"),
 ])
 def test_config_errors_before_compiling(lm_data_dir, tmp_path, change, message):
   c = micro_model(load_config("pretrain", "tiny"))

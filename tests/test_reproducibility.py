@@ -21,9 +21,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def _arrays(n: int = 37, seq_len: int = 8) -> dict:
   """Encoded examples whose every row says which example it is."""
   ids = np.arange(n, dtype=np.int32)[:, None, None] * 100 + np.arange(seq_len, dtype=np.int32)
-  return {"input_ids": ids, "attention_mask": np.ones_like(ids), "cls_index": np.full((n, 1), seq_len - 1, np.int32),
-          "choice_mask": np.ones((n, 1), np.float32), "label": np.arange(n, dtype=np.int32) % 2,
-          "example_index": np.arange(n, dtype=np.int32)}
+  return {
+      "input_ids": ids,
+      "attention_mask": np.ones_like(ids),
+      "cls_index": np.full((n, 1), seq_len - 1, np.int32),
+      "choice_mask": np.ones((n, 1), np.float32),
+      "label": np.arange(n, dtype=np.int32) % 2,
+      "example_index": np.arange(n, dtype=np.int32)
+  }
 
 
 def _tf_data_settings():
@@ -76,7 +81,7 @@ def test_constraints_pin_the_packages_that_decide_the_numbers():
     assert m, f"constraints.txt: {ln!r} is not an exact NAME==VERSION pin"
     pins[m.group(1).lower().replace("_", "-")] = m.group(2)
   # The compiler and its numerics, the training stack, the fine-tuning pipeline, the tokenisation.
-  for name in ("jax", "jaxlib", "numpy", "ml-dtypes", "flax", "optax", "orbax-checkpoint", "tensorflow-cpu",
-               "ftfy", "spacy", "scikit-learn"):
+  for name in ("jax", "jaxlib", "numpy", "ml-dtypes", "flax", "optax", "orbax-checkpoint", "tensorflow-cpu", "ftfy",
+               "spacy", "scikit-learn"):
     assert name in pins, f"constraints.txt does not pin {name}"
   assert pins["jax"] == pins["jaxlib"], "jax and jaxlib must be pinned to the same release"

@@ -105,5 +105,9 @@ def test_resuming_a_run_saved_before_the_key_existed():
   from gpt1_jax import resume
   saved = {"train": {"learning_rate": 1e-3}}  # a config.json written before train.softmax_samples
   assert resume.config_changes(saved, {"train": {"learning_rate": 1e-3, "softmax_samples": 0}}) == {}
-  assert resume.config_changes(saved, {"train": {"learning_rate": 1e-3, "softmax_samples": 64}}) == {
-      "train.softmax_samples": (0, 64)}
+  assert resume.config_changes(saved, {"train": {
+      "learning_rate": 1e-3,
+      "softmax_samples": 64
+  }}) == {
+      "train.softmax_samples": (0, 64)
+  }

@@ -40,8 +40,8 @@ def run(mesh_sizes, devices, model_cfg=CFG, accum=1, loss_chunk=0):
   tx, schedule = make_optimizer(train_cfg(), 100)
   setup = state_lib.setup(objective, tx, objective.batch_spec(SEQ), BATCH, mesh, rules)
   state = setup.create(seed=0)
-  compiled = setup.compile(functools.partial(train_step, objective=objective, tx=tx, schedule=schedule, seed=0,
-                                             grad_accum_steps=accum))
+  compiled = setup.compile(
+      functools.partial(train_step, objective=objective, tx=tx, schedule=schedule, seed=0, grad_accum_steps=accum))
   losses = []
   for b in batches():
     state, m = compiled(state, sharding.global_batch(b, mesh, rules, BATCH))

@@ -21,8 +21,10 @@ def story_cloze_dir(tmp_path):
   path = tmp_path / "cloze_test_val__spring2016.csv"
   with open(path, "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["InputStoryid", "InputSentence1", "InputSentence2", "InputSentence3", "InputSentence4",
-                "RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2", "AnswerRightEnding"])
+    w.writerow([
+        "InputStoryid", "InputSentence1", "InputSentence2", "InputSentence3", "InputSentence4",
+        "RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2", "AnswerRightEnding"
+    ])
     for i in range(60):
       w.writerow([f"id{i}"] + [sent() for _ in range(6)] + [int(rng.randint(1, 3))])
   return str(tmp_path)

@@ -69,15 +69,23 @@ def rows(arrays, i, k=0):
 # ----------------------------------------------------------------------------
 # Transformations, token for token.
 
+
 def test_classification_is_start_text_classify_padded(tok):
   out = X.encode_examples(T.get_task("sst2"), [ex("5 6 7")], tok, max_len=8)
   assert out["input_ids"].tolist() == [[[S, 5, 6, 7, C, 0, 0, 0]]]
   assert out["attention_mask"].tolist() == [[[1, 1, 1, 1, 1, 0, 0, 0]]]
   assert out["cls_index"].tolist() == [[4]]
   assert out["choice_mask"].tolist() == [[1.0]]
-  assert {k: v.dtype.name for k, v in out.items()} == {
-      "input_ids": "int32", "attention_mask": "int32", "cls_index": "int32", "choice_mask": "float32",
-      "label": "int32", "example_index": "int32"}
+  assert {
+      k: v.dtype.name for k, v in out.items()
+  } == {
+      "input_ids": "int32",
+      "attention_mask": "int32",
+      "cls_index": "int32",
+      "choice_mask": "float32",
+      "label": "int32",
+      "example_index": "int32"
+  }
 
 
 def test_classification_truncates_text_end_keeps_specials(tok):
@@ -119,8 +127,8 @@ def _bert_truncate_pair(a, b, budget):
   return a, b
 
 
-@pytest.mark.parametrize("la,lb,max_len", [(20, 3, 12), (3, 20, 12), (20, 20, 12), (20, 20, 13), (7, 9, 12),
-                                           (6, 6, 15), (1, 30, 8)])
+@pytest.mark.parametrize("la,lb,max_len", [(20, 3, 12), (3, 20, 12), (20, 20, 12), (20, 20, 13), (7, 9, 12), (6, 6, 15),
+                                           (1, 30, 8)])
 def test_similarity_truncation_is_balanced_and_shared_by_both_orderings(tok, la, lb, max_len):
   a, b = list(range(1, la + 1)), list(range(101, 101 + lb))
   out = X.encode_examples(T.get_task("qqp"), [ex(" ".join(map(str, a)), " ".join(map(str, b)))], tok, max_len=max_len)
@@ -137,8 +145,10 @@ def test_regression_is_similarity_with_float_labels(tok):
 
 
 def test_multiple_choice_one_sequence_per_candidate_and_choice_mask(tok):
-  out = X.encode_examples(T.get_task("race"), [ex("1 2 3", "4", label=2, choices=["5", "6 7", "8"]),
-                                   ex("9", "10", label=0, choices=["11", "12", "13", "14"])], tok, max_len=10)
+  out = X.encode_examples(T.get_task("race"), [
+      ex("1 2 3", "4", label=2, choices=["5", "6 7", "8"]),
+      ex("9", "10", label=0, choices=["11", "12", "13", "14"])
+  ], tok, max_len=10)
   assert out["input_ids"].shape == (2, 4, 10)
   assert rows(out, 0, 0) == [S, 1, 2, 3, 4, D, 5, C]
   assert rows(out, 0, 1) == [S, 1, 2, 3, 4, D, 6, 7, C]
@@ -223,9 +233,12 @@ def test_encode_rejects_examples_that_do_not_fit_the_task(tok):
 # ----------------------------------------------------------------------------
 # Registry.
 
+
 def test_registry_has_every_task_of_the_paper():
-  assert set(T.TASKS) == {"sst2", "cola", "mnli", "snli", "qnli", "rte", "scitail", "mrpc", "qqp", "stsb", "race",
-                          "race_middle", "race_high", "story_cloze"}
+  assert set(T.TASKS) == {
+      "sst2", "cola", "mnli", "snli", "qnli", "rte", "scitail", "mrpc", "qqp", "stsb", "race", "race_middle",
+      "race_high", "story_cloze"
+  }
   from gpt1_jax.model import TASK_TYPES
   assert T.TASK_TYPES == TASK_TYPES
   assert T.get_task("cola").metrics == ("accuracy", "mcc")
@@ -251,6 +264,7 @@ def test_names_resolve_once_at_the_documented_entry_point():
 # ----------------------------------------------------------------------------
 # Task types: what each decides.
 
+
 def test_absent_candidates_get_no_probability():
   """One rule for training (``choice_mask``) and the export (an all-zero attention mask)."""
   logits = np.array([[0.5, 2.0, -1.0], [3.0, 1.0, 0.0]], np.float32)
@@ -268,8 +282,13 @@ def test_absent_candidates_get_no_probability():
 
 def test_each_type_is_one_layout_with_its_sequences_and_shortest_input(tok):
   layouts = {name: t.layout for name, t in task_types.TYPES.items()}
-  assert layouts == {"classification": "single", "entailment": "pair", "similarity": "both_orders",
-                     "multiple_choice": "candidates", "regression": "both_orders"}
+  assert layouts == {
+      "classification": "single",
+      "entailment": "pair",
+      "similarity": "both_orders",
+      "multiple_choice": "candidates",
+      "regression": "both_orders"
+  }
   assert [n for n, t in task_types.TYPES.items() if t.multiple_choice] == ["multiple_choice"]
   for task in T.TASKS.values():
     kind = task.kind
@@ -285,6 +304,7 @@ def test_each_type_is_one_layout_with_its_sequences_and_shortest_input(tok):
 
 # ----------------------------------------------------------------------------
 # Readers: shipped samples and real files.
+
 
 def test_shipped_sst2():
   folder = str(REPO / "data/sst2")
@@ -339,6 +359,7 @@ def test_real_story_cloze_split_matches_the_original_code():
 # ----------------------------------------------------------------------------
 # Readers: synthetic files in the official formats.
 
+
 def write(path, text, encoding="utf-8"):
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -347,8 +368,9 @@ def write(path, text, encoding="utf-8"):
 
 
 def test_mrpc_format_with_bom_and_unlabelled_test(tmp_path):
-  write(tmp_path / "train.tsv", "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
-        "1\t702876\t702977\tHe said \"yes\".\tHe agreed.\n0\t1\t2\tA cat.\tA dog.\n")
+  write(
+      tmp_path / "train.tsv", "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+      "1\t702876\t702977\tHe said \"yes\".\tHe agreed.\n0\t1\t2\tA cat.\tA dog.\n")
   write(tmp_path / "test.tsv", "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1\t2\tOne.\tTwo.\n")
   train = T.load_split("mrpc", "train", str(tmp_path))
   assert [e.texts for e in train] == [('He said "yes".', "He agreed."), ("A cat.", "A dog.")]
@@ -358,8 +380,9 @@ def test_mrpc_format_with_bom_and_unlabelled_test(tmp_path):
 
 
 def test_qqp_format(tmp_path):
-  write(tmp_path / "train.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
-        "133273\t213221\t213222\tHow is life?\tHow are you?\t0\n7\t1\t2\tWhy?\tWhy not?\t1\n")
+  write(
+      tmp_path / "train.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+      "133273\t213221\t213222\tHow is life?\tHow are you?\t0\n7\t1\t2\tWhy?\tWhy not?\t1\n")
   write(tmp_path / "test.tsv", "id\tquestion1\tquestion2\n0\tA?\tB?\n")
   train = T.load_split("qqp", "train", str(tmp_path))
   assert [(e.id, e.label) for e in train] == [("133273", 0), ("7", 1)]
@@ -377,12 +400,14 @@ MNLI_HEADER = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence
 
 
 def test_mnli_format_matched_mismatched_and_test(tmp_path):
-  write(tmp_path / "train.tsv", MNLI_HEADER + "\tlabel1\tgold_label\n"
-        "0\t31193\t31193n\tgov\t( a )\t( b )\t(S a)\t(S b)\tConceptually cream.\tProduct and geography.\t"
-        "neutral\tneutral\n")
-  write(tmp_path / "dev_matched.tsv", MNLI_HEADER + "\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n"
-        "0\t1\t1e\tfic\tx\tx\tx\tx\tThe man.\tA man.\tentailment\tentailment\tentailment\tneutral\tentailment\t"
-        "entailment\n")
+  write(
+      tmp_path / "train.tsv", MNLI_HEADER + "\tlabel1\tgold_label\n"
+      "0\t31193\t31193n\tgov\t( a )\t( b )\t(S a)\t(S b)\tConceptually cream.\tProduct and geography.\t"
+      "neutral\tneutral\n")
+  write(
+      tmp_path / "dev_matched.tsv", MNLI_HEADER + "\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n"
+      "0\t1\t1e\tfic\tx\tx\tx\tx\tThe man.\tA man.\tentailment\tentailment\tentailment\tneutral\tentailment\t"
+      "entailment\n")
   write(tmp_path / "dev_mismatched.tsv", MNLI_HEADER + "\tlabel1\tgold_label\n"
         "5\t1\t1c\tfic\tx\tx\tx\tx\tYes.\tNo.\tcontradiction\tcontradiction\n")
   write(tmp_path / "test_matched.tsv", MNLI_HEADER + "\n9\t1\t1\tfic\tx\tx\tx\tx\tP.\tH.\n")
@@ -397,8 +422,8 @@ def test_snli_original_format_excludes_no_gold_label_with_a_log_line(tmp_path, c
   header = ("gold_label\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\t"
             "sentence1\tsentence2\tcaptionID\tpairID\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\n")
   row = "{}\tx\tx\tx\tx\tA person on a horse.\tA person is outdoors.\tc\tp{}\tneutral\t\t\t\t\n"
-  write(tmp_path / "snli_1.0_test.txt", header + row.format("entailment", 1) + row.format("-", 2)
-        + row.format("contradiction", 3))
+  write(tmp_path / "snli_1.0_test.txt",
+        header + row.format("entailment", 1) + row.format("-", 2) + row.format("contradiction", 3))
   with caplog.at_level(logging.INFO, logger="gpt1_jax.data.tasks"):
     test = T.load_split("snli", "test", str(tmp_path))
   assert [(e.id, e.label) for e in test] == [("p1", 0), ("p3", 2)]
@@ -416,8 +441,9 @@ def test_scitail_headerless_tsv_format(tmp_path):
 def test_glue_test_files_without_labels(tmp_path):
   write(tmp_path / "sst2/test.tsv", "index\tsentence\n0\tuneasy mishmash .\n1\tgood .\n")
   write(tmp_path / "cola/test.tsv", "index\tsentence\n0\tBill whistled past the house.\n")
-  write(tmp_path / "stsb/test.tsv", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\t"
-        "sentence2\n0\tmain-news\tMSRvid\t2012test\t0024\tnone\tnone\tA girl.\tA boy.\n")
+  write(
+      tmp_path / "stsb/test.tsv", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\t"
+      "sentence2\n0\tmain-news\tMSRvid\t2012test\t0024\tnone\tnone\tA girl.\tA boy.\n")
   assert [e.label for e in T.load_split("sst2", "test", str(tmp_path / "sst2"))] == [None, None]
   assert T.load_split("cola", "test", str(tmp_path / "cola"))[0].texts == ("Bill whistled past the house.",)
   assert T.load_split("stsb", "test", str(tmp_path / "stsb"))[0].label is None
@@ -434,8 +460,9 @@ STORY_HEADER = ("InputStoryid,InputSentence1,InputSentence2,InputSentence3,Input
 
 
 def test_story_cloze_csv_format(tmp_path):
-  rows_ = [f'id{i},S{i}a.,"S{i}b, with a comma.",S{i}c.,S{i}d.,End {i} one.,End {i} two.,{1 + i % 2}\n'
-           for i in range(10)]
+  rows_ = [
+      f'id{i},S{i}a.,"S{i}b, with a comma.",S{i}c.,S{i}d.,End {i} one.,End {i} two.,{1 + i % 2}\n' for i in range(10)
+  ]
   write(tmp_path / "cloze_test_val__spring2016.csv", STORY_HEADER + "".join(rows_))
   write(tmp_path / "cloze_test_test__spring2016.csv", STORY_HEADER + rows_[3])
   train, val = T.load_split("story_cloze", "train", str(tmp_path)), T.load_split("story_cloze", "dev", str(tmp_path))
@@ -448,10 +475,13 @@ def test_story_cloze_csv_format(tmp_path):
 
 
 def race_record(i, questions=2, answers=None):
-  return {"id": f"{i}.txt", "article": f"Article {i} text.",
-          "questions": [f"Question {q}?" for q in range(questions)],
-          "options": [[f"opt {q}{c}" for c in "ABCD"] for q in range(questions)],
-          "answers": answers or ["ABCD"[q % 4] for q in range(questions)]}
+  return {
+      "id": f"{i}.txt",
+      "article": f"Article {i} text.",
+      "questions": [f"Question {q}?" for q in range(questions)],
+      "options": [[f"opt {q}{c}" for c in "ABCD"] for q in range(questions)],
+      "answers": answers or ["ABCD"[q % 4] for q in range(questions)]
+  }
 
 
 def test_race_json_folders_several_questions_per_article(tmp_path):
@@ -462,7 +492,7 @@ def test_race_json_folders_several_questions_per_article(tmp_path):
   assert [(e.id, e.label) for e in middle] == [("0.txt-0", 0), ("0.txt-1", 1), ("1.txt-0", 0), ("1.txt-1", 1),
                                                ("1.txt-2", 2)]
   assert middle[0].texts == ("Article 0 text.", "Question 0?") and middle[0].choices == ("opt 0A", "opt 0B", "opt 0C",
-                                                                                        "opt 0D")
+                                                                                         "opt 0D")
   assert len(T.load_split("race", "validation", str(tmp_path))) == 7
   assert len(T.load_split("race_high", "validation", str(tmp_path / "RACE"))) == 2
   assert len(T.load_split("race", "validation", str(tmp_path / "RACE/dev"))) == 7
@@ -491,9 +521,9 @@ MALFORMED = {
                                STORY_HEADER + "i,a,b,c,d,e,f,1\ni,a,b,c,d,e,f,3\n", 3, "out of range"),
     "story cloze missing column": ("story_cloze", "cloze_test_test__spring2016.csv",
                                    STORY_HEADER + "i,a,b,c,d,e,f,1\ni,a,b,c,d,e,f\n", 3, "expected 8 columns"),
-    "story cloze non-UTF-8": ("story_cloze", "cloze_test_test__spring2016.csv",
-                              (STORY_HEADER + "i,a,b,c,d,e,f,1\n").encode() + b"i,\xff,b,c,d,e,f,1\n", 3,
-                              "not valid UTF-8"),
+    "story cloze non-UTF-8":
+        ("story_cloze", "cloze_test_test__spring2016.csv",
+         (STORY_HEADER + "i,a,b,c,d,e,f,1\n").encode() + b"i,\xff,b,c,d,e,f,1\n", 3, "not valid UTF-8"),
 }
 
 
@@ -530,6 +560,7 @@ def test_missing_file_lists_the_expected_names(tmp_path):
 # ----------------------------------------------------------------------------
 # tensorflow-datasets, mocked offline.
 
+
 @pytest.fixture(scope="module")
 def tfds():
   return pytest.importorskip("tensorflow_datasets")
@@ -542,21 +573,33 @@ def _generator_dataset(records, signature):
 
 def _race_as_dataset(self, split, **kwargs):
   from gpt1_jax.data import tf
-  records = [{"article": f"Article of {self.name} {split}.", "questions": ["Why?", "Who?"], "answers": ["B", "D"],
-              "options": [["a", "b", "c", "d"], ["e", "f", "g", "h"]], "example_id": f"{split}/1.txt"}]
+  records = [{
+      "article": f"Article of {self.name} {split}.",
+      "questions": ["Why?", "Who?"],
+      "answers": ["B", "D"],
+      "options": [["a", "b", "c", "d"], ["e", "f", "g", "h"]],
+      "example_id": f"{split}/1.txt"
+  }]
   string = tf.TensorSpec([], tf.string)
-  return _generator_dataset(records, {"article": string, "questions": tf.TensorSpec([None], tf.string),
-                                      "answers": tf.TensorSpec([None], tf.string),
-                                      "options": tf.TensorSpec([None, None], tf.string), "example_id": string})
+  return _generator_dataset(
+      records, {
+          "article": string,
+          "questions": tf.TensorSpec([None], tf.string),
+          "answers": tf.TensorSpec([None], tf.string),
+          "options": tf.TensorSpec([None, None], tf.string),
+          "example_id": string
+      })
 
 
 def _story_cloze_as_dataset(self, split, **kwargs):
   from gpt1_jax.data import tf
-  records = [{"context": f"Story {i}.", "endings": [f"End {i}a.", f"End {i}b."], "label": 1 + i % 2}
-             for i in range(10)]
-  return _generator_dataset(records, {"context": tf.TensorSpec([], tf.string),
-                                      "endings": tf.TensorSpec([None], tf.string),
-                                      "label": tf.TensorSpec([], tf.int32)})
+  records = [{"context": f"Story {i}.", "endings": [f"End {i}a.", f"End {i}b."], "label": 1 + i % 2} for i in range(10)]
+  return _generator_dataset(
+      records, {
+          "context": tf.TensorSpec([], tf.string),
+          "endings": tf.TensorSpec([None], tf.string),
+          "label": tf.TensorSpec([], tf.int32)
+      })
 
 
 def _check_examples(task, split, data):
@@ -595,11 +638,14 @@ def test_tfds_glue_test_label_minus_one_is_unlabelled_and_snli_minus_one_is_excl
   from gpt1_jax.data import tf
 
   def nli(self, split, **kwargs):
-    records = [{"premise": "P.", "hypothesis": "H.", "label": label, "idx": i}
-               for i, label in enumerate([0, -1, 2])]
+    records = [{"premise": "P.", "hypothesis": "H.", "label": label, "idx": i} for i, label in enumerate([0, -1, 2])]
     string = tf.TensorSpec([], tf.string)
-    return _generator_dataset(records, {"premise": string, "hypothesis": string, "label": tf.TensorSpec([], tf.int64),
-                                        "idx": tf.TensorSpec([], tf.int32)})
+    return _generator_dataset(records, {
+        "premise": string,
+        "hypothesis": string,
+        "label": tf.TensorSpec([], tf.int64),
+        "idx": tf.TensorSpec([], tf.int32)
+    })
 
   with tfds.testing.mock_data(as_dataset_fn=nli), caplog.at_level(logging.INFO, logger="gpt1_jax.data.tasks"):
     snli = T.load_split("snli", "train", "tfds")
@@ -624,6 +670,7 @@ def test_tfds_story_cloze_without_manual_download_says_so(tfds, tmp_path):
 # ----------------------------------------------------------------------------
 # tf.data: the position is the step.
 
+
 def test_task_datasets_resume_at_step_and_cover_eval_once(tok):
   data = T.load_split("rte", "validation", str(REPO / "data/rte"))
   arrays = X.encode_examples(T.get_task("rte"), data.examples, tok, max_len=64)
@@ -632,13 +679,16 @@ def test_task_datasets_resume_at_step_and_cover_eval_once(tok):
   resumed = next(X.task_train_dataset(arrays, rows_, seed=3, start_step=7).as_numpy_iterator())
   assert all((resumed[k] == full[7][k]).all() for k in resumed)
   assert full[0]["input_ids"].shape == (16, 1, 64)
-  seen = [i for b in X.task_eval_dataset(arrays, rows_).as_numpy_iterator()
-          for i, m in zip(b["example_index"], b["example_mask"]) if m]
+  seen = [
+      i for b in X.task_eval_dataset(arrays, rows_).as_numpy_iterator()
+      for i, m in zip(b["example_index"], b["example_mask"]) if m
+  ]
   assert seen == list(range(len(data)))
 
 
 # ----------------------------------------------------------------------------
 # Metrics against scikit-learn and SciPy.
+
 
 def test_metrics_equal_sklearn_and_scipy():
   sk = pytest.importorskip("sklearn.metrics")
@@ -660,8 +710,8 @@ def test_metrics_equal_sklearn_and_scipy():
 
 
 def test_compute_metrics_main_metric_and_masking():
-  assert [M.main_metric(T.get_task(t)) for t in ("cola", "mrpc", "qqp", "stsb", "rte", "race")] == [
-      "mcc", "acc_and_f1", "acc_and_f1", "pearson_spearman", "accuracy", "accuracy"]
+  assert [M.main_metric(T.get_task(t)) for t in ("cola", "mrpc", "qqp", "stsb", "rte", "race")
+         ] == ["mcc", "acc_and_f1", "acc_and_f1", "pearson_spearman", "accuracy", "accuracy"]
   logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.9, 0.1]])
   out = M.compute_metrics(T.get_task("mrpc"), logits, [1, 1, 1, -1], mask=[1, 1, 1, 1])  # -1: unlabelled, left out
   assert out["accuracy"] == pytest.approx(2 / 3) and out["f1"] == pytest.approx(0.8)
@@ -673,6 +723,7 @@ def test_compute_metrics_main_metric_and_masking():
 
 
 def test_glue_prediction_files(tmp_path):
+
   def read(path):
     return pathlib.Path(path).read_text().splitlines()
 
@@ -684,10 +735,10 @@ def test_glue_prediction_files(tmp_path):
   mm = M.write_glue_predictions(T.get_task("mnli"), [2], str(tmp_path), split="test_mismatched")
   assert (os.path.basename(m), os.path.basename(mm)) == ("MNLI-m.tsv", "MNLI-mm.tsv")
   assert read(m)[1:] == ["0\tentailment", "1\tneutral", "2\tcontradiction"]
-  assert read(M.write_glue_predictions(T.get_task("stsb"), [5.7, -0.2, 2.345], str(tmp_path)))[1:] == [
-      "0\t5.000", "1\t0.000", "2\t2.345"]
-  assert [M.glue_filename(T.get_task(t)) for t in ("cola", "mrpc", "qqp", "qnli", "stsb")] == [
-      "CoLA.tsv", "MRPC.tsv", "QQP.tsv", "QNLI.tsv", "STS-B.tsv"]
+  assert read(M.write_glue_predictions(T.get_task("stsb"), [5.7, -0.2, 2.345],
+                                       str(tmp_path)))[1:] == ["0\t5.000", "1\t0.000", "2\t2.345"]
+  assert [M.glue_filename(T.get_task(t)) for t in ("cola", "mrpc", "qqp", "qnli", "stsb")
+         ] == ["CoLA.tsv", "MRPC.tsv", "QQP.tsv", "QNLI.tsv", "STS-B.tsv"]
   assert read(M.write_glue_predictions(T.get_task("cola"), [1], str(tmp_path)))[1] == "0\t1"
   with pytest.raises(ValueError, match="test_matched"):
     M.write_glue_predictions(T.get_task("mnli"), [0], str(tmp_path))
@@ -695,6 +746,7 @@ def test_glue_prediction_files(tmp_path):
 
 # ----------------------------------------------------------------------------
 # The real tokenizer, once it imports.
+
 
 def test_real_tokenizer_transformations():
   tokenizer = pytest.importorskip("gpt1_jax.tokenizer")

@@ -44,8 +44,9 @@ def test_race_with_nothing_prepared_and_no_network_names_task_place_and_local_so
 
 
 def test_download_off_says_so(tmp_path):
-  with pytest.raises(RuntimeError, match=rf"^mnli: tfds glue/mnli is not prepared in {tmp_path}/glue/mnli/\S+ and "
-                                         r"downloading is off; point task.source at a folder holding train.tsv"):
+  with pytest.raises(
+      RuntimeError, match=rf"^mnli: tfds glue/mnli is not prepared in {tmp_path}/glue/mnli/\S+ and "
+      r"downloading is off; point task.source at a folder holding train.tsv"):
     T.load_tfds(T.get_task("mnli"), "train", str(tmp_path), download=False)
 
 

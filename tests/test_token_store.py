@@ -18,7 +18,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -153,8 +152,8 @@ def test_format1_directories_load_and_migrate_without_changing_a_batch(corpus, t
   # The migrated shards are byte-identical to freshly prepared ones.
   fresh = json.loads((out / "manifest.json").read_text())
   for split in ("train", "valid"):
-    assert [s["sha256"] for s in manifest["splits"][split]["shards"]] == [
-        s["sha256"] for s in fresh["splits"][split]["shards"]]
+    assert [s["sha256"] for s in manifest["splits"][split]["shards"]
+           ] == [s["sha256"] for s in fresh["splits"][split]["shards"]]
   assert prepare.migrate(str(v1)) == manifest  # already migrated: nothing to do
 
 
@@ -171,8 +170,12 @@ def test_prepare_over_a_format1_directory_of_the_same_inputs_migrates_it(corpus,
 
 def test_migrate_and_verify_cli_errors(tmp_path, corpus):
   out, manifest = corpus
-  run = lambda *args: subprocess.run([sys.executable, "-m", "gpt1_jax.data.prepare", *args],  # noqa: E731
-                                     capture_output=True, text=True, cwd=REPO, timeout=300)
+  run = lambda *args: subprocess.run(
+      [sys.executable, "-m", "gpt1_jax.data.prepare", *args],  # noqa: E731
+      capture_output=True,
+      text=True,
+      cwd=REPO,
+      timeout=300)
   r = run(f"--migrate={tmp_path}/nothing")
   assert r.returncode == 1 and f"error: --migrate={tmp_path}/nothing: {tmp_path}/nothing: no such data" in r.stderr
   r = run(f"--migrate={out}", f"--output={tmp_path}/x")
@@ -191,6 +194,7 @@ def test_migrate_and_verify_cli_errors(tmp_path, corpus):
 
 # ----------------------------------------------------------------------------- prefetch
 def test_prefetch_raises_the_failing_step_and_stops_its_thread():
+
   def make(step):
     if step == 3:
       raise RuntimeError("bad step 3")
@@ -211,13 +215,12 @@ def test_prefetch_raises_the_failing_step_and_stops_its_thread():
   del endless  # dropping the iterator stops the thread (it holds no reference to it)
   thread.join(timeout=60)
   assert not thread.is_alive()
-  assert not any(t.name == "gpt1_jax-prefetch" and t.is_alive() for t in threading.enumerate()
-                 if t is thread)
+  assert not any(t.name == "gpt1_jax-prefetch" and t.is_alive() for t in threading.enumerate() if t is thread)
 
 
 def test_synthetic_store_has_the_documented_shape(tmp_path):
-  manifest = prepare.synthetic(str(tmp_path / "s"), 300_000, mean_document=500, num_shards=3,
-                               valid_fraction=0.01, tokenizer_fingerprint="f" * 64)
+  manifest = prepare.synthetic(str(tmp_path / "s"), 300_000, mean_document=500, num_shards=3, valid_fraction=0.01,
+                               tokenizer_fingerprint="f" * 64)
   assert manifest["splits"]["train"]["tokens"] + manifest["splits"]["valid"]["tokens"] == 300_000
   assert len(manifest["splits"]["train"]["shards"]) == 3
   assert lm.verify(str(tmp_path / "s")) == {"train": 3, "valid": 1}
@@ -280,11 +283,11 @@ def test_pretraining_runs_with_tensorflow_unimportable(tmp_path):
   probe = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env, capture_output=True, text=True)
   assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr
   wd = tmp_path / "run"
-  r = subprocess.run(
-      [sys.executable, "-m", "gpt1_jax.main", "--config=configs/pretrain.py:tiny", f"--workdir={wd}",
-       f"--config.data.dir={tmp_path / 'data'}", "--config.train.num_steps=6", "--config.log.every_steps=3",
-       "--config.eval.every_steps=6", "--config.checkpoint.every_steps=6"],
-      env=env, capture_output=True, text=True, cwd=REPO, timeout=900)
+  r = subprocess.run([
+      sys.executable, "-m", "gpt1_jax.main", "--config=configs/pretrain.py:tiny", f"--workdir={wd}",
+      f"--config.data.dir={tmp_path / 'data'}", "--config.train.num_steps=6", "--config.log.every_steps=3",
+      "--config.eval.every_steps=6", "--config.checkpoint.every_steps=6"
+  ], env=env, capture_output=True, text=True, cwd=REPO, timeout=900)
   assert r.returncode == 0, r.stderr[-4000:]
   rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
   assert [row["step"] for row in rows if "train/loss" in row] == [3, 6]

@@ -82,8 +82,8 @@ def test_concurrent_cli_runs_and_kill_9_takeover(lm_data_dir, tmp_path):
   finally:
     first.send_signal(signal.SIGKILL)
     first.wait()
-  third = subprocess.run(micro_cli(wd, lm_data_dir, 20, ["--config.checkpoint.allow_config_change=True"]),
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+  third = subprocess.run(micro_cli(wd, lm_data_dir, 20, ["--config.checkpoint.allow_config_change=True"]), cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
   assert third.returncode == 0, third.stderr[-3000:]
   assert f"the previous run there (pid {first.pid} on host" in third.stderr
   print("verified: after kill -9 of the owner, the next run takes the workdir over and says whose it was")
@@ -102,8 +102,10 @@ def test_workdir_layout_errors_come_before_any_work(tmp_path, entry, kind):
 
 
 def _flip_bits(step_dir):
-  files = [f for f in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
-           if os.path.isfile(f) and os.path.getsize(f) > 100_000]
+  files = [
+      f for f in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
+      if os.path.isfile(f) and os.path.getsize(f) > 100_000
+  ]
   target = max(files, key=os.path.getsize)
   with open(target, "r+b") as f:
     data = bytearray(f.read())
@@ -120,8 +122,9 @@ def test_bit_flip_is_a_corrupt_checkpoint(pretrained, lm_data_dir, tmp_path):
   print(f"injected: 2 flipped bits in {os.path.relpath(target, wd)} (same size)")
   before = snapshot(wd)
   c = micro_pretrain_config(lm_data_dir, steps=30)
-  with pytest.raises(checkpoint.CheckpointError, match=r"(?s)checkpoints/20 is corrupt: its bytes changed.*checksum "
-                                                        r"mismatch in .*allow_fallback"):
+  with pytest.raises(
+      checkpoint.CheckpointError, match=r"(?s)checkpoints/20 is corrupt: its bytes changed.*checksum "
+      r"mismatch in .*allow_fallback"):
     loop.train_and_evaluate(c, wd)
   assert snapshot(wd) == before
   c.checkpoint.allow_fallback = True
@@ -146,7 +149,8 @@ def test_checksums_are_mesh_independent_and_see_every_flipped_bit():
   big = np.random.default_rng(2).standard_normal((3000, 1500)).astype(np.float32)  # several numpy chunks
   big_sh = jax.device_put(big, NamedSharding(mesh, P("a", "b")))
   assert checkpoint.checksums({"b": big_sh}) == checkpoint.checksums({"b": big}) == {
-      "['b']": [int(v) for v in np.asarray(jax.device_get(checkpoint._tree_checksums({"b": big}))["b"])]}
+      "['b']": [int(v) for v in np.asarray(jax.device_get(checkpoint._tree_checksums({"b": big}))["b"])]
+  }
   # Independent reference: the same sums in Python integers.
   words = [int(v) for v in x.view(np.uint32).reshape(-1)]
   assert ref["['w']"] == [sum(words) % 2**32, sum(v * v for v in words) % 2**32]
@@ -181,7 +185,7 @@ def test_pretraining_config_in_a_finetuning_workdir(finetuned, lm_data_dir, tmp_
   c = micro_pretrain_config(lm_data_dir, steps=5)
   c.checkpoint.allow_fallback = allow_fallback
   with pytest.raises(ValueError, match=r"(?s)holds a fine-tuning on task sst2 run, but this config is pretraining.*"
-                                       r"intact"):
+                     r"intact"):
     loop.train_and_evaluate(c, wd)
   assert snapshot(wd) == before
   print(f"verified (allow_fallback={allow_fallback}): refused as another kind of run, nothing changed")
@@ -218,8 +222,10 @@ def test_resume_config_changes(pretrained, lm_data_dir, tmp_path, caplog):
   text = caplog.text
   assert "train.num_steps: checkpoint 20 -> now 25" in text and "log.every_steps: checkpoint 5 -> now 1" in text
   # With the override, a refused change goes ahead and is logged as such.
-  c = micro_pretrain_config(lm_data_dir, steps=25, **{"train.learning_rate": 1e-3,
-                                                       "checkpoint.allow_config_change": True})
+  c = micro_pretrain_config(lm_data_dir, steps=25, **{
+      "train.learning_rate": 1e-3,
+      "checkpoint.allow_config_change": True
+  })
   caplog.clear()
   with caplog.at_level("WARNING"):
     loop.train_and_evaluate(c, wd)
@@ -259,20 +265,20 @@ def test_cosine_extension_is_refused_with_the_jump(lm_data_dir, tmp_path):
   loop.train_and_evaluate(micro_pretrain_config(lm_data_dir, steps=10, **{"train.schedule": "cosine"}), wd)
   before = snapshot(wd)
   c = micro_pretrain_config(lm_data_dir, steps=13, **{"train.schedule": "cosine"})
-  with pytest.raises(ValueError, match=r"train.num_steps: checkpoint 10 -> now 13\nthe learning rate at step 10 "
-                                       r"would be 0.000.* instead of 0"):
+  with pytest.raises(
+      ValueError, match=r"train.num_steps: checkpoint 10 -> now 13\nthe learning rate at step 10 "
+      r"would be 0.000.* instead of 0"):
     loop.train_and_evaluate(c, wd)
   assert snapshot(wd) == before
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--config.train.learning_rat=1e-3"], "error: --config.train.learning_rat: the config has no key "
-                                           "'learning_rat'; did you mean \"learning_rate\""),
+     "'learning_rat'; did you mean \"learning_rate\""),
     (["--config.data.dir=/nonexistent/data"], "error: "),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, argv, message):
-  cmd = [sys.executable, "-m", "gpt1_jax.main", "--config=configs/pretrain.py:tiny", f"--workdir={tmp_path}/wd",
-         *argv]
+  cmd = [sys.executable, "-m", "gpt1_jax.main", "--config=configs/pretrain.py:tiny", f"--workdir={tmp_path}/wd", *argv]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode == 1
   assert "Traceback" not in out.stderr, out.stderr[-2000:]
@@ -303,11 +309,13 @@ def finetune_config(**overrides):
   return c
 
 
-@pytest.mark.parametrize("make_config, refusal", [
-    (lambda data: micro_pretrain_config("/nonexistent/data"), "/nonexistent/data"),  # bad data, pretraining
-    (lambda data: micro_pretrain_config(data, **{"data.seq_len": 64}), "exceeds model.n_ctx"),  # bad config
-    (lambda data: finetune_config(), "nonexistent"),  # fine-tuning: refused after checkpoints/ was made
-])
+@pytest.mark.parametrize(
+    "make_config, refusal",
+    [
+        (lambda data: micro_pretrain_config("/nonexistent/data"), "/nonexistent/data"),  # bad data, pretraining
+        (lambda data: micro_pretrain_config(data, **{"data.seq_len": 64}), "exceeds model.n_ctx"),  # bad config
+        (lambda data: finetune_config(), "nonexistent"),  # fine-tuning: refused after checkpoints/ was made
+    ])
 def test_a_refused_run_on_a_new_workdir_leaves_nothing(lm_data_dir, tmp_path, make_config, refusal):
   c = make_config(lm_data_dir)
   if c.task.name != "lm":

@@ -45,6 +45,7 @@ def random_params(seed):
     name = jax.tree_util.keystr(path)
     mean, std = (1.0, 0.1) if "scale" in name else (0.0, 0.1) if "bias" in name else (0.0, 0.3)
     return rng.normal(mean, std, leaf.shape).astype(np.float32)
+
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
@@ -83,7 +84,7 @@ def numpy_logits(params, ids):
     a = np.einsum("thk,hkd->td", np.einsum("hqk,khd->qhd", softmax(scores), v), att["out_kernel"]) + att["out_bias"]
     n = layer_norm(x + a, block["ln_1"])
     u = n @ mlp["fc_kernel"] + mlp["fc_bias"]
-    u = 0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u ** 3)))
+    u = 0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u**3)))
     x = layer_norm(n + u @ mlp["proj_kernel"] + mlp["proj_bias"], block["ln_2"])
   return x @ table.T
 
@@ -115,6 +116,7 @@ def left_truncate(prefix, target, n_ctx=CFG.n_ctx):
 # ----------------------------------------------------------------------------
 # The scorer itself.
 
+
 def test_numpy_reference_is_gpt1lm_on_one_unpadded_sequence(params, tok):
   ids = [tok.start_id] + tok.encode("the reference model must be the model itself .")
   forward = jax.jit(lambda p, x: GPT1LM(CFG).apply({"params": p}, x))
@@ -126,8 +128,9 @@ def test_token_logprobs_equal_unbatched_reference_across_buckets_padding_and_tru
   rng = np.random.default_rng(0)
   # Total lengths 3 .. 90: buckets 32 and 64 (n_ctx), partial batches, and three sequences over n_ctx.
   shapes = [(1, 2), (5, 1), (20, 11), (31, 1), (33, 3), (40, 20), (3, 61), (70, 4), (100, 7), (60, 5)]
-  pairs = [([tok.start_id] + rng.integers(0, 40478, p - 1).tolist(), rng.integers(0, 40478, t).tolist())
-           for p, t in shapes]
+  pairs = [
+      ([tok.start_id] + rng.integers(0, 40478, p - 1).tolist(), rng.integers(0, 40478, t).tolist()) for p, t in shapes
+  ]
   with xla_compiles("_token_logprobs") as compiles:
     got = scorer(params, tok, batch_size=3).token_logprobs(pairs)
   # Batch size 3 is used nowhere else: exactly one compilation per bucket (32 and 64).
@@ -166,6 +169,7 @@ def test_score_candidates_is_the_average_answer_logprob_given_start_and_context(
 # ----------------------------------------------------------------------------
 # The heuristics of Section 5.
 
+
 def test_default_source_is_the_checkouts_data_else_tfds_and_an_error_when_the_shipped_sample_is_missing(
     monkeypatch, tmp_path):
   monkeypatch.delenv("GPT1_JAX_HOME", raising=False)
@@ -191,8 +195,8 @@ def test_sst2_very_then_positive_vs_negative_on_real_dev_rows(params, tok):
   result = h.evaluate(scorer(params, tok))
   neg, pos = tok.encode("negative"), tok.encode("positive")
   assert len(neg) == len(pos) == 1
-  expected = np.array([ref_logprobs(params, [tok.start_id] + tok.encode(s) + tok.encode("very"))[-1, neg + pos]
-                       for s, _ in rows])
+  expected = np.array(
+      [ref_logprobs(params, [tok.start_id] + tok.encode(s) + tok.encode("very"))[-1, neg + pos] for s, _ in rows])
   labels = np.array([int(y) for _, y in rows])
   np.testing.assert_allclose(result["scores"], expected, atol=ATOL, rtol=0)
   np.testing.assert_array_equal(result["predictions"], expected.argmax(-1))
@@ -235,8 +239,10 @@ def test_cola_average_logprob_thresholded_at_the_median_or_given_or_fitted_on_tr
 
   fitted = Z.build("cola", tok, source=str(tmp_path), fit_threshold_on="train").evaluate(sc)
   train_scores = np.array([ref_mean(params, [tok.start_id], tok.encode(s)) for s, _ in COLA_TRAIN])
-  best = max(metrics_lib.matthews_corrcoef(train_scores >= t, [y for _, y in COLA_TRAIN])
-             for t in list(train_scores) + [np.inf])
+  best = max(
+      metrics_lib.matthews_corrcoef(train_scores >= t, [y
+                                                        for _, y in COLA_TRAIN])
+      for t in list(train_scores) + [np.inf])
   train_preds = train_scores >= fitted["threshold"]
   assert metrics_lib.matthews_corrcoef(train_preds, [y for _, y in COLA_TRAIN]) == pytest.approx(best)
   np.testing.assert_array_equal(fitted["predictions"], expected >= fitted["threshold"])
@@ -260,15 +266,16 @@ STORY_HEADER = ("InputStoryid,InputSentence1,InputSentence2,InputSentence3,Input
 
 
 def test_story_cloze_picks_the_ending_with_the_highest_average_logprob(params, tok, tmp_path):
-  stories = [("s1", ["Tom went out.", "It rained.", "He got wet.", "He went home."],
-              ["He dried off.", "He ate a moon."], 1),
-             ("s2", ["Ann baked.", "The cake rose.", "She iced it.", "Friends came."],
-              ["They ate it all.", "The cake sang."], 2)]
+  stories = [("s1", ["Tom went out.", "It rained.", "He got wet.",
+                     "He went home."], ["He dried off.", "He ate a moon."], 1),
+             ("s2", ["Ann baked.", "The cake rose.", "She iced it.",
+                     "Friends came."], ["They ate it all.", "The cake sang."], 2)]
   with open(tmp_path / "cloze_test_test__spring2016.csv", "w", encoding="utf-8") as f:
     f.write(STORY_HEADER)
     f.writelines(f'{i},{",".join(s)},"{e[0]}",{e[1]},{a}\n' for i, s, e, a in stories)
   result = Z.build("story_cloze", tok, source=str(tmp_path), split="test").evaluate(scorer(params, tok))
-  expected = np.array([[ref_mean(params, [tok.start_id] + tok.encode(" ".join(s)), tok.encode(e)) for e in ends]
+  expected = np.array([[ref_mean(params, [tok.start_id] + tok.encode(" ".join(s)), tok.encode(e))
+                        for e in ends]
                        for _, s, ends, _ in stories])
   np.testing.assert_allclose(result["scores"], expected, atol=ATOL, rtol=0)
   np.testing.assert_array_equal(result["predictions"], expected.argmax(-1))
@@ -277,12 +284,19 @@ def test_story_cloze_picks_the_ending_with_the_highest_average_logprob(params, t
 
 def test_race_conditions_on_document_and_question_and_truncates_long_articles(params, tok, tmp_path):
   long_article = " ".join(f"word{i} went to the market ." for i in range(30))  # far beyond n_ctx = 64
-  records = [{"id": "1.txt", "article": "Tom has a red ball and a blue kite.",
-              "questions": ["What colour is the ball?", "Tom has a _ kite."],
-              "options": [["red", "blue", "green", "a very long answer about nothing"], ["blue", "red", "big", "no"]],
-              "answers": ["A", "A"]},
-             {"id": "2.txt", "article": long_article, "questions": ["Where did they go?"],
-              "options": [["to the market", "home", "school", "nowhere at all"]], "answers": ["A"]}]
+  records = [{
+      "id": "1.txt",
+      "article": "Tom has a red ball and a blue kite.",
+      "questions": ["What colour is the ball?", "Tom has a _ kite."],
+      "options": [["red", "blue", "green", "a very long answer about nothing"], ["blue", "red", "big", "no"]],
+      "answers": ["A", "A"]
+  }, {
+      "id": "2.txt",
+      "article": long_article,
+      "questions": ["Where did they go?"],
+      "options": [["to the market", "home", "school", "nowhere at all"]],
+      "answers": ["A"]
+  }]
   for r in records:
     os.makedirs(tmp_path / "dev" / "middle", exist_ok=True)
     (tmp_path / "dev" / "middle" / r["id"]).write_text(json.dumps(r))
@@ -304,12 +318,21 @@ def test_race_conditions_on_document_and_question_and_truncates_long_articles(pa
 
 
 def test_winograd_jsonl_partial_and_full_scoring(params, tok, tmp_path):
-  problems = [{"sentence": "The trophy does not fit in the suitcase because _ is too big.",
-               "option1": "the trophy", "option2": "the suitcase", "answer": 1},
-              {"sentence": "Paul tried to call George but _ was not available.", "option1": "Paul",
-               "option2": "George", "answer": "2"},
-              {"sentence": "The fish ate the worm because it was hungry, said _", "option1": "the fish",
-               "option2": "the worm"}]  # blank at the end: falls back to full scoring; unlabelled
+  problems = [{
+      "sentence": "The trophy does not fit in the suitcase because _ is too big.",
+      "option1": "the trophy",
+      "option2": "the suitcase",
+      "answer": 1
+  }, {
+      "sentence": "Paul tried to call George but _ was not available.",
+      "option1": "Paul",
+      "option2": "George",
+      "answer": "2"
+  }, {
+      "sentence": "The fish ate the worm because it was hungry, said _",
+      "option1": "the fish",
+      "option2": "the worm"
+  }]  # blank at the end: falls back to full scoring; unlabelled
   path = tmp_path / "wsc.jsonl"
   path.write_text("\n".join(json.dumps(p) for p in problems) + "\n")
   sc = scorer(params, tok)
@@ -320,8 +343,9 @@ def test_winograd_jsonl_partial_and_full_scoring(params, tok, tmp_path):
     before, after = p["sentence"].split("_")
     whole = [ref_mean(params, [tok.start_id], tok.encode(before + p[f"option{k}"] + after)) for k in (1, 2)]
     exp_full.append(whole)
-    exp_partial.append([ref_mean(params, [tok.start_id] + tok.encode(before + p[f"option{k}"]), tok.encode(after))
-                        for k in (1, 2)] if after else whole)
+    exp_partial.append(
+        [ref_mean(params, [tok.start_id] + tok.encode(before + p[f"option{k}"]), tok.encode(after))
+         for k in (1, 2)] if after else whole)
   np.testing.assert_allclose(partial["scores"], exp_partial, atol=ATOL, rtol=0)
   np.testing.assert_allclose(full["scores"], exp_full, atol=ATOL, rtol=0)
   np.testing.assert_array_equal(partial["labels"], [0, 1, -1])
@@ -336,6 +360,7 @@ def test_winograd_jsonl_partial_and_full_scoring(params, tok, tmp_path):
 
 # ----------------------------------------------------------------------------
 # The pretraining curve (Figure 2 right).
+
 
 @pytest.fixture(scope="module")
 def fake_run(tmp_path_factory):
@@ -383,8 +408,7 @@ def test_curve_scores_every_checkpoint_and_writes_json_table_and_png(fake_run, t
   # A second call reuses the saved scores (no checkpoint is read again) and keeps the other task's column.
   import gpt1_jax.checkpoint as ckpt
   monkeypatch.setattr(ckpt, "load_params", lambda *a, **k: pytest.fail("re-evaluated a saved step"))
-  again = Z.curve(fake_run, ["cola"], out_dir=str(out), max_examples=6, batch_size=4, tokenizer=tok,
-                  progress=False)
+  again = Z.curve(fake_run, ["cola"], out_dir=str(out), max_examples=6, batch_size=4, tokenizer=tok, progress=False)
   assert again["scores"] == {s: {"cola": row["cola"]} for s, row in got["scores"].items()}
   assert json.loads((out / Z.CURVE_JSON).read_text())["scores"] == got["scores"]
 
@@ -395,8 +419,10 @@ def test_curve_command_line(fake_run, tmp_path, capsys):
   if "run" not in flags.FLAGS:
     Z.define_flags()  # as `python -m gpt1_jax.zeroshot` does
   out = tmp_path / "cli"
-  argv = ["zeroshot", f"--run={fake_run}", "--tasks=sst2,cola", f"--curve_out={out}", "--max_examples=4",
-          "--batch_size=4", "--noprogress"]
+  argv = [
+      "zeroshot", f"--run={fake_run}", "--tasks=sst2,cola", f"--curve_out={out}", "--max_examples=4", "--batch_size=4",
+      "--noprogress"
+  ]
   with flagsaver.flagsaver():
     flags.FLAGS(argv)
     Z.main(argv[:1])
@@ -411,8 +437,10 @@ def test_predictions_out_has_one_auditable_row_per_example(fake_run, tmp_path, c
   if "run" not in flags.FLAGS:
     Z.define_flags()
   out = tmp_path / "preds.jsonl"
-  argv = ["zeroshot", f"--checkpoint={fake_run}", "--tasks=sst2", "--max_examples=5", "--batch_size=4",
-          "--noprogress", f"--predictions_out={out}"]
+  argv = [
+      "zeroshot", f"--checkpoint={fake_run}", "--tasks=sst2", "--max_examples=5", "--batch_size=4", "--noprogress",
+      f"--predictions_out={out}"
+  ]
   with flagsaver.flagsaver():
     flags.FLAGS(argv)
     Z.main(argv[:1])

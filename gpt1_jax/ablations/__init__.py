@@ -46,7 +46,7 @@ cell from a run's log, ``ablations.json/.md/.png``, the paper's Table 5), ``cli`
 ``main``; ``__main__`` runs it).
 """
 
-from gpt1_jax.ablations.cli import define_flags, grid_from_flags, main
+from gpt1_jax.ablations.cli import define_flags, grid_from_flags, main  # noqa: F401 - re-exported
 from gpt1_jax.ablations.grid import (ARM_NAMES, ARMS, DEFAULT_TASKS, LSTM_UNITS, QUICK_CORPUS_REVIEWS, QUICK_FINETUNE,
                                      QUICK_LSTM_UNITS, QUICK_PRETRAIN, RECIPES, TINY_SIZES, Arm, Grid, assign,
                                      check_inputs, finetune_config, left_out_message, parse_assignments,
@@ -55,8 +55,10 @@ from gpt1_jax.ablations.run import pretrain, run_grid, run_once
 from gpt1_jax.ablations.table import (METRIC_NAMES, PAPER_TABLE5, TABLE_METRIC, collect, final_eval, table,
                                       table_metric, write)
 
-__all__ = ["ARMS", "ARM_NAMES", "DEFAULT_TASKS", "LSTM_UNITS", "METRIC_NAMES", "PAPER_TABLE5", "QUICK_CORPUS_REVIEWS",
-           "QUICK_FINETUNE", "QUICK_LSTM_UNITS", "QUICK_PRETRAIN", "RECIPES", "TABLE_METRIC", "TINY_SIZES", "Arm",
-           "Grid", "assign", "check_inputs", "collect", "final_eval", "finetune_config", "grid_from_flags",
-           "left_out_message", "main", "parse_assignments", "pretrain", "pretrain_config", "run_dir", "run_grid",
-           "run_once", "table", "table_metric", "task_dirs_with_defaults", "tasks_with_data", "write"]
+__all__ = [
+    "ARMS", "ARM_NAMES", "DEFAULT_TASKS", "LSTM_UNITS", "METRIC_NAMES", "PAPER_TABLE5", "QUICK_CORPUS_REVIEWS",
+    "QUICK_FINETUNE", "QUICK_LSTM_UNITS", "QUICK_PRETRAIN", "RECIPES", "TABLE_METRIC", "TINY_SIZES", "Arm", "Grid",
+    "assign", "check_inputs", "collect", "final_eval", "finetune_config", "grid_from_flags", "left_out_message", "main",
+    "parse_assignments", "pretrain", "pretrain_config", "run_dir", "run_grid", "run_once", "table", "table_metric",
+    "task_dirs_with_defaults", "tasks_with_data", "write"
+]

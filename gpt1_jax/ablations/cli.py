@@ -58,13 +58,16 @@ def main(argv):
 
 def define_flags():
   flags.DEFINE_string("out", None, "Output directory: runs, frozen weights, the table (resumes).", required=True)
-  flags.DEFINE_list("tasks", list(DEFAULT_TASKS), "Tasks (columns of the table). Unset: those of the default "
-                    "list with data here (the others are named, with how to add them); set: exactly these.")
-  flags.DEFINE_list("task_dirs", [], "TASK=DIR for tasks the project does not ship (MRPC, Story Cloze) or "
-                    "other copies; shipped tasks default to data/TASK.")
+  flags.DEFINE_list(
+      "tasks", list(DEFAULT_TASKS), "Tasks (columns of the table). Unset: those of the default "
+      "list with data here (the others are named, with how to add them); set: exactly these.")
+  flags.DEFINE_list(
+      "task_dirs", [], "TASK=DIR for tasks the project does not ship (MRPC, Story Cloze) or "
+      "other copies; shipped tasks default to data/TASK.")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Fine-tuning seeds (--quick: 0).")
-  flags.DEFINE_string("transformer", "", "Pretrained transformer (a run, weights dir, openai:DIR or hf:PATH); "
-                      "empty: pretrain one on --pretrain_data.")
+  flags.DEFINE_string(
+      "transformer", "", "Pretrained transformer (a run, weights dir, openai:DIR or hf:PATH); "
+      "empty: pretrain one on --pretrain_data.")
   flags.DEFINE_string("lstm", "", "Pretrained LSTM run or weights; empty: pretrain one like the transformer.")
   flags.DEFINE_string("pretrain_data", "", "Token store to pretrain on when --transformer is not given.")
   flags.DEFINE_integer("lstm_units", 0, "LSTM width when pretraining it (0: 256 for tiny, 2048 for paper).")
@@ -72,7 +75,7 @@ def define_flags():
   flags.DEFINE_list("set", [], "KEY=VALUE or TASK:KEY=VALUE overrides of the fine-tuning configs.")
   flags.DEFINE_list("pretrain_set", [], "KEY=VALUE overrides of the pretraining configs.")
   flags.DEFINE_bool("quick", False, "A smoke test: micro models pretrained on the fly, 3 steps per run, 1 seed.")
-  flags.DEFINE_bool("distributed", False, "Multi-host: jax.distributed.initialize() first; every host runs the "
-                    "same command, --out on a filesystem all hosts share.")
+  flags.DEFINE_bool(
+      "distributed", False, "Multi-host: jax.distributed.initialize() first; every host runs the "
+      "same command, --out on a filesystem all hosts share.")
   flags.DEFINE_bool("keep_weights", False, "Keep each run's checkpoints/ and best/ (removed once it finished).")
-

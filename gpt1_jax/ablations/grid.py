@@ -26,10 +26,10 @@ class Arm:
   lm_coef: float
 
 
-ARMS = (Arm("full", "Transformer w/ aux LM (full)", "transformer", 0.5),
-        Arm("no_pretraining", "Transformer w/o pre-training", "none", 0.5),
-        Arm("no_aux_lm", "Transformer w/o aux LM", "transformer", 0.0),
-        Arm("lstm", "LSTM w/ aux LM", "lstm", 0.5))
+ARMS = (Arm("full", "Transformer w/ aux LM (full)", "transformer",
+            0.5), Arm("no_pretraining", "Transformer w/o pre-training", "none",
+                      0.5), Arm("no_aux_lm", "Transformer w/o aux LM", "transformer",
+                                0.0), Arm("lstm", "LSTM w/ aux LM", "lstm", 0.5))
 ARM_NAMES = tuple(a.name for a in ARMS)
 
 DEFAULT_TASKS = ("sst2", "cola", "stsb", "rte", "mrpc", "story_cloze")
@@ -43,29 +43,68 @@ LSTM_UNITS = {"tiny": 256, "paper": 2048}
 # STS-B, MRPC, Story Cloze: both orders, both endings) x length. Single sentences are cut to 32
 # tokens and STS-B pairs to 48 (few lose tokens; the loop logs how many).
 TINY_SIZES = {
-    "*": {"log.measure_peak": False, "checkpoint.keep": 1},
-    "sst2": {"task.max_train_examples": 400, "task.max_len": 32},
-    "cola": {"task.max_train_examples": 400, "task.max_len": 32},
-    "rte": {"task.max_train_examples": 200},
-    "stsb": {"task.max_train_examples": 150, "task.max_len": 48},
-    "mrpc": {"task.max_train_examples": 150},
-    "story_cloze": {"task.max_train_examples": 150},
+    "*": {
+        "log.measure_peak": False,
+        "checkpoint.keep": 1
+    },
+    "sst2": {
+        "task.max_train_examples": 400,
+        "task.max_len": 32
+    },
+    "cola": {
+        "task.max_train_examples": 400,
+        "task.max_len": 32
+    },
+    "rte": {
+        "task.max_train_examples": 200
+    },
+    "stsb": {
+        "task.max_train_examples": 150,
+        "task.max_len": 48
+    },
+    "mrpc": {
+        "task.max_train_examples": 150
+    },
+    "story_cloze": {
+        "task.max_train_examples": 150
+    },
 }
 # --quick: a smoke test of the whole grid in minutes (numbers meaningless).
-QUICK_FINETUNE = {"task.max_train_examples": 16, "train.num_steps": 3, "train.num_epochs": 0.0,
-                  "train.batch_size": 8, "train.warmup_fraction": 0.0, "train.warmup_steps": 1,
-                  "eval.batch_size": 8, "log.every_steps": 1, "log.tensorboard": False,
-                  "log.measure_peak": False, "checkpoint.every_steps": 3, "checkpoint.keep": 1}
-QUICK_PRETRAIN = {"model.n_ctx": 32, "model.n_embd": 32, "model.n_head": 2, "model.n_layer": 2,
-                  "train.num_steps": 12, "train.batch_size": 8, "train.warmup_steps": 2,
-                  "checkpoint.every_steps": 12, "eval.every_steps": 12, "eval.batch_size": 8,
-                  "log.every_steps": 4, "log.tensorboard": False, "log.measure_peak": False}
+QUICK_FINETUNE = {
+    "task.max_train_examples": 16,
+    "train.num_steps": 3,
+    "train.num_epochs": 0.0,
+    "train.batch_size": 8,
+    "train.warmup_fraction": 0.0,
+    "train.warmup_steps": 1,
+    "eval.batch_size": 8,
+    "log.every_steps": 1,
+    "log.tensorboard": False,
+    "log.measure_peak": False,
+    "checkpoint.every_steps": 3,
+    "checkpoint.keep": 1
+}
+QUICK_PRETRAIN = {
+    "model.n_ctx": 32,
+    "model.n_embd": 32,
+    "model.n_head": 2,
+    "model.n_layer": 2,
+    "train.num_steps": 12,
+    "train.batch_size": 8,
+    "train.warmup_steps": 2,
+    "checkpoint.every_steps": 12,
+    "eval.every_steps": 12,
+    "eval.batch_size": 8,
+    "log.every_steps": 4,
+    "log.tensorboard": False,
+    "log.measure_peak": False
+}
 QUICK_LSTM_UNITS = 32
 QUICK_CORPUS_REVIEWS = 600
 
-
 # ----------------------------------------------------------------------------
 # The grid's inputs, checked before anything trains.
+
 
 @dataclasses.dataclass
 class Grid:
@@ -195,8 +234,11 @@ def check_inputs(grid: Grid) -> dict:
         raise ValueError(f"--pretrain_set: {task}: pretraining is shared by every task; give KEY=VALUE")
       if task != "*" and task not in grid.tasks:
         raise ValueError(f"{what}: {task!r} is not in --tasks={','.join(grid.tasks)}")
-  weights = {name: read_weights(grid, name, spec) for name, spec in (("transformer", grid.transformer),
-                                                                      ("lstm", grid.lstm)) if spec}
+  weights = {
+      name: read_weights(grid, name, spec)
+      for name, spec in (("transformer", grid.transformer), ("lstm", grid.lstm))
+      if spec
+  }
   if not grid.transformer:
     _check_pretrain_data(grid)
   # Every run's config resolves (types, values) before the first one trains.
@@ -251,8 +293,10 @@ def read_weights(grid: Grid, name: str, spec: str):
 
   def freeze() -> dict:
     if params is not None and is_main():
-      checkpoint.save_params(frozen + ".tmp", cfg, {"transformer": weights.transformer_of(params)},
-                             extra_meta={"source": source, "step": meta.get("step")})
+      checkpoint.save_params(frozen + ".tmp", cfg, {"transformer": weights.transformer_of(params)}, extra_meta={
+          "source": source,
+          "step": meta.get("step")
+      })
       os.replace(frozen + ".tmp", frozen)
     barrier(f"ablations: froze {name}")
     return model
@@ -294,6 +338,7 @@ def run_dir(grid: Grid, task: str, arm: str, seed: int) -> str:
 
 # ----------------------------------------------------------------------------
 # Configs.
+
 
 def _overrides(grid: Grid, items, task: str, what: str) -> list[tuple[str, object]]:
   out = []

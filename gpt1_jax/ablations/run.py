@@ -25,8 +25,13 @@ def run_once(config, workdir: str, log=print) -> dict:
       return json.load(f)
   t0 = time.perf_counter()
   metrics = loop.train_and_evaluate(config, workdir)
-  record = {"seconds": time.perf_counter() - t0, "step": int(metrics["step"]),
-            "metrics": {k: v for k, v in metrics.items() if k.startswith("eval/")}}
+  record = {
+      "seconds": time.perf_counter() - t0,
+      "step": int(metrics["step"]),
+      "metrics": {
+          k: v for k, v in metrics.items() if k.startswith("eval/")
+      }
+  }
   if is_main():
     checkpoint.write_json(done, record)
   barrier(f"ablations: finished {workdir}")
@@ -44,8 +49,7 @@ def _quick_corpus(grid: Grid, log) -> str:
       for _ in range(QUICK_CORPUS_REVIEWS):
         g.write(f.readline())
     log(f"tokenising {QUICK_CORPUS_REVIEWS} shipped IMDb reviews -> {data}")
-    prepare.prepare(data, inputs=[text], doc_split="line", num_shards=1, valid_fraction=0.05, workers=1,
-                    progress=False)
+    prepare.prepare(data, inputs=[text], doc_split="line", num_shards=1, valid_fraction=0.05, workers=1, progress=False)
   barrier("ablations: quick corpus")
   return data
 
@@ -69,8 +73,9 @@ def pretrain(grid: Grid, log=print) -> dict:
     setattr(grid, which, workdir)
     read_weights(grid, which, workdir)[1]()
     shape = c.model.to_dict()
-  return {w: os.path.join(grid.out, "weights", w) for w in ("transformer", "lstm")
-          if w == "transformer" or needs_lstm(grid)}
+  return {
+      w: os.path.join(grid.out, "weights", w) for w in ("transformer", "lstm") if w == "transformer" or needs_lstm(grid)
+  }
 
 
 def run_grid(grid: Grid, log=print) -> dict:
@@ -107,4 +112,3 @@ def run_grid(grid: Grid, log=print) -> dict:
   if is_main():
     write(record, grid.out)
   return record
-

@@ -61,12 +61,31 @@ def collect(grid: Grid, sources: dict, steps: dict) -> dict:
       for s in grid.seeds:
         with open(os.path.join(run_dir(grid, task, arm.name, s), "result.json")) as f:
           seconds[f"{task}/{arm.name}/seed{s}"] = json.load(f)["seconds"]
-  return {"tasks": list(grid.tasks), "metrics": {t: table_metric(t) for t in grid.tasks},
-          "arms": [dataclasses.asdict(a) for a in grid.arms], "seeds": list(grid.seeds), "recipe": grid.recipe,
-          "quick": grid.quick, "weights": {w: {"source": sources[w], "step": steps[w]} for w in sources},
-          "lstm_units": lstm_units_of(grid), "task_dirs": {t: os.path.abspath(d) for t, d in grid.task_dirs.items()},
-          "set": list(grid.finetune_set), "pretrain_set": list(grid.pretrain_set), "cells": cells,
-          "run_seconds": seconds, "run_seconds_total": float(sum(seconds.values()))}
+  return {
+      "tasks": list(grid.tasks),
+      "metrics": {
+          t: table_metric(t) for t in grid.tasks
+      },
+      "arms": [dataclasses.asdict(a) for a in grid.arms],
+      "seeds": list(grid.seeds),
+      "recipe": grid.recipe,
+      "quick": grid.quick,
+      "weights": {
+          w: {
+              "source": sources[w],
+              "step": steps[w]
+          } for w in sources
+      },
+      "lstm_units": lstm_units_of(grid),
+      "task_dirs": {
+          t: os.path.abspath(d) for t, d in grid.task_dirs.items()
+      },
+      "set": list(grid.finetune_set),
+      "pretrain_set": list(grid.pretrain_set),
+      "cells": cells,
+      "run_seconds": seconds,
+      "run_seconds_total": float(sum(seconds.values()))
+  }
 
 
 def _std(values) -> float:
@@ -86,8 +105,17 @@ def table(record: dict) -> str:
   return "\n".join(lines)
 
 
-_TASK_LABELS = {"cola": "CoLA", "sst2": "SST2", "mrpc": "MRPC", "stsb": "STSB", "rte": "RTE", "qqp": "QQP",
-                "mnli": "MNLI", "qnli": "QNLI", "story_cloze": "Story Cloze"}
+_TASK_LABELS = {
+    "cola": "CoLA",
+    "sst2": "SST2",
+    "mrpc": "MRPC",
+    "stsb": "STSB",
+    "rte": "RTE",
+    "qqp": "QQP",
+    "mnli": "MNLI",
+    "qnli": "QNLI",
+    "story_cloze": "Story Cloze"
+}
 
 
 def _cell(c: dict) -> str:
@@ -98,8 +126,9 @@ def write(record: dict, out: str):
   checkpoint.write_json(os.path.join(out, "ablations.json"), record)
   n = len(record["seeds"])
   with open(os.path.join(out, "ablations.md"), "w") as f:
-    f.write(table(record) + f"\n\nmean ± sample standard deviation over {n} seed(s) "
-            f"({', '.join(map(str, record['seeds']))}), x100; the average is over tasks, per seed.\n")
+    f.write(
+        table(record) + f"\n\nmean ± sample standard deviation over {n} seed(s) "
+        f"({', '.join(map(str, record['seeds']))}), x100; the average is over tasks, per seed.\n")
   matplotlib = extras.require("matplotlib", "experiments", "plotting")
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -110,16 +139,17 @@ def write(record: dict, out: str):
   x = np.arange(len(tasks))
   for i, arm in enumerate(arms):
     cells = [record["cells"][arm][t] for t in tasks]
-    ax.bar(x + (i - (len(arms) - 1) / 2) * width, [c["mean"] for c in cells], width,
-           yerr=[c["std"] for c in cells], capsize=2, label=labels[arm])
+    ax.bar(x + (i - (len(arms) - 1) / 2) * width, [c["mean"] for c in cells], width, yerr=[c["std"] for c in cells],
+           capsize=2, label=labels[arm])
     for j, c in enumerate(cells):  # every seed, so a spread of three is visible as three points
       ax.plot(np.full(len(c["values"]), x[j] + (i - (len(arms) - 1) / 2) * width), c["values"], "k.", ms=3)
-  ax.set_xticks(x, [f"{_TASK_LABELS.get(t, t)}\n({METRIC_NAMES[record['metrics'][t]]})" if t != "average"
-                    else "average" for t in tasks])
+  ax.set_xticks(x, [
+      f"{_TASK_LABELS.get(t, t)}\n({METRIC_NAMES[record['metrics'][t]]})" if t != "average" else "average"
+      for t in tasks
+  ])
   ax.axhline(0, color="gray", lw=0.5)
   ax.set(ylabel="dev score x100", title=f"Table 5 in miniature ({n} seeds; bars: mean, whiskers: std)")
   ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(os.path.join(out, "ablations.png"), dpi=120)
   plt.close(fig)
-

@@ -18,17 +18,20 @@ from gpt1_jax.report import quiet_library_logs
 def define_flags():
   from absl import flags
   from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "Config file and variant, e.g. configs/pretrain.py:gpt1, with "
-                                  "--config.KEY=VALUE overrides as for gpt1_jax.main.", lock_config=True)
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file and variant, e.g. configs/pretrain.py:gpt1, with "
+      "--config.KEY=VALUE overrides as for gpt1_jax.main.", lock_config=True)
   flags.DEFINE_string("topology", None, "Cloud TPU accelerator type: v4-8 ... v4-4096, v5litepod-N (v5e-N), v5p-N, "
                       "v6e-N.")
-  flags.DEFINE_integer("num_slices", 1, "Slices over DCN (multi-slice); must equal the product of mesh.dcn_* when "
-                       "those are set, else the slices are data-parallel (mesh.dcn_data).")
+  flags.DEFINE_integer(
+      "num_slices", 1, "Slices over DCN (multi-slice); must equal the product of mesh.dcn_* when "
+      "those are set, else the slices are data-parallel (mesh.dcn_data).")
   flags.DEFINE_string("out", None, "Directory for aot.json and aot.md (sweep.json and sweep.md with --sweep).")
   flags.DEFINE_bool("eval", True, "Compile the eval step too (when the job evaluates).")
   flags.DEFINE_bool("save_hlo", False, "Also write the compiled train step's optimised HLO to OUT/train_step.hlo.")
-  flags.DEFINE_bool("sweep", False, "Compile the candidate meshes, micro-batches, remat and scan settings for the "
-                    "config's global batch and rank them.")
+  flags.DEFINE_bool(
+      "sweep", False, "Compile the candidate meshes, micro-batches, remat and scan settings for the "
+      "config's global batch and rank them.")
   flags.DEFINE_integer("budget_s", 1800, "--sweep: stop starting new compiles after this many seconds.")
   flags.DEFINE_integer("workers", 0, "--sweep: parallel compiles (0: as many as cores and memory allow).")
   flags.mark_flags_as_required(["config", "topology", "out"])
@@ -39,9 +42,9 @@ def run(fv, argv):
   quiet_library_logs()
   s = topology.parse(fv.topology)  # a bad name is refused before anything is compiled
   if fv.sweep:
-    result = sweep.run_sweep(fv.config, fv.topology, fv.num_slices, budget_s=fv.budget_s, workers=fv.workers,
-                             config_label=fv["config"].config_filename if hasattr(fv["config"], "config_filename")
-                             else "config")
+    result = sweep.run_sweep(
+        fv.config, fv.topology, fv.num_slices, budget_s=fv.budget_s, workers=fv.workers,
+        config_label=fv["config"].config_filename if hasattr(fv["config"], "config_filename") else "config")
     paths = output.write_sweep(result["rows"], result["best_flags"], result["meta"], fv.out)
     print(open(paths[1]).read())
     if not result["best_flags"]:

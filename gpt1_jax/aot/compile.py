@@ -91,7 +91,7 @@ def hbm_available(accelerator_type: str) -> Optional[int]:
   from jax.sharding import NamedSharding, PartitionSpec as P
   dev = topology_devices(topology.parse(accelerator_type), 1)[0]
   mesh = jax.sharding.Mesh([dev], ("x",))
-  big = jax.ShapeDtypeStruct((2 ** 38,), jnp.float32, sharding=NamedSharding(mesh, P()))
+  big = jax.ShapeDtypeStruct((2**38,), jnp.float32, sharding=NamedSharding(mesh, P()))
   try:
     with quiet_stderr():
       jax.jit(lambda a: (a * 2, a + 1)).lower(big).compile()
@@ -101,7 +101,7 @@ def hbm_available(accelerator_type: str) -> Optional[int]:
   return None
 
 
-_UNITS = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def _hbm_figures(message: str) -> tuple[Optional[int], Optional[int]]:
@@ -117,13 +117,12 @@ def _hbm_error(e: Exception, s: topology.Slice, run: config_lib.Run, what: str) 
   needed, avail = _hbm_figures(str(e))
   first = str(e).splitlines()[0].strip()
   gb = run.train.batch_size
-  return HBMError(
-      f"{what} does not fit in HBM on {topology.describe(s)}: the compiler needs "
-      f"{perf.fmt_bytes(needed) if needed else '?'} per chip, the chip's HBM has "
-      f"{perf.fmt_bytes(avail) if avail else perf.fmt_bytes(s.chip.hbm_bytes)} ({first[:200]}). Change: "
-      f"model.remat=full (recompute activations), a larger mesh.fsdp (shard the state), "
-      f"train.grad_accum_steps={2 * run.train.grad_accum_steps} (smaller micro-batches), "
-      f"a smaller train.batch_size (now {gb}), or model.dtype=bfloat16; `--sweep` tries these")
+  return HBMError(f"{what} does not fit in HBM on {topology.describe(s)}: the compiler needs "
+                  f"{perf.fmt_bytes(needed) if needed else '?'} per chip, the chip's HBM has "
+                  f"{perf.fmt_bytes(avail) if avail else perf.fmt_bytes(s.chip.hbm_bytes)} ({first[:200]}). Change: "
+                  f"model.remat=full (recompute activations), a larger mesh.fsdp (shard the state), "
+                  f"train.grad_accum_steps={2 * run.train.grad_accum_steps} (smaller micro-batches), "
+                  f"a smaller train.batch_size (now {gb}), or model.dtype=bfloat16; `--sweep` tries these")
 
 
 def resolve_slices(run: config_lib.Run, num_slices: int) -> config_lib.Run:
@@ -180,10 +179,12 @@ def compile_for(config, accelerator_type: str, num_slices: int = 1, with_eval: b
       if "RESOURCE_EXHAUSTED" in str(e) or "Ran out of memory" in str(e):
         raise _hbm_error(e, s, run, "the eval step") from None
       raise
-    eval_report = {"batch_size": loop.eval_batch_size(run), "memory_per_chip": _memory(ev),
-                   "compile_s": round(time.perf_counter() - t1, 2)}
-  return report(run, s, num_slices, mesh, job, compiled, hbm, compile_s, eval_report,
-                lowered.as_text(dialect="hlo"))
+    eval_report = {
+        "batch_size": loop.eval_batch_size(run),
+        "memory_per_chip": _memory(ev),
+        "compile_s": round(time.perf_counter() - t1, 2)
+    }
+  return report(run, s, num_slices, mesh, job, compiled, hbm, compile_s, eval_report, lowered.as_text(dialect="hlo"))
 
 
 def _memory(compiled) -> dict:
@@ -215,21 +216,43 @@ def report(run, s: topology.Slice, num_slices: int, mesh, job, compiled, hbm: Op
   limit = hbm or int(s.chip.hbm_bytes)
   tokens = job.tokens_per_example * gb
   return {
-      "topology": s.accelerator_type, "topology_name": s.topology_name, "num_slices": num_slices,
-      "num_chips": chips, "hosts_per_slice": s.hosts, "device_kind": s.chip.device_kind,
-      "mesh": {k: int(v) for k, v in mesh.shape.items()},
-      "config": {"model": {"dtype": run.model.dtype, "remat": run.model.remat, "scan_layers": run.model.scan_layers,
-                           "n_layer": run.model.n_layer, "n_embd": run.model.n_embd},
-                 "batch_size": gb, "seq_len": job.seq_len, "grad_accum_steps": run.train.grad_accum_steps},
-      "hbm_per_chip_bytes": int(limit), "hbm_source": "compiler" if hbm else "datasheet",
-      "memory_per_chip": memory, "fits": bool(memory and memory["total"] <= limit),
-      "compiler_flops_per_step": flops_chip * chips, "model_flops_per_step": model_flops,
-      "xla_cost_analysis": {"flops_per_chip": xla_flops, "bytes_accessed_per_chip": xla_bytes,
-                            "loop_matmul_flops_added_per_chip": extra,
-                            "unknown_trip_counts": unknown + analysis.unknown_trip_counts},
+      "topology": s.accelerator_type,
+      "topology_name": s.topology_name,
+      "num_slices": num_slices,
+      "num_chips": chips,
+      "hosts_per_slice": s.hosts,
+      "device_kind": s.chip.device_kind,
+      "mesh": {
+          k: int(v) for k, v in mesh.shape.items()
+      },
+      "config": {
+          "model": {
+              "dtype": run.model.dtype,
+              "remat": run.model.remat,
+              "scan_layers": run.model.scan_layers,
+              "n_layer": run.model.n_layer,
+              "n_embd": run.model.n_embd
+          },
+          "batch_size": gb,
+          "seq_len": job.seq_len,
+          "grad_accum_steps": run.train.grad_accum_steps
+      },
+      "hbm_per_chip_bytes": int(limit),
+      "hbm_source": "compiler" if hbm else "datasheet",
+      "memory_per_chip": memory,
+      "fits": bool(memory and memory["total"] <= limit),
+      "compiler_flops_per_step": flops_chip * chips,
+      "model_flops_per_step": model_flops,
+      "xla_cost_analysis": {
+          "flops_per_chip": xla_flops,
+          "bytes_accessed_per_chip": xla_bytes,
+          "loop_matmul_flops_added_per_chip": extra,
+          "unknown_trip_counts": unknown + analysis.unknown_trip_counts
+      },
       "collectives": analysis.collectives,
       "estimate": estimate(s.chip, flops_chip, bytes_chip, analysis.collectives, tokens, model_flops, chips),
-      "compile_s": round(compile_s, 2), "eval": eval_report,
+      "compile_s": round(compile_s, 2),
+      "eval": eval_report,
       "chip_figures": dataclasses.asdict(s.chip),
   }
 
@@ -240,9 +263,19 @@ def estimate(chip: topology.Chip, flops_chip: float, bytes_chip: float, collecti
   ici = sum(c["bytes"] for c in collectives if c["over"] == "ici")
   dcn = sum(c["bytes"] for c in collectives if c["over"] == "dcn")
   # A chip sends over its ports at half its bidirectional bandwidth.
-  times = {"compute": flops_chip / chip.peak_bf16_flops, "hbm": bytes_chip / chip.hbm_bytes_per_s,
-           "ici": ici / (chip.ici_bytes_per_s / 2), "dcn": dcn / chip.dcn_bytes_per_s}
+  times = {
+      "compute": flops_chip / chip.peak_bf16_flops,
+      "hbm": bytes_chip / chip.hbm_bytes_per_s,
+      "ici": ici / (chip.ici_bytes_per_s / 2),
+      "dcn": dcn / chip.dcn_bytes_per_s
+  }
   bound = max(times, key=times.get)
   step = max(times[bound], 1e-12)
-  return {"step_s": step, "tokens_per_s": tokens / step, "mfu": model_flops / (step * chips * chip.peak_bf16_flops),
-          "bound": bound, "times_s": times, "note": ESTIMATE_NOTE}
+  return {
+      "step_s": step,
+      "tokens_per_s": tokens / step,
+      "mfu": model_flops / (step * chips * chip.peak_bf16_flops),
+      "bound": bound,
+      "times_s": times,
+      "note": ESTIMATE_NOTE
+  }

@@ -27,8 +27,25 @@ import numpy as np
 
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _OPCODES = {**{k: k for k in COLLECTIVES}, **{f"{k}-start": k for k in COLLECTIVES}}
-_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
-          "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_BYTES = {
+    "pred": 1,
+    "s4": 1,
+    "u4": 1,
+    "s8": 1,
+    "u8": 1,
+    "s16": 2,
+    "u16": 2,
+    "f16": 2,
+    "bf16": 2,
+    "s32": 4,
+    "u32": 4,
+    "f32": 4,
+    "s64": 8,
+    "u64": 8,
+    "f64": 8,
+    "c64": 8,
+    "c128": 16
+}
 _ARRAY = re.compile(r"([a-z]\w*)\[([\d,]*)\]")
 # A computation's first line: `%name (params) -> shape {` (compiled) or `name {` (lowered, as text).
 _HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)(\s+\(.*\)\s+->\s+.*)?\s*\{\s*$")
@@ -85,8 +102,8 @@ def _parse_instr(line: str) -> Optional[Instr]:
       end = i
       break
   args = rest[paren + 1:end]
-  operands = (re.findall(r"%([\w.\-]+)", args) if "%" in args
-              else [a.strip() for a in args.split(",") if re.fullmatch(r"\s*[A-Za-z_][\w.\-]*\s*", a)])
+  operands = (re.findall(r"%([\w.\-]+)", args)
+              if "%" in args else [a.strip() for a in args.split(",") if re.fullmatch(r"\s*[A-Za-z_][\w.\-]*\s*", a)])
   return Instr(name, shape, opcode, operands, rest[end + 1:], rest[paren + 1:end])
 
 
@@ -287,8 +304,12 @@ def loop_matmul_flops(lowered_text: str) -> tuple[float, float, list]:
   return full, counted, unknown
 
 
-_MEGASCALE = {"ALL_REDUCE": "all-reduce", "ALL_GATHER": "all-gather", "REDUCE_SCATTER": "reduce-scatter",
-              "ALL_TO_ALL": "all-to-all"}
+_MEGASCALE = {
+    "ALL_REDUCE": "all-reduce",
+    "ALL_GATHER": "all-gather",
+    "REDUCE_SCATTER": "reduce-scatter",
+    "ALL_TO_ALL": "all-to-all"
+}
 
 
 def analyse(text: str, slice_of: Sequence[int], num_slices: int = 1) -> Analysis:
@@ -331,8 +352,8 @@ def analyse(text: str, slice_of: Sequence[int], num_slices: int = 1) -> Analysis
       kind = _OPCODES.get(ins.opcode)
       if kind is None:
         continue
-      if (kind == "all-reduce" and root is not None and root.opcode == "dynamic-slice"
-          and root.operands[:1] == [ins.name]):
+      if (kind == "all-reduce" and root is not None and root.opcode == "dynamic-slice" and
+          root.operands[:1] == [ins.name]):
         # XLA:TPU writes a reduce-scatter as a computation `all-reduce-scatter` whose all-reduce
         # feeds a dynamic-slice: the backend runs it as a reduce-scatter.
         kind = "reduce-scatter"
@@ -354,8 +375,15 @@ def analyse(text: str, slice_of: Sequence[int], num_slices: int = 1) -> Analysis
       src = row.setdefault("ops", collections.defaultdict(lambda: [0, 0.0]))[_source(ins)]
       src[0] += k
       src[1] += sent
-  rows = [{"kind": kind, "count": int(v["count"]), "bytes": int(v["bytes"]), "over": over,
-           "top_ops": [{"op": op, "count": int(c), "bytes": int(b)} for op, (c, b) in
-                       sorted(v.get("ops", {}).items(), key=lambda x: -x[1][1])[:6]]}
-          for (kind, over), v in sorted(table.items())]
+  rows = [{
+      "kind": kind,
+      "count": int(v["count"]),
+      "bytes": int(v["bytes"]),
+      "over": over,
+      "top_ops": [{
+          "op": op,
+          "count": int(c),
+          "bytes": int(b)
+      } for op, (c, b) in sorted(v.get("ops", {}).items(), key=lambda x: -x[1][1])[:6]]
+  } for (kind, over), v in sorted(table.items())]
   return Analysis(rows, unknown)

@@ -59,7 +59,7 @@ def report_markdown(r: dict) -> str:
       "Where they come from (the JAX operation each serves, layers folded into N; most bytes first):",
       "",
       *(f"- {c['kind']} ({c['over']}): " + "; ".join(f"`{o['op']}` x{o['count']}, {_gib(o['bytes'])}"
-                                                       for o in c.get("top_ops", [])[:3])
+                                                     for o in c.get("top_ops", [])[:3])
         for c in r["collectives"]),
       "",
       f"**Estimate** (not measured): step {e['step_s'] * 1e3:.1f} ms, {e['tokens_per_s']:,.0f} tokens/s, "
@@ -69,21 +69,28 @@ def report_markdown(r: dict) -> str:
       f"{r['chip_figures']['source']}.",
   ]
   if r.get("eval"):
-    lines += ["", f"Eval step (batch {r['eval']['batch_size']}): {_gib(r['eval']['memory_per_chip'].get('total'))} "
-                  f"per chip, compiled in {r['eval']['compile_s']:.0f} s."]
+    lines += [
+        "", f"Eval step (batch {r['eval']['batch_size']}): {_gib(r['eval']['memory_per_chip'].get('total'))} "
+        f"per chip, compiled in {r['eval']['compile_s']:.0f} s."
+    ]
   return "\n".join(lines) + "\n"
 
 
 def write_sweep(rows: list, best_flags: list, meta: dict, out: str) -> list[str]:
   os.makedirs(out, exist_ok=True)
-  _write(os.path.join(out, "sweep.json"), json.dumps({**meta, "candidates": rows, "best_flags": best_flags},
-                                                     indent=1) + "\n")
-  lines = [f"# Sweep: {meta['config']} on {meta['topology']} x {meta['num_slices']} slice(s)", "",
-           f"{len(rows)} candidates, {sum(r['status'] == 'compiled' for r in rows)} compiled in "
-           f"{meta['elapsed_s']:.0f} s (budget {meta['budget_s']} s). Tokens/s are estimates (not measured): "
-           f"{ESTIMATE_NOTE}.", "",
-           "| mesh (data x fsdp x tensor) | grad_accum | remat | scan | status | fits | memory/chip | est. tokens/s "
-           "| est. MFU | bound |", "|---|---|---|---|---|---|---|---|---|---|"]
+  _write(os.path.join(out, "sweep.json"),
+         json.dumps({
+             **meta, "candidates": rows,
+             "best_flags": best_flags
+         }, indent=1) + "\n")
+  lines = [
+      f"# Sweep: {meta['config']} on {meta['topology']} x {meta['num_slices']} slice(s)", "",
+      f"{len(rows)} candidates, {sum(r['status'] == 'compiled' for r in rows)} compiled in "
+      f"{meta['elapsed_s']:.0f} s (budget {meta['budget_s']} s). Tokens/s are estimates (not measured): "
+      f"{ESTIMATE_NOTE}.", "",
+      "| mesh (data x fsdp x tensor) | grad_accum | remat | scan | status | fits | memory/chip | est. tokens/s "
+      "| est. MFU | bound |", "|---|---|---|---|---|---|---|---|---|---|"
+  ]
   for r in rows:
     c = r["candidate"]
     lines.append(f"| {c['data']} x {c['fsdp']} x {c['tensor']} | {c['grad_accum_steps']} | {c['remat']} | "

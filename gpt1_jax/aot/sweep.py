@@ -29,7 +29,7 @@ from gpt1_jax import config as config_lib
 from gpt1_jax.aot import topology
 from gpt1_jax.aot.compile import compile_for, HBMError, resolve_slices
 
-COMPILE_MEMORY_BYTES = 6 * 2 ** 30  # a GPT-1 compile's peak host memory, with room to spare
+COMPILE_MEMORY_BYTES = 6 * 2**30  # a GPT-1 compile's peak host memory, with room to spare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +42,14 @@ class Candidate:
   scan_layers: bool = False
 
   def overrides(self) -> dict:
-    return {"mesh.data": self.data, "mesh.fsdp": self.fsdp, "mesh.tensor": self.tensor,
-            "train.grad_accum_steps": self.grad_accum_steps, "model.remat": self.remat,
-            "model.scan_layers": self.scan_layers}
+    return {
+        "mesh.data": self.data,
+        "mesh.fsdp": self.fsdp,
+        "mesh.tensor": self.tensor,
+        "train.grad_accum_steps": self.grad_accum_steps,
+        "model.remat": self.remat,
+        "model.scan_layers": self.scan_layers
+    }
 
   def flags(self) -> list[str]:
     return [f"--config.{k}={v}" for k, v in self.overrides().items()]
@@ -88,14 +93,25 @@ def _compile_one(config_dict: dict, accelerator_type: str, num_slices: int, c: C
   try:
     r = compile_for(_apply(config_dict, c), accelerator_type, num_slices, with_eval=False)
   except HBMError as e:
-    return {"status": "compiled", "fits": False, "reason": str(e).split(": the compiler needs")[-1][:160],
-            "compile_s": round(time.perf_counter() - t, 1)}
+    return {
+        "status": "compiled",
+        "fits": False,
+        "reason": str(e).split(": the compiler needs")[-1][:160],
+        "compile_s": round(time.perf_counter() - t, 1)
+    }
   except (ValueError, MemoryError) as e:
     return {"status": "refused", "reason": str(e)[:200], "compile_s": round(time.perf_counter() - t, 1)}
   e = r["estimate"]
-  return {"status": "compiled", "fits": r["fits"], "memory_total": r["memory_per_chip"].get("total"),
-          "tokens_per_s": e["tokens_per_s"], "mfu": e["mfu"], "bound": e["bound"], "compile_s": r["compile_s"],
-          "collectives": r["collectives"]}
+  return {
+      "status": "compiled",
+      "fits": r["fits"],
+      "memory_total": r["memory_per_chip"].get("total"),
+      "tokens_per_s": e["tokens_per_s"],
+      "mfu": e["mfu"],
+      "bound": e["bound"],
+      "compile_s": r["compile_s"],
+      "collectives": r["collectives"]
+  }
 
 
 def default_workers() -> int:
@@ -157,8 +173,11 @@ def run_sweep(config, accelerator_type: str, num_slices: int = 1, *, budget_s: f
   compile_round([dataclasses.replace(c, remat="full") for c in no_fit])
   still = [dataclasses.replace(c, remat="full") for c in no_fit if not fits(dataclasses.replace(c, remat="full"))]
   for accum in (2, 4, 8, 16):
-    cands = [dataclasses.replace(c, grad_accum_steps=accum) for c in still
-             if run.train.batch_size % accum == 0 and run.train.batch_size // accum >= 1]
+    cands = [
+        dataclasses.replace(c, grad_accum_steps=accum)
+        for c in still
+        if run.train.batch_size % accum == 0 and run.train.batch_size // accum >= 1
+    ]
     compile_round(cands)
     still = [c for c in still if not fits(dataclasses.replace(c, grad_accum_steps=accum))]
     if not still:
@@ -171,7 +190,14 @@ def run_sweep(config, accelerator_type: str, num_slices: int = 1, *, budget_s: f
     out.append({"candidate": dataclasses.asdict(c), **r})
   out.sort(key=lambda r: (not r.get("fits", False), -(r.get("tokens_per_s") or 0), r["status"]))
   best = max((c for c in rows if fits(c)), key=lambda c: rows[c]["tokens_per_s"], default=None)
-  meta = {"topology": accelerator_type, "num_slices": num_slices, "config": config_label, "budget_s": budget_s,
-          "elapsed_s": time.perf_counter() - start, "workers": workers,
-          "candidates_considered": len(rows), "meshes": len(base)}
+  meta = {
+      "topology": accelerator_type,
+      "num_slices": num_slices,
+      "config": config_label,
+      "budget_s": budget_s,
+      "elapsed_s": time.perf_counter() - start,
+      "workers": workers,
+      "candidates_considered": len(rows),
+      "meshes": len(base)
+  }
   return {"rows": out, "best_flags": best.flags() if best else [], "meta": meta}

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import re
 
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,24 +31,40 @@ class Chip:
 
 
 CHIPS = {
-    "v4": Chip("v4", "TPU v4", 275e12, 32 * GiB, 1200e9, 300e9, 6.25e9, 2,
-               "cloud.google.com/tpu/docs/v4 (275 TFLOP/s bf16, 32 GiB HBM2 at 1,200 GB/s); ICI: 6 links x 50 "
-               "GB/s (Jouppi et al., ISCA 2023); DCN: not published per chip, assumed 50 Gbps as v5p"),
-    "v5e": Chip("v5e", "TPU v5 lite", 197e12, 16 * GiB, 819e9, 400e9, 6.4e12 / 8 / 256, 1,
-                "cloud.google.com/tpu/docs/v5e (197 TFLOP/s bf16, 16 GiB HBM at 819 GB/s, ICI 400 GB/s "
-                "bidirectional per chip, DCN 6.4 Tbps per 256-chip pod)"),
-    "v5p": Chip("v5p", "TPU v5", 459e12, 95 * GiB, 2765e9, 1200e9, 50e9 / 8, 2,
-                "cloud.google.com/tpu/docs/v5p (459 TFLOP/s bf16, 95 GiB HBM at 2,765 GB/s, ICI 1,200 GB/s "
-                "bidirectional per chip, DCN 50 Gbps per chip)"),
-    "v6e": Chip("v6e", "TPU v6 lite", 918e12, 32 * GiB, 1638e9, 800e9, 100e9 / 8, 1,
-                "cloud.google.com/tpu/docs/v6e (918 TFLOP/s bf16, 32 GB HBM at 1,638 GB/s, ICI 800 GB/s "
-                "bidirectional per chip); DCN: not published per chip, assumed 100 Gbps"),
+    "v4": Chip(
+        "v4", "TPU v4", 275e12, 32 * GiB, 1200e9, 300e9, 6.25e9, 2,
+        "cloud.google.com/tpu/docs/v4 (275 TFLOP/s bf16, 32 GiB HBM2 at 1,200 GB/s); ICI: 6 links x 50 "
+        "GB/s (Jouppi et al., ISCA 2023); DCN: not published per chip, assumed 50 Gbps as v5p"),
+    "v5e": Chip(
+        "v5e", "TPU v5 lite", 197e12, 16 * GiB, 819e9, 400e9, 6.4e12 / 8 / 256, 1,
+        "cloud.google.com/tpu/docs/v5e (197 TFLOP/s bf16, 16 GiB HBM at 819 GB/s, ICI 400 GB/s "
+        "bidirectional per chip, DCN 6.4 Tbps per 256-chip pod)"),
+    "v5p": Chip(
+        "v5p", "TPU v5", 459e12, 95 * GiB, 2765e9, 1200e9, 50e9 / 8, 2,
+        "cloud.google.com/tpu/docs/v5p (459 TFLOP/s bf16, 95 GiB HBM at 2,765 GB/s, ICI 1,200 GB/s "
+        "bidirectional per chip, DCN 50 Gbps per chip)"),
+    "v6e": Chip(
+        "v6e", "TPU v6 lite", 918e12, 32 * GiB, 1638e9, 800e9, 100e9 / 8, 1,
+        "cloud.google.com/tpu/docs/v6e (918 TFLOP/s bf16, 32 GB HBM at 1,638 GB/s, ICI 800 GB/s "
+        "bidirectional per chip); DCN: not published per chip, assumed 100 Gbps"),
 }
 
 # Slice shapes in chips, as Cloud TPU builds them (the docs' configuration tables).
 _SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
-_SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
-              512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16", 6144: "16x16x24"}
+_SHAPES_3D = {
+    4: "2x2x1",
+    8: "2x2x2",
+    16: "2x2x4",
+    32: "2x4x4",
+    64: "4x4x4",
+    128: "4x4x8",
+    256: "4x8x8",
+    512: "8x8x8",
+    1024: "8x8x16",
+    2048: "8x16x16",
+    4096: "16x16x16",
+    6144: "16x16x24"
+}
 _FAMILIES = {  # user prefix -> (generation, shapes, largest slice in chips)
     "v4": ("v4", _SHAPES_3D, 4096), "v5p": ("v5p", _SHAPES_3D, 6144),
     "v5litepod": ("v5e", _SHAPES_2D, 256), "v5e": ("v5e", _SHAPES_2D, 256), "v6e": ("v6e", _SHAPES_2D, 256),

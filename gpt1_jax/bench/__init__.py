@@ -35,6 +35,8 @@ from gpt1_jax.bench.report import format_report, write_json
 from gpt1_jax.bench.suite import run
 from gpt1_jax.bench.train import FLOP_FORMULA, OPTIMIZER, prepare_ours, speed_ratios, synthetic_lm_batches
 
-__all__ = ["CORPUS", "FLOP_FORMULA", "OPTIMIZER", "Options", "REPO", "SST2_DIR", "SUITES", "Shape", "format_report",
-           "load_config", "make_shapes", "prepare_ours", "run", "speed_ratios", "synthetic_lm_batches", "tiny_model",
-           "write_json"]
+__all__ = [
+    "CORPUS", "FLOP_FORMULA", "OPTIMIZER", "Options", "REPO", "SST2_DIR", "SUITES", "Shape", "format_report",
+    "load_config", "make_shapes", "prepare_ours", "run", "speed_ratios", "synthetic_lm_batches", "tiny_model",
+    "write_json"
+]

@@ -17,8 +17,9 @@ GPU_SUITE = "gpu"
 
 
 def define_flags():
-  flags.DEFINE_string("out", "bench.json", "Where to write the JSON results (--suite=gpu: also a .md beside it; "
-                      "default there gpu_check.json).")
+  flags.DEFINE_string(
+      "out", "bench.json", "Where to write the JSON results (--suite=gpu: also a .md beside it; "
+      "default there gpu_check.json).")
   flags.DEFINE_string("suite", "all", "all, or a comma list of: " + ", ".join(SUITES) + "; or gpu (alone)")
   flags.DEFINE_enum("shape", "both", ["tiny", "gpt1", "both"], "Train-step shapes.")
   flags.DEFINE_integer("layers_cpu", 2, "Blocks of the gpt1 shape on CPU (full width; 12 on accelerators).")
@@ -30,8 +31,9 @@ def define_flags():
                     "Our attention; anything but xla sets attn_pdrop=0 (no dropout on the probabilities).")
   flags.DEFINE_integer("vocab_pad", 0, "vocab_pad_multiple of the gpt1 shape (0: 1 on CPU, 128 on accelerators).")
   flags.DEFINE_bool("hf", True, "Also run Hugging Face's OpenAIGPTLMHeadModel at each train shape.")
-  flags.DEFINE_integer("hf_threads", 0, "torch.set_num_threads for Hugging Face's step (0: every core). Its "
-                       "OpenMP barriers stall when other processes hold the cores: compare on an idle machine.")
+  flags.DEFINE_integer(
+      "hf_threads", 0, "torch.set_num_threads for Hugging Face's step (0: every core). Its "
+      "OpenMP barriers stall when other processes hold the cores: compare on an idle machine.")
   flags.DEFINE_bool("breakdown", True, "Time forward / backward / optimiser / output layer of our step.")
   flags.DEFINE_integer("tokenizer_lines", 0, "Lines of the corpus to tokenise (0: all).")
   # --suite=gpu
@@ -39,10 +41,12 @@ def define_flags():
   flags.DEFINE_float("budget", 420.0, "--suite=gpu: time budget in seconds; rows that no longer fit are skipped.")
   flags.DEFINE_list("gpu_batches", [], "--suite=gpu: batch sizes of the speed rows (default 8,16,32; quick 2,4).")
   flags.DEFINE_list("gpu_rows", [], "--suite=gpu: run only these rows (names as in the JSON).")
-  flags.DEFINE_string("data_dir", "", "--suite=gpu: token store for the pretraining rows (default: the shipped "
-                      "data/imdb/store_first1000).")
-  flags.DEFINE_string("work_dir", "", "--suite=gpu: where pretraining runs, logs and the profile trace go "
-                      "(default: a temporary directory, removed at the end).")
+  flags.DEFINE_string(
+      "data_dir", "", "--suite=gpu: token store for the pretraining rows (default: the shipped "
+      "data/imdb/store_first1000).")
+  flags.DEFINE_string(
+      "work_dir", "", "--suite=gpu: where pretraining runs, logs and the profile trace go "
+      "(default: a temporary directory, removed at the end).")
   flags.DEFINE_integer("pretrain_steps", 0, "--suite=gpu: steps of the pretraining rows (0: 300; quick 40).")
   flags.DEFINE_bool("hf_compile", True, "--suite=gpu: also time Hugging Face's model under torch.compile.")
 
@@ -57,10 +61,10 @@ def _gpu(argv_suites):
   # Hugging Face's rows run in a subprocess beside this one: JAX must leave it part of the GPU.
   # (Read when the first device is touched, which is below.)
   os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
-  opts = gpu_check.GpuOptions(
-      quick=FLAGS.quick, budget_s=FLAGS.budget, batches=tuple(int(b) for b in FLAGS.gpu_batches),
-      steps=FLAGS.steps, warmup=FLAGS.warmup, hf=FLAGS.hf, hf_compile=FLAGS.hf_compile, data_dir=FLAGS.data_dir,
-      work_dir=FLAGS.work_dir, pretrain_steps=FLAGS.pretrain_steps, rows=tuple(FLAGS.gpu_rows))
+  opts = gpu_check.GpuOptions(quick=FLAGS.quick, budget_s=FLAGS.budget,
+                              batches=tuple(int(b) for b in FLAGS.gpu_batches), steps=FLAGS.steps, warmup=FLAGS.warmup,
+                              hf=FLAGS.hf, hf_compile=FLAGS.hf_compile, data_dir=FLAGS.data_dir,
+                              work_dir=FLAGS.work_dir, pretrain_steps=FLAGS.pretrain_steps, rows=tuple(FLAGS.gpu_rows))
   out = FLAGS.out if FLAGS["out"].present else "gpu_check.json"
   result = gpu_check.run_check(opts, _command())
   md = gpu_check.write_outputs(result, out)
@@ -80,8 +84,7 @@ def main(argv):
     return _gpu(suites)
   opts = Options(
       suites=SUITES if FLAGS.suite == "all" else suites, steps=FLAGS.steps, warmup=FLAGS.warmup, hf=FLAGS.hf,
-      hf_threads=FLAGS.hf_threads, breakdown=FLAGS.breakdown, dtype=FLAGS.dtype,
-      tokenizer_lines=FLAGS.tokenizer_lines,
+      hf_threads=FLAGS.hf_threads, breakdown=FLAGS.breakdown, dtype=FLAGS.dtype, tokenizer_lines=FLAGS.tokenizer_lines,
       shapes=make_shapes(FLAGS.shape, on_cpu=on_cpu(), layers_cpu=FLAGS.layers_cpu, batch=FLAGS.batch,
                          dtype=FLAGS.dtype, attention=FLAGS.attention, vocab_pad=FLAGS.vocab_pad))
   result = suite.run(opts, _command())

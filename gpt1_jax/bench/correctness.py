@@ -47,14 +47,20 @@ def compare(x, ref, valid=None) -> dict:
   top1 = ((jnp.argmax(x, -1) == jnp.argmax(ref, -1)) * w).sum() / n
   logp_ref = jax.nn.log_softmax(ref, -1)
   kl = ((jnp.exp(logp_ref) * (logp_ref - jax.nn.log_softmax(x, -1))).sum(-1) * w).sum() / n
-  return {"rel_rms": float(rms / std), "max_abs_over_std": float(jnp.max(jnp.abs(diff) * wf) / std),
-          "top1_agreement": float(top1), "kl_nats": float(kl), "ref_std": float(std)}
+  return {
+      "rel_rms": float(rms / std),
+      "max_abs_over_std": float(jnp.max(jnp.abs(diff) * wf) / std),
+      "top1_agreement": float(top1),
+      "kl_nats": float(kl),
+      "ref_std": float(std)
+  }
 
 
 def _tree_compare(x, ref) -> dict:
   """Relative RMS error of a whole gradient tree (every leaf flattened into one vector)."""
-  num = sum(float(jnp.sum(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32))))
-            for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(ref)))
+  num = sum(
+      float(jnp.sum(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32))))
+      for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(ref)))
   den = sum(float(jnp.sum(jnp.square(b.astype(jnp.float32)))) for b in jax.tree.leaves(ref))
   return {"rel_rms": float(np.sqrt(num / max(den, 1e-30)))}
 
@@ -95,13 +101,17 @@ def logits_bf16_vs_f32(cfg: ModelConfig, *, batch: int, seq_len: int) -> dict:
     ref = _logits_fn(cfg.replace(dtype="float32"))(params, ids, mask)
   out = _logits_fn(cfg.replace(dtype="bfloat16"))(params, ids, mask)
   stats = compare(out, ref)
-  return {"status": "pass" if stats["rel_rms"] <= BF16_LOGITS_TOL else "fail", "metric": "rel_rms",
-          "value": stats["rel_rms"], "tolerance": BF16_LOGITS_TOL, **stats,
-          "shape": f"batch {batch} x {seq_len}, n_layer {cfg.n_layer}, n_embd {cfg.n_embd}",
-          "why_tolerance": "bf16 rounds each activation to 8 significant bits (2^-9 relative); over a forward "
-                           "pass that adds up to 1-3% of the logits' spread, while a real defect moves them by "
-                           "~100%; rel_rms = RMS(bf16 - f32) / std(f32 logits); the f32 run uses the highest "
-                           "matmul precision (no TF32)"}
+  return {
+      "status": "pass" if stats["rel_rms"] <= BF16_LOGITS_TOL else "fail",
+      "metric": "rel_rms",
+      "value": stats["rel_rms"],
+      "tolerance": BF16_LOGITS_TOL,
+      **stats, "shape": f"batch {batch} x {seq_len}, n_layer {cfg.n_layer}, n_embd {cfg.n_embd}",
+      "why_tolerance": "bf16 rounds each activation to 8 significant bits (2^-9 relative); over a forward "
+                       "pass that adds up to 1-3% of the logits' spread, while a real defect moves them by "
+                       "~100%; rel_rms = RMS(bf16 - f32) / std(f32 logits); the f32 run uses the highest "
+                       "matmul precision (no TF32)"
+  }
 
 
 def attention_vs_xla(cfg: ModelConfig, impl: str, *, batch: int, seq_len: int,
@@ -118,11 +128,15 @@ def attention_vs_xla(cfg: ModelConfig, impl: str, *, batch: int, seq_len: int,
   params = _params(cfg)
   ids, targets, mask = _inputs(cfg, batch, seq_len, pad=True)
   with jax.default_matmul_precision("highest"):
-    (ref_loss, ref_logits), ref_grads = _loss_and_grad_fn(cfg.replace(attention="xla", dtype="float32"))(
-        params, ids, targets, mask)
-  out = {"impl": impl, "shape": f"batch {batch} x {seq_len} (row {batch - 1}: last quarter padding), "
-                                f"n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, n_head {cfg.n_head}",
-         "ref_loss": float(ref_loss), "dtypes": {}}
+    (ref_loss, ref_logits), ref_grads = _loss_and_grad_fn(cfg.replace(attention="xla", dtype="float32"))(params, ids,
+                                                                                                         targets, mask)
+  out = {
+      "impl": impl,
+      "shape": f"batch {batch} x {seq_len} (row {batch - 1}: last quarter padding), "
+               f"n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, n_head {cfg.n_head}",
+      "ref_loss": float(ref_loss),
+      "dtypes": {}
+  }
   passed = True
   for dtype in dtypes:
     per = {}
@@ -133,29 +147,38 @@ def attention_vs_xla(cfg: ModelConfig, impl: str, *, batch: int, seq_len: int,
       with jax.default_matmul_precision("highest"):
         (loss, logits), grads = _loss_and_grad_fn(cfg.replace(attention=impl, dtype=dtype))(params, ids, targets, mask)
       per["xla"] = {"logits": {"rel_rms": 0.0}, "grads": {"rel_rms": 0.0}, "loss": float(ref_loss)}
-      per[impl] = {"logits": compare(logits, ref_logits, mask), "grads": _tree_compare(grads, ref_grads),
-                   "loss": float(loss)}
+      per[impl] = {
+          "logits": compare(logits, ref_logits, mask),
+          "grads": _tree_compare(grads, ref_grads),
+          "loss": float(loss)
+      }
     else:
       floor = ATTENTION_BF16_FLOOR
       for name in ("xla", impl):
-        (loss, logits), grads = _loss_and_grad_fn(cfg.replace(attention=name, dtype=dtype))(params, ids, targets,
-                                                                                             mask)
-        per[name] = {"logits": compare(logits, ref_logits, mask), "grads": _tree_compare(grads, ref_grads),
-                     "loss": float(loss)}
+        (loss, logits), grads = _loss_and_grad_fn(cfg.replace(attention=name, dtype=dtype))(params, ids, targets, mask)
+        per[name] = {
+            "logits": compare(logits, ref_logits, mask),
+            "grads": _tree_compare(grads, ref_grads),
+            "loss": float(loss)
+        }
     d = {"xla": per["xla"], impl: per[impl]}
     checks = {}
     for what in ("logits", "grads"):
       allowed = max(ATTENTION_ERROR_RATIO * per["xla"][what]["rel_rms"], floor)
-      checks[what] = {"error": per[impl][what]["rel_rms"], "allowed": allowed,
-                      "ok": per[impl][what]["rel_rms"] <= allowed}
+      checks[what] = {
+          "error": per[impl][what]["rel_rms"],
+          "allowed": allowed,
+          "ok": per[impl][what]["rel_rms"] <= allowed
+      }
       passed &= checks[what]["ok"]
     d["checks"] = checks
     out["dtypes"][dtype] = d
   worst = max(c["error"] / c["allowed"] for d in out["dtypes"].values() for c in d["checks"].values())
-  out.update(status="pass" if passed else "fail", metric="max over dtypes and logits/grads of error / allowed",
-             value=worst, tolerance=1.0,
-             why_tolerance=f"relative RMS error against our XLA path in f32 at the highest matmul precision: in f32 "
-                           f"(also at the highest precision) at most {ATTENTION_F32_FLOOR:g}; in bf16 at most "
-                           f"{ATTENTION_ERROR_RATIO}x our XLA path's own bf16 error (floor {ATTENTION_BF16_FLOOR:g}): "
-                           f"the kernels differ only in summation order and where they round")
+  out.update(
+      status="pass" if passed else "fail", metric="max over dtypes and logits/grads of error / allowed", value=worst,
+      tolerance=1.0,
+      why_tolerance=f"relative RMS error against our XLA path in f32 at the highest matmul precision: in f32 "
+      f"(also at the highest precision) at most {ATTENTION_F32_FLOOR:g}; in bf16 at most "
+      f"{ATTENTION_ERROR_RATIO}x our XLA path's own bf16 error (floor {ATTENTION_BF16_FLOOR:g}): "
+      f"the kernels differ only in summation order and where they round")
   return out

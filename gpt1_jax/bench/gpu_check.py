@@ -109,6 +109,7 @@ def time_limit(seconds: float):
 # ----------------------------------------------------------------------------
 # The run.
 
+
 def check_model(quick: bool) -> tuple[ModelConfig, int, int]:
   """(model, batch, length) of the numerical checks; the full model scans its blocks to compile once."""
   if quick:
@@ -146,14 +147,17 @@ class Context:
 
 
 def correctness_rows() -> list[Row]:
+
   def logits(ctx):
     cfg, b, t = check_model(ctx.quick)
     return correctness.logits_bf16_vs_f32(cfg, batch=b, seq_len=t)
 
   def attention(impl, dtypes):
+
     def fn(ctx):
       cfg, b, t = check_model(ctx.quick)
       return correctness.attention_vs_xla(cfg, impl, batch=b, seq_len=t, dtypes=dtypes)
+
     return fn
 
   return [
@@ -166,6 +170,7 @@ def correctness_rows() -> list[Row]:
 
 
 def pretrain_row(dtype: str) -> Row:
+
   def fn(ctx):
     if ctx.twin is None and ctx.twin_result is None:
       start_twin(ctx)
@@ -189,8 +194,8 @@ def pretrain_row(dtype: str) -> Row:
 
 
 def start_twin(ctx: Context):
-  ctx.twin = pretraining.CpuTwin(ctx.data_dir, os.path.join(ctx.work_dir, "pretrain_cpu_twin"),
-                                 ctx.pretrain_steps, quick=ctx.quick, cores=ctx.opts.twin_cores)
+  ctx.twin = pretraining.CpuTwin(ctx.data_dir, os.path.join(ctx.work_dir, "pretrain_cpu_twin"), ctx.pretrain_steps,
+                                 quick=ctx.quick, cores=ctx.opts.twin_cores)
 
 
 def _drop_checkpoints(workdir: str):
@@ -205,9 +210,9 @@ def speed_rows(ctx: Context) -> list[Row]:
     if name in names:  # a small or large batch that is the main one
       continue
     names.add(name)
-    rows.append(Row(name, "speed", f"ours, batch {b}: {title}",
-                    lambda c, name=name, b=b, kw=kw: speed.ours(c, name, b, kw),
-                    25 if kw.get("scan_layers") else 50, needs_gpu=gpu_only))
+    rows.append(
+        Row(name, "speed", f"ours, batch {b}: {title}", lambda c, name=name, b=b, kw=kw: speed.ours(c, name, b, kw),
+            25 if kw.get("scan_layers") else 50, needs_gpu=gpu_only))
   return rows
 
 
@@ -217,23 +222,27 @@ def hf_rows(ctx: Context) -> list[Row]:
   def fn(compile):
     return lambda c: speed.hugging_face(c, b, compile=compile, timeout=c.opts.budget_s - c.elapsed() + GRACE_S)
 
-  rows = [Row(f"hf_b{b}_eager", "speed", f"Hugging Face OpenAIGPTLMHeadModel, torch bf16 autocast, eager, batch {b}",
-              fn(False), 30)]
+  rows = [
+      Row(f"hf_b{b}_eager", "speed", f"Hugging Face OpenAIGPTLMHeadModel, torch bf16 autocast, eager, batch {b}",
+          fn(False), 30)
+  ]
   if ctx.opts.hf_compile:
-    rows.append(Row(f"hf_b{b}_compile", "speed", f"Hugging Face, torch bf16 autocast, torch.compile, batch {b}",
-                    fn(True), 100))
+    rows.append(
+        Row(f"hf_b{b}_compile", "speed", f"Hugging Face, torch bf16 autocast, torch.compile, batch {b}", fn(True), 100))
   return rows
 
 
 def profile_row() -> Row:
+
   def fn(ctx: Context):
     if ctx.best is None:
       raise RuntimeError("no speed row of ours completed, so there is nothing to profile")
     tps, name, trace_dir, step_s = ctx.best
     out = profile_lib.summarize(trace_dir, ctx.opts.profile_steps, step_s=step_s)
-    out.update(status="ok", config=name, description=ctx.ours.get(name, {}).get("description"),
-               tokens_per_s=tps, xla_cost=ctx.ours.get(name, {}).get("xla_cost"))
+    out.update(status="ok", config=name, description=ctx.ours.get(name, {}).get("description"), tokens_per_s=tps,
+               xla_cost=ctx.ours.get(name, {}).get("xla_cost"))
     return out
+
   return Row("profile", "profile", "top ops by time of the fastest configuration of ours", fn, 15)
 
 
@@ -246,8 +255,8 @@ def plan(ctx: Context) -> list[Row]:
   first = [by_name.pop(f"speed_b{main}_xla")]
   cudnn = [by_name.pop(f"speed_b{main}_cudnn")] if f"speed_b{main}_cudnn" in by_name else []
   # Our GPT-1 step and Hugging Face's at the same shape first (the ratio), then the variants.
-  return (correct + [pretrain_row("float32")] + first + hf + cudnn + list(by_name.values())
-          + [pretrain_row("bfloat16"), profile_row()])
+  return (correct + [pretrain_row("float32")] + first + hf + cudnn + list(by_name.values()) +
+          [pretrain_row("bfloat16"), profile_row()])
 
 
 def estimate(ctx: Context, row: Row) -> float:
@@ -268,17 +277,18 @@ def run_row(ctx: Context, row: Row) -> dict:
   left = ctx.opts.budget_s - used - (0 if row.name == "profile" else RESERVE_S)
   need = estimate(ctx, row)
   if need > left:
-    return {**base, "status": "skipped",
-            "note": f"skipped: time budget ({used:.0f} of {ctx.opts.budget_s:.0f} s used; this row needs "
-                    f"~{need:.0f} s)"}
+    return {
+        **base, "status": "skipped",
+        "note": f"skipped: time budget ({used:.0f} of {ctx.opts.budget_s:.0f} s used; this row needs "
+                f"~{need:.0f} s)"
+    }
   log(f"gpu check: {row.name} ({row.title})")
   t = time.perf_counter()
   try:
     with time_limit(ctx.opts.budget_s - used + GRACE_S):
       out = row.fn(ctx)
   except Exception as e:  # noqa: BLE001 - a failing row is recorded and the check goes on (RowTimeout too)
-    out = {"status": "error", "error": f"{type(e).__name__}: {e}"[:2000],
-           "traceback": traceback.format_exc()[-3000:]}
+    out = {"status": "error", "error": f"{type(e).__name__}: {e}"[:2000], "traceback": traceback.format_exc()[-3000:]}
   out = {**base, **out, "seconds": time.perf_counter() - t}
   log(f"gpu check: {row.name}: {out['status']} in {out['seconds']:.1f} s")
   return out
@@ -289,8 +299,14 @@ def run_check(opts: GpuOptions, command: str = "") -> dict:
   work_dir = opts.work_dir or tempfile.mkdtemp(prefix="gpt1_jax_gpu_check_")
   os.makedirs(work_dir, exist_ok=True)
   ctx = Context(opts, work_dir)
-  result = {**header(command), "suite": "gpu", "settings": dataclasses.asdict(opts), "work_dir": work_dir,
-            "optimizer": OPTIMIZER, "flop_formula": FLOP_FORMULA, "rows": []}
+  result = {
+      **header(command), "suite": "gpu",
+      "settings": dataclasses.asdict(opts),
+      "work_dir": work_dir,
+      "optimizer": OPTIMIZER,
+      "flop_formula": FLOP_FORMULA,
+      "rows": []
+  }
   try:
     rows = [r for r in plan(ctx) if not opts.rows or r.name in opts.rows]
     if any(r.name.startswith("pretrain_") for r in rows):
@@ -298,8 +314,11 @@ def run_check(opts: GpuOptions, command: str = "") -> dict:
     n = opts.peak_n or (512 if opts.quick else 8192)
     peak = matmul_peak("bfloat16", n)
     ctx.peak, ctx.sheet = peak["measured_matmul_flops"], peak["datasheet_flops"]
-    result["peak"] = {"start": peak, "datasheet_flops": ctx.sheet,
-                      "note": "bf16 matmul peak measured at the start and the end of the run; MFU uses the larger"}
+    result["peak"] = {
+        "start": peak,
+        "datasheet_flops": ctx.sheet,
+        "note": "bf16 matmul peak measured at the start and the end of the run; MFU uses the larger"
+    }
     for row in rows:
       result["rows"].append(run_row(ctx, row))
     end = matmul_peak("bfloat16", n)
@@ -329,15 +348,20 @@ def summary(result: dict) -> dict:
   correct = [r for r in rows if r["group"] == "correctness"]
   timed = {r["name"]: r for r in rows if r["group"] == "speed" and r["status"] == "ok"}
   ours = {k: v for k, v in timed.items() if k.startswith("speed_")}
-  out = {"correctness_pass": [r["name"] for r in correct if r["status"] == "pass"],
-         "correctness_fail": [r["name"] for r in correct if r["status"] in ("fail", "error")],
-         "skipped": [r["name"] for r in rows if r["status"] == "skipped"],
-         "errors": [r["name"] for r in rows if r["status"] == "error"]}
+  out = {
+      "correctness_pass": [r["name"] for r in correct if r["status"] == "pass"],
+      "correctness_fail": [r["name"] for r in correct if r["status"] in ("fail", "error")],
+      "skipped": [r["name"] for r in rows if r["status"] == "skipped"],
+      "errors": [r["name"] for r in rows if r["status"] == "error"]
+  }
   if ours:
     fastest = max(ours, key=lambda k: ours[k]["tokens_per_s"])
-    out["fastest"] = {"row": fastest, "tokens_per_s": ours[fastest]["tokens_per_s"],
-                      "mfu_measured_peak": ours[fastest].get("mfu_measured_peak"),
-                      "mfu_datasheet": ours[fastest].get("mfu_datasheet")}
+    out["fastest"] = {
+        "row": fastest,
+        "tokens_per_s": ours[fastest]["tokens_per_s"],
+        "mfu_measured_peak": ours[fastest].get("mfu_measured_peak"),
+        "mfu_datasheet": ours[fastest].get("mfu_datasheet")
+    }
   ratios = {}
   for hf_name, hf in timed.items():
     if not hf_name.startswith("hf_"):
@@ -362,4 +386,3 @@ def write_outputs(result: dict, json_path: str) -> str:
   with open(md_path, "w") as f:
     f.write(format_gpu_report(result) + "\n")
   return md_path
-

@@ -53,12 +53,21 @@ def prepare_hf(shape: Shape, *, warmup: int, threads: Optional[int] = None, devi
   if autocast is None:
     autocast = device == "cuda" and dtype == "bfloat16"
   torch.manual_seed(0)
-  hf_cfg = OpenAIGPTConfig(vocab_size=cfg.vocab_size, n_positions=cfg.n_ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-                           n_head=cfg.n_head, afn="gelu",  # OpenAI-GPT's "gelu" is the tanh form, as GPT-1's
-                           resid_pdrop=cfg.resid_pdrop, embd_pdrop=cfg.embd_pdrop, attn_pdrop=cfg.attn_pdrop,
-                           layer_norm_epsilon=cfg.layer_norm_epsilon, initializer_range=cfg.initializer_range)
-  batches = [{k: torch.from_numpy(v).long().to(device) for k, v in b.items() if k != "loss_mask"}
-             for b in synthetic_lm_batches(shape)]
+  hf_cfg = OpenAIGPTConfig(
+      vocab_size=cfg.vocab_size,
+      n_positions=cfg.n_ctx,
+      n_embd=cfg.n_embd,
+      n_layer=cfg.n_layer,
+      n_head=cfg.n_head,
+      afn="gelu",  # OpenAI-GPT's "gelu" is the tanh form, as GPT-1's
+      resid_pdrop=cfg.resid_pdrop,
+      embd_pdrop=cfg.embd_pdrop,
+      attn_pdrop=cfg.attn_pdrop,
+      layer_norm_epsilon=cfg.layer_norm_epsilon,
+      initializer_range=cfg.initializer_range)
+  batches = [{
+      k: torch.from_numpy(v).long().to(device) for k, v in b.items() if k != "loss_mask"
+  } for b in synthetic_lm_batches(shape)]
   if device == "cuda":
     torch.cuda.reset_peak_memory_stats()
   box, losses = {}, []
@@ -86,18 +95,28 @@ def prepare_hf(shape: Shape, *, warmup: int, threads: Optional[int] = None, devi
     t = time.perf_counter()
     warmup_times = [step(i) for i in range(warmup)]
     warmup_s = time.perf_counter() - t
-  info = {"impl": "transformers.OpenAIGPTLMHeadModel" + (" + torch.compile" if compile else ""), "device": device,
-          "threads": threads, "attn_implementation": getattr(model.config, "_attn_implementation", None),
-          "tied_lm_head": model.lm_head.weight.data_ptr() == model.transformer.tokens_embed.weight.data_ptr(),
-          "autocast_bf16": autocast, "torch_compile": compile, "warmup_s": warmup_s,
-          "params": sum(p.numel() for p in model.parameters())}
+  info = {
+      "impl": "transformers.OpenAIGPTLMHeadModel" + (" + torch.compile" if compile else ""),
+      "device": device,
+      "threads": threads,
+      "attn_implementation": getattr(model.config, "_attn_implementation", None),
+      "tied_lm_head": model.lm_head.weight.data_ptr() == model.transformer.tokens_embed.weight.data_ptr(),
+      "autocast_bf16": autocast,
+      "torch_compile": compile,
+      "warmup_s": warmup_s,
+      "params": sum(p.numel() for p in model.parameters())
+  }
   del model
 
   def finish(times, peak, sheet_peak):
     if not all(math.isfinite(x) for x in losses):
       raise RuntimeError(f"{shape.name}: Hugging Face's loss is not finite: {losses}")
-    out = {**info, **throughput(shape, times, warmup_times, peak, sheet_peak),
-           "memory_rss_delta": rss.delta, "loss_first": losses[0], "loss_last": losses[-1]}
+    out = {
+        **info,
+        **throughput(shape, times, warmup_times, peak, sheet_peak), "memory_rss_delta": rss.delta,
+        "loss_first": losses[0],
+        "loss_last": losses[-1]
+    }
     if device == "cuda":
       out["memory_device_peak"] = torch.cuda.max_memory_allocated()
     box.clear()
@@ -125,13 +144,15 @@ def measure(spec: dict) -> dict:
   """One train-step measurement from a JSON-able spec (what the GPU check sends to a subprocess)."""
   shape = Shape(spec["name"], ModelConfig(**spec["model"]), int(spec["batch"]), int(spec["seq_len"]))
   runner = prepare_hf(shape, warmup=int(spec["warmup"]), device=spec.get("device"), dtype=spec["dtype"],
-                      autocast=spec.get("autocast"), compile=bool(spec.get("compile")),
-                      threads=spec.get("threads"))
+                      autocast=spec.get("autocast"), compile=bool(spec.get("compile")), threads=spec.get("threads"))
   for _ in range(int(spec["steps"])):
     runner.step()
   out = runner.finish(spec.get("peak"), spec.get("sheet_peak"))
-  out["versions"] = {"torch": torch.__version__, "cuda": torch.version.cuda,
-                     "device_name": torch.cuda.get_device_name(0) if out["device"] == "cuda" else None}
+  out["versions"] = {
+      "torch": torch.__version__,
+      "cuda": torch.version.cuda,
+      "device_name": torch.cuda.get_device_name(0) if out["device"] == "cuda" else None
+  }
   return out
 
 

@@ -41,15 +41,24 @@ def sampling(cfg, *, batch: int, prompt_len: int, new_tokens: int, reps: int) ->
   first_s = time.perf_counter() - t
   s, _ = median_time(run, reps, warmup=0)
   n = sum(map(len, out))
-  return {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "seconds": s,
-          "first_call_s": first_s, "tokens_per_s": n / s, "ms_per_step": 1000 * s / new_tokens,
-          "note": "one jitted prefill + while_loop decode with the KV cache; time includes the prefill"}
+  return {
+      "batch": batch,
+      "prompt_len": prompt_len,
+      "new_tokens": new_tokens,
+      "seconds": s,
+      "first_call_s": first_s,
+      "tokens_per_s": n / s,
+      "ms_per_step": 1000 * s / new_tokens,
+      "note": "one jitted prefill + while_loop decode with the KV cache; time includes the prefill"
+  }
 
 
 def inference_suite(opts: Options) -> dict:
   cfg = opts.inference_model or tiny_model(opts.dtype)
   log("inference")
-  return {"model": dataclasses.asdict(cfg),
-          "classify": classify_forward(cfg, batch=opts.classify_batch, reps=opts.inference_reps),
-          "generate": sampling(cfg, batch=opts.generate_batch, prompt_len=opts.prompt_len,
-                               new_tokens=opts.new_tokens, reps=max(1, opts.inference_reps // 2))}
+  return {
+      "model": dataclasses.asdict(cfg),
+      "classify": classify_forward(cfg, batch=opts.classify_batch, reps=opts.inference_reps),
+      "generate": sampling(cfg, batch=opts.generate_batch, prompt_len=opts.prompt_len, new_tokens=opts.new_tokens,
+                           reps=max(1, opts.inference_reps // 2))
+  }

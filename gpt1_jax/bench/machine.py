@@ -61,13 +61,25 @@ def machine_info() -> dict:
   except OSError:
     thp = None
   # Settings that move step times by tens of percent (see BENCHMARKS.md): recorded, never changed.
-  env = {k: os.environ.get(k) for k in ("GLIBC_TUNABLES", "XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                        "TOKENIZERS_PARALLELISM", "LD_PRELOAD", "JAX_PLATFORMS",
-                                        "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE",
-                                        "CUDA_VISIBLE_DEVICES")}
-  info = {"cpu_model": model, "cpu_cores": cpu_cores(), "platform": dev.platform, "device_kind": dev.device_kind,
-          "device_count": jax.device_count(), "hostname": platform.node(), "os": platform.platform(),
-          "transparent_hugepage": thp, "env": {k: v for k, v in env.items() if v is not None}}
+  env = {
+      k: os.environ.get(k)
+      for k in ("GLIBC_TUNABLES", "XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM",
+                "LD_PRELOAD", "JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE",
+                "CUDA_VISIBLE_DEVICES")
+  }
+  info = {
+      "cpu_model": model,
+      "cpu_cores": cpu_cores(),
+      "platform": dev.platform,
+      "device_kind": dev.device_kind,
+      "device_count": jax.device_count(),
+      "hostname": platform.node(),
+      "os": platform.platform(),
+      "transparent_hugepage": thp,
+      "env": {
+          k: v for k, v in env.items() if v is not None
+      }
+  }
   limit = device_memory_stats().get("bytes_limit")
   if limit:
     info["device_memory_limit_bytes"] = int(limit)
@@ -75,10 +87,10 @@ def machine_info() -> dict:
 
 
 _DISTRIBUTIONS = (("jax", "jax"), ("jaxlib", "jaxlib"), ("jax_cuda13_plugin", "jax-cuda13-plugin"),
-                  ("jax_cuda12_plugin", "jax-cuda12-plugin"), ("flax", "flax"), ("optax", "optax"),
-                  ("orbax_checkpoint", "orbax-checkpoint"), ("ml_collections", "ml-collections"), ("torch", "torch"),
-                  ("transformers", "transformers"), ("tensorflow", "tensorflow"), ("tokenizers", "tokenizers"),
-                  ("spacy", "spacy"), ("numpy", "numpy"))
+                  ("jax_cuda12_plugin",
+                   "jax-cuda12-plugin"), ("flax", "flax"), ("optax", "optax"), ("orbax_checkpoint", "orbax-checkpoint"),
+                  ("ml_collections", "ml-collections"), ("torch", "torch"), ("transformers", "transformers"),
+                  ("tensorflow", "tensorflow"), ("tokenizers", "tokenizers"), ("spacy", "spacy"), ("numpy", "numpy"))
 
 
 def versions() -> dict:
@@ -98,9 +110,11 @@ def versions() -> dict:
 def matmul_peak(dtype: str, n: Optional[int] = None) -> dict:
   """The measured matmul peak of one device in ``dtype`` and the datasheet's 16-bit peak (None on CPU)."""
   n = n or (8192 if not on_cpu() else 2048)
-  return {"measured_matmul_flops": perf.measure_matmul_peak(dtype, n=n),
-          "measured_matmul": f"{n}x{n} @ {n}x{n} {dtype}, best of 5",
-          "datasheet_flops": perf.device_peak_flops(dtype)}
+  return {
+      "measured_matmul_flops": perf.measure_matmul_peak(dtype, n=n),
+      "measured_matmul": f"{n}x{n} @ {n}x{n} {dtype}, best of 5",
+      "datasheet_flops": perf.device_peak_flops(dtype)
+  }
 
 
 def median_time(fn: Callable[[], Any], reps: int, warmup: int = 1) -> tuple[float, list[float]]:

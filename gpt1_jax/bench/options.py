@@ -36,8 +36,8 @@ class Shape:
                     if getattr(m, k) != default)
     return (f"{self.name}: n_layer={m.n_layer} n_embd={m.n_embd} n_head={m.n_head} T={self.seq_len} "
             f"batch={self.batch} vocab={m.vocab_size} (padded {m.padded_vocab_size}) {m.dtype} dropout "
-            f"{m.embd_pdrop}/{m.attn_pdrop}/{m.resid_pdrop} (embd/attn/resid) attention={m.attention}{extra}"
-            + (f"; {self.note}" if self.note else ""))
+            f"{m.embd_pdrop}/{m.attn_pdrop}/{m.resid_pdrop} (embd/attn/resid) attention={m.attention}{extra}" +
+            (f"; {self.note}" if self.note else ""))
 
 
 @dataclasses.dataclass

@@ -53,8 +53,16 @@ def lm_pipeline(ids: list[list[int]], *, batch: int, seq_len: int, seconds: floa
   data = lm.LMData(stream, seq_len)
   it = data.train_batches(pipeline.Rows(batch), seed=0)
   n, dt = _drain(it, seconds, each=_to_device(batch))
-  return {"stream_tokens": int(stream.size), "windows": data.num_windows, "batch": batch, "seq_len": seq_len,
-          "batches": n, "seconds": dt, "batches_per_s": n / dt, "tokens_per_s": n * batch * seq_len / dt}
+  return {
+      "stream_tokens": int(stream.size),
+      "windows": data.num_windows,
+      "batch": batch,
+      "seq_len": seq_len,
+      "batches": n,
+      "seconds": dt,
+      "batches_per_s": n / dt,
+      "tokens_per_s": n * batch * seq_len / dt
+  }
 
 
 def task_pipeline(task_dir: str, *, batch: int, max_len: int, seconds: float) -> dict:
@@ -68,13 +76,21 @@ def task_pipeline(task_dir: str, *, batch: int, max_len: int, seconds: float) ->
   encode_s = time.perf_counter() - t
   keys = ("input_ids", "attention_mask", "cls_index", "choice_mask", "label")
   n_ex = len(examples)
-  ds = pipeline.train_dataset(pipeline.gather_fetch({k: arrays[k] for k in keys}), n_ex, pipeline.Rows(batch),
-                              seed=0)
+  ds = pipeline.train_dataset(pipeline.gather_fetch({k: arrays[k] for k in keys}), n_ex, pipeline.Rows(batch), seed=0)
   n, dt = _drain(iter(ds.as_numpy_iterator()), seconds, each=_to_device(batch))
   per_batch = batch * arrays["input_ids"].shape[1] * seq_len
-  return {"task": "sst2", "examples": n_ex, "seq_len": seq_len, "batch": batch, "encode_s": encode_s,
-          "encode_examples_per_s": n_ex / encode_s, "batches": n, "seconds": dt, "batches_per_s": n / dt,
-          "tokens_per_s": n * per_batch / dt}
+  return {
+      "task": "sst2",
+      "examples": n_ex,
+      "seq_len": seq_len,
+      "batch": batch,
+      "encode_s": encode_s,
+      "encode_examples_per_s": n_ex / encode_s,
+      "batches": n,
+      "seconds": dt,
+      "batches_per_s": n / dt,
+      "tokens_per_s": n * per_batch / dt
+  }
 
 
 def pipeline_suite(opts: Options, train_rows: list[dict], ids: Optional[list[list[int]]]) -> dict:

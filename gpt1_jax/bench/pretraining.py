@@ -57,8 +57,8 @@ def write_store(output: str, limit: int = SHIPPED_DOCS) -> dict:
     text = os.path.join(tmp, f"imdb_first{limit}.txt")
     with open(text, "w", encoding="utf-8", newline="") as f:
       f.write("\n".join(corpus_documents(limit)) + "\n")
-    return prepare.prepare(output, inputs=[text], doc_split="line", valid_fraction=0.05, num_shards=1,
-                           workers=1, force=True, progress=False)
+    return prepare.prepare(output, inputs=[text], doc_split="line", valid_fraction=0.05, num_shards=1, workers=1,
+                           force=True, progress=False)
 
 
 def run_config(data_dir: str, steps: int, dtype: str, *, quick: bool):
@@ -79,11 +79,13 @@ def run_config(data_dir: str, steps: int, dtype: str, *, quick: bool):
 
 def overrides(c) -> list[str]:
   """The command-line form of what :func:`run_config` changed (for the CPU subprocess)."""
-  return [f"--config.data.dir={c.data.dir}", f"--config.model.dtype={c.model.dtype}",
-          f"--config.train.num_steps={c.train.num_steps}", f"--config.train.warmup_steps={c.train.warmup_steps}",
-          f"--config.log.every_steps={c.log.every_steps}", "--config.log.tensorboard=False",
-          "--config.log.measure_peak=False", f"--config.eval.every_steps={c.eval.every_steps}",
-          f"--config.checkpoint.every_steps={c.checkpoint.every_steps}"]
+  return [
+      f"--config.data.dir={c.data.dir}", f"--config.model.dtype={c.model.dtype}",
+      f"--config.train.num_steps={c.train.num_steps}", f"--config.train.warmup_steps={c.train.warmup_steps}",
+      f"--config.log.every_steps={c.log.every_steps}", "--config.log.tensorboard=False",
+      "--config.log.measure_peak=False", f"--config.eval.every_steps={c.eval.every_steps}",
+      f"--config.checkpoint.every_steps={c.checkpoint.every_steps}"
+  ]
 
 
 class CpuTwin:
@@ -94,8 +96,9 @@ class CpuTwin:
     self.config = run_config(data_dir, steps, "float32", quick=quick)
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "CUDA_VISIBLE_DEVICES")}
     env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-    args = [f"--config={os.path.join(REPO, 'configs', 'pretrain.py')}:tiny", f"--workdir={workdir}",
-            *overrides(self.config)]
+    args = [
+        f"--config={os.path.join(REPO, 'configs', 'pretrain.py')}:tiny", f"--workdir={workdir}", *overrides(self.config)
+    ]
     available = sorted(os.sched_getaffinity(0))
     mine = available[-min(cores, max(1, len(available) // 4)):]
     # Pinned from inside the child (preexec_fn is unsafe in a process with threads, as JAX's is).
@@ -147,8 +150,7 @@ def curve(workdir: str) -> dict:
 def accelerator_run(data_dir: str, workdir: str, steps: int, dtype: str, *, quick: bool) -> dict:
   t = time.perf_counter()
   final = loop.train_and_evaluate(run_config(data_dir, steps, dtype, quick=quick), workdir)
-  return {"seconds": time.perf_counter() - t, "curve": curve(workdir),
-          "tokens_per_s": final.get("perf/tokens_per_sec")}
+  return {"seconds": time.perf_counter() - t, "curve": curve(workdir), "tokens_per_s": final.get("perf/tokens_per_sec")}
 
 
 def compare_curves(ours: dict, cpu: dict, dtype: str, *, min_drop: float) -> dict:
@@ -164,11 +166,22 @@ def compare_curves(ours: dict, cpu: dict, dtype: str, *, min_drop: float) -> dic
   tol = LOSS_TOL[dtype]
   finite = all(math.isfinite(x) for x in list(ours["train"].values()) + [ours["eval"][1]])
   ok = finite and drop >= min_drop and worst <= tol and abs(eval_diff) <= tol
-  return {"status": "pass" if ok else "fail", "metric": "max |accelerator - CPU| loss (train logs and eval)",
-          "value": max(worst, abs(eval_diff)), "tolerance": tol, "loss_drop": drop, "min_drop": min_drop,
-          "first_train_loss": ours["train"][steps[0]], "last_train_loss": ours["train"][steps[-1]],
-          "eval_loss": ours["eval"][1], "cpu_eval_loss": cpu["eval"][1], "eval_step": ours["eval"][0],
-          "train_loss_diffs": {str(s): d for s, d in diffs.items()},
-          "why_tolerance": "same data, seed and batches on both; on CPU, bf16 compute vs f32 ended 0.010 nats apart "
-                           "after 300 steps and other kernels move a curve by about as much; a broken kernel "
-                           "moves it by nats. The drop is from the first logged train loss to the final eval loss"}
+  return {
+      "status": "pass" if ok else "fail",
+      "metric": "max |accelerator - CPU| loss (train logs and eval)",
+      "value": max(worst, abs(eval_diff)),
+      "tolerance": tol,
+      "loss_drop": drop,
+      "min_drop": min_drop,
+      "first_train_loss": ours["train"][steps[0]],
+      "last_train_loss": ours["train"][steps[-1]],
+      "eval_loss": ours["eval"][1],
+      "cpu_eval_loss": cpu["eval"][1],
+      "eval_step": ours["eval"][0],
+      "train_loss_diffs": {
+          str(s): d for s, d in diffs.items()
+      },
+      "why_tolerance": "same data, seed and batches on both; on CPU, bf16 compute vs f32 ended 0.010 nats apart "
+                       "after 300 steps and other kernels move a curve by about as much; a broken kernel "
+                       "moves it by nats. The drop is from the first logged train loss to the final eval loss"
+  }

@@ -88,8 +88,10 @@ def summarize(log_dir: str, steps: int, *, top: int = 15, step_s: Optional[float
     if not any((e.get("args") or {}).get("hlo_op") for e in ops):
       note = "the device's events carry no HLO op names: grouped by kernel name"
   else:
-    ops = [e for e in events if e.get("ph") == "X" and (e.get("args") or {}).get("hlo_op")
-           and not str(e.get("name", "")).startswith("end: ")]
+    ops = [
+        e for e in events
+        if e.get("ph") == "X" and (e.get("args") or {}).get("hlo_op") and not str(e.get("name", "")).startswith("end: ")
+    ]
     source = "host runtime (thunks)"
     if device_pids:
       note = "no device events in the trace: these are host-side times"
@@ -105,16 +107,29 @@ def summarize(log_dir: str, steps: int, *, top: int = 15, step_s: Optional[float
   total_us = sum(v["us"] for v in per_op.values())
   rows = []
   for (module, op), v in sorted(per_op.items(), key=lambda kv: -kv[1]["us"]):
-    rows.append({"op": op, "module": module, "kernel": v["kernel"], "category": category(v["kernel"], op),
-                 "ms_per_step": v["us"] / 1e3 / steps, "share": v["us"] / total_us,
-                 "calls_per_step": v["count"] / steps})
+    rows.append({
+        "op": op,
+        "module": module,
+        "kernel": v["kernel"],
+        "category": category(v["kernel"], op),
+        "ms_per_step": v["us"] / 1e3 / steps,
+        "share": v["us"] / total_us,
+        "calls_per_step": v["count"] / steps
+    })
   kinds = collections.defaultdict(float)
   for r in rows:
     kinds[r["category"]] += r["ms_per_step"]
   busy_ms = total_us / 1e3 / steps
-  out = {"trace": path, "source": source, "note": note, "steps": steps, "ops_per_step": len(ops) / steps,
-         "busy_ms_per_step": busy_ms, "top_ops": rows[:top],
-         "by_category_ms_per_step": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))}
+  out = {
+      "trace": path,
+      "source": source,
+      "note": note,
+      "steps": steps,
+      "ops_per_step": len(ops) / steps,
+      "busy_ms_per_step": busy_ms,
+      "top_ops": rows[:top],
+      "by_category_ms_per_step": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+  }
   if step_s:
     out["step_ms"] = step_s * 1e3
     out["busy_share_of_step"] = busy_ms / (step_s * 1e3)

@@ -33,21 +33,23 @@ def mib(x: Optional[int]) -> str:
 def format_report(r: dict) -> str:
   """Markdown tables of a run (also what BENCHMARKS.md quotes)."""
   m, v = r["machine"], r["versions"]
-  lines = [f"# gpt1_jax benchmark, {r['date']}",
-           f"command: `{r['command']}`",
-           f"machine: {m['cpu_model']}, {m['cpu_cores']} cores, device {m['device_kind']} ({m['platform']}); "
-           f"load average at start {r['load_average_start']}, at end {r['load_average_end']}; transparent hugepages "
-           f"{m.get('transparent_hugepage')}; env {m.get('env') or '{}'}",
-           "versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x), ""]
+  lines = [
+      f"# gpt1_jax benchmark, {r['date']}", f"command: `{r['command']}`",
+      f"machine: {m['cpu_model']}, {m['cpu_cores']} cores, device {m['device_kind']} ({m['platform']}); "
+      f"load average at start {r['load_average_start']}, at end {r['load_average_end']}; transparent hugepages "
+      f"{m.get('transparent_hugepage')}; env {m.get('env') or '{}'}",
+      "versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x), ""
+  ]
   if "train" in r:
     p = r["peak"]
-    lines += [f"FLOPs: {r['flop_formula']}",
-              f"peak: measured {si(p['measured_matmul_flops'], 'FLOP/s')} at the start ({p['measured_matmul']}); "
-              f"MFU below uses each shape's own, larger of before/after its steps"
-              + (f", datasheet {si(p['datasheet_flops'], 'FLOP/s')}" if p["datasheet_flops"] else ""), "",
-              "| shape | impl | step (median) | fastest step | tokens/s | MFU (measured peak) | memory | ours/HF: "
-              "medians, per-round median [quartiles], fastest steps |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"FLOPs: {r['flop_formula']}",
+        f"peak: measured {si(p['measured_matmul_flops'], 'FLOP/s')} at the start ({p['measured_matmul']}); "
+        f"MFU below uses each shape's own, larger of before/after its steps" +
+        (f", datasheet {si(p['datasheet_flops'], 'FLOP/s')}" if p["datasheet_flops"] else ""), "",
+        "| shape | impl | step (median) | fastest step | tokens/s | MFU (measured peak) | memory | ours/HF: "
+        "medians, per-round median [quartiles], fastest steps |", "|---|---|---|---|---|---|---|---|"
+    ]
     for row in r["train"]:
       o = row["ours"]
       mem = f"{mib(o['memory_compiled'].get('total'))} compiled, {mib(o['memory_rss_delta'])} RSS"
@@ -56,16 +58,18 @@ def format_report(r: dict) -> str:
         lo, hi = row["ours_over_hf_paired_quartiles"]
         ratio = (f"**{row['ours_over_hf']:.2f}x**, {row['ours_over_hf_paired']:.2f}x [{lo:.2f}-{hi:.2f}], "
                  f"{row['ours_over_hf_fastest']:.2f}x")
-      lines.append(f"| {row['shape']} | gpt1_jax | {o['step_s'] * 1e3:.0f} ms | {min(o['step_times_s']) * 1e3:.0f} ms | "
-                   f"{o['tokens_per_s']:.0f} | "
-                   f"{pct(o['mfu_measured_peak'])} | {mem} | {ratio} |")
+      lines.append(
+          f"| {row['shape']} | gpt1_jax | {o['step_s'] * 1e3:.0f} ms | {min(o['step_times_s']) * 1e3:.0f} ms | "
+          f"{o['tokens_per_s']:.0f} | "
+          f"{pct(o['mfu_measured_peak'])} | {mem} | {ratio} |")
       if "hf" in row:
         h = row["hf"]
-        mem_h = (f"{mib(h['memory_device_peak'])} device peak" if "memory_device_peak" in h else
-                 f"{mib(h['memory_rss_delta'])} RSS")
-        lines.append(f"| {row['shape']} | HF torch | {h['step_s'] * 1e3:.0f} ms | {min(h['step_times_s']) * 1e3:.0f} ms | "
-                     f"{h['tokens_per_s']:.0f} | "
-                     f"{pct(h['mfu_measured_peak'])} | {mem_h} | |")
+        mem_h = (f"{mib(h['memory_device_peak'])} device peak"
+                 if "memory_device_peak" in h else f"{mib(h['memory_rss_delta'])} RSS")
+        lines.append(
+            f"| {row['shape']} | HF torch | {h['step_s'] * 1e3:.0f} ms | {min(h['step_times_s']) * 1e3:.0f} ms | "
+            f"{h['tokens_per_s']:.0f} | "
+            f"{pct(h['mfu_measured_peak'])} | {mem_h} | |")
     lines.append("")
     for row in r["train"]:
       b, a = row["peak_measured_before_after"]
@@ -91,28 +95,39 @@ def format_report(r: dict) -> str:
     lines += [f"- SST-2 encode_examples (cold tokenizer): {p['task']['encode_examples_per_s']:.0f} examples/s", ""]
   if "tokenizer" in r:
     t = r["tokenizer"]
-    lines += [f"Tokenizer on {t['corpus']} ({t['lines']} lines, {t['chars']} chars):", "",
-              "| tokenizer | tokens/s | seconds |", "|---|---|---|",
-              f"| GPT1Tokenizer, cold memo | {si(t['ours']['tokens_per_s'])} | {t['ours']['seconds']:.2f} "
-              f"(+ {t['ours']['setup_s']:.2f} setup) |",
-              f"| GPT1Tokenizer, warm memo | {si(t['ours']['warm_tokens_per_s'])} | "
-              f"{t['ours']['warm_seconds']:.2f} |"]
+    lines += [
+        f"Tokenizer on {t['corpus']} ({t['lines']} lines, {t['chars']} chars):", "",
+        "| tokenizer | tokens/s | seconds |", "|---|---|---|",
+        f"| GPT1Tokenizer, cold memo | {si(t['ours']['tokens_per_s'])} | {t['ours']['seconds']:.2f} "
+        f"(+ {t['ours']['setup_s']:.2f} setup) |",
+        f"| GPT1Tokenizer, warm memo | {si(t['ours']['warm_tokens_per_s'])} | "
+        f"{t['ours']['warm_seconds']:.2f} |"
+    ]
     if "hf" in t:
-      lines += [f"| HF OpenAIGPTTokenizer | {si(t['hf']['tokens_per_s'])} | {t['hf']['seconds']:.2f} "
-                f"(+ {t['hf']['setup_s']:.2f} setup) |", "",
-                f"- ours (cold) / HF: **{t['ours_over_hf']:.2f}x**; identical ids on "
-                f"{pct(t['identical_lines_fraction'])} of lines ({t['note']})"]
+      lines += [
+          f"| HF OpenAIGPTTokenizer | {si(t['hf']['tokens_per_s'])} | {t['hf']['seconds']:.2f} "
+          f"(+ {t['hf']['setup_s']:.2f} setup) |", "",
+          f"- ours (cold) / HF: **{t['ours_over_hf']:.2f}x**; identical ids on "
+          f"{pct(t['identical_lines_fraction'])} of lines ({t['note']})"
+      ]
     lines.append("")
   if "inference" in r:
     c, g = r["inference"]["classify"], r["inference"]["generate"]
-    lines += [f"- classification forward (tiny, batch {c['batch']} x {c['seq_len']}): "
-              f"{c['examples_per_s']:.0f} examples/s ({c['step_s'] * 1e3:.1f} ms)",
-              f"- sampling (tiny, batch {g['batch']}, {g['new_tokens']} new tokens, KV cache): "
-              f"{g['tokens_per_s']:.0f} tokens/s ({g['ms_per_step']:.1f} ms per step)", ""]
-  loads = [f"{row['shape']} {row['load_average_before'][0]:.2f}->{row['load_average_after'][0]:.2f}"
-           for row in r.get("train", [])]
-  loads += [f"{k} {r[k]['load_average_before_after'][0][0]:.2f}->{r[k]['load_average_before_after'][1][0]:.2f}"
-            for k in ("tokenizer", "pipeline", "inference") if k in r]
+    lines += [
+        f"- classification forward (tiny, batch {c['batch']} x {c['seq_len']}): "
+        f"{c['examples_per_s']:.0f} examples/s ({c['step_s'] * 1e3:.1f} ms)",
+        f"- sampling (tiny, batch {g['batch']}, {g['new_tokens']} new tokens, KV cache): "
+        f"{g['tokens_per_s']:.0f} tokens/s ({g['ms_per_step']:.1f} ms per step)", ""
+    ]
+  loads = [
+      f"{row['shape']} {row['load_average_before'][0]:.2f}->{row['load_average_after'][0]:.2f}"
+      for row in r.get("train", [])
+  ]
+  loads += [
+      f"{k} {r[k]['load_average_before_after'][0][0]:.2f}->{r[k]['load_average_before_after'][1][0]:.2f}"
+      for k in ("tokenizer", "pipeline", "inference")
+      if k in r
+  ]
   lines.append(f"1-minute load average before->after each part: {', '.join(loads)}")
   lines.append(f"wall time {r['wall_s']:.0f} s")
   return "\n".join(lines)
@@ -133,8 +148,6 @@ def json_safe(x):
 def write_json(result: dict, path: str):
   with open(path, "w") as f:
     json.dump(json_safe(result), f, indent=1, allow_nan=False, default=str)
-
-
 
 
 def _ms(x: Optional[float]) -> str:
@@ -159,15 +172,15 @@ def format_gpu_report(r: dict) -> str:
   m, v = r["machine"], r["versions"]
   p = r.get("peak", {})
   measured = p.get("measured_flops") or p.get("start", {}).get("measured_matmul_flops")
-  lines = [f"# gpt1_jax GPU check, {r['date']}",
-           f"command: `{r['command']}`",
-           f"device: {m['device_kind']} ({m['platform']}, {m['device_count']} visible); host {m['cpu_model']}, "
-           f"{m['cpu_cores']} cores; env {m.get('env') or '{}'}",
-           "versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x),
-           f"bf16 matmul peak, measured: {si(measured, 'FLOP/s')}"
-           f" ({p.get('start', {}).get('measured_matmul', '-')}, larger of start/end); datasheet: "
-           f"{si(p.get('datasheet_flops'), 'FLOP/s')}",
-           f"FLOPs: {r['flop_formula']}", ""]
+  lines = [
+      f"# gpt1_jax GPU check, {r['date']}", f"command: `{r['command']}`",
+      f"device: {m['device_kind']} ({m['platform']}, {m['device_count']} visible); host {m['cpu_model']}, "
+      f"{m['cpu_cores']} cores; env {m.get('env') or '{}'}",
+      "versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x),
+      f"bf16 matmul peak, measured: {si(measured, 'FLOP/s')}"
+      f" ({p.get('start', {}).get('measured_matmul', '-')}, larger of start/end); datasheet: "
+      f"{si(p.get('datasheet_flops'), 'FLOP/s')}", f"FLOPs: {r['flop_formula']}", ""
+  ]
   rows = r["rows"]
   correct = [x for x in rows if x["group"] == "correctness"]
   if correct:
@@ -181,17 +194,24 @@ def format_gpu_report(r: dict) -> str:
         detail = (f"{x['shape']}; max |diff| {x['max_abs_over_std']:.3f} std, top-1 agreement "
                   f"{pct(x['top1_agreement'])}, KL {x['kl_nats']:.2e} nats")
       elif x["name"].startswith("attention") and x["status"] in ("pass", "fail"):
-        parts = [f"{dt}: logits {c['logits']['error']:.2e} (allowed {c['logits']['allowed']:.2e}), grads "
-                 f"{c['grads']['error']:.2e} (allowed {c['grads']['allowed']:.2e})"
-                 for dt, c in ((dt, d["checks"]) for dt, d in x["dtypes"].items())]
+        parts = [
+            f"{dt}: logits {c['logits']['error']:.2e} (allowed {c['logits']['allowed']:.2e}), grads "
+            f"{c['grads']['error']:.2e} (allowed {c['grads']['allowed']:.2e})"
+            for dt, c in ((dt, d["checks"]) for dt, d in x["dtypes"].items())
+        ]
         detail = f"{x['shape']}; " + "; ".join(parts)
       lines.append(f"| {x['title']} | {_status(x)} | {_num(x.get('value'))} | {_num(x.get('tolerance'))} | {detail} |")
-    lines += ["", "Tolerances: " + " ".join(f"*{x['name']}*: {x['why_tolerance']}." for x in correct
-                                           if x.get("why_tolerance")), ""]
+    lines += [
+        "",
+        "Tolerances: " + " ".join(f"*{x['name']}*: {x['why_tolerance']}." for x in correct if x.get("why_tolerance")),
+        ""
+    ]
   speed = [x for x in rows if x["group"] == "speed"]
   if speed:
-    lines += ["## Speed", "", "| config | batch x T | step (median) | tokens/s | MFU (measured peak) | MFU (datasheet) "
-              "| memory | compile / warm-up | result |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Speed", "", "| config | batch x T | step (median) | tokens/s | MFU (measured peak) | MFU (datasheet) "
+        "| memory | compile / warm-up | result |", "|---|---|---|---|---|---|---|---|---|"
+    ]
     for x in speed:
       if x["status"] != "ok":
         lines.append(f"| {x['title']} | | | | | | | | {_status(x)} |")
@@ -203,7 +223,7 @@ def format_gpu_report(r: dict) -> str:
       else:
         plan = (x.get("memory_compiled") or {}).get("total")
         mem = f"{mib(plan)} XLA plan" + (f", {mib(x['memory_device_peak'])} process peak"
-                                          if x.get("memory_device_peak") else "")
+                                         if x.get("memory_device_peak") else "")
         setup = f"compile {x.get('compile_s', 0):.0f} s"
       lines.append(f"| {x['title']} | {x['batch']} x {x['seq_len']} | {_ms(x['step_s'])} | {x['tokens_per_s']:,.0f} | "
                    f"{pct(x.get('mfu_measured_peak'))} | {pct(x.get('mfu_datasheet'))} | {mem} | {setup} | ok |")
@@ -222,10 +242,12 @@ def format_gpu_report(r: dict) -> str:
     if prof["status"] != "ok":
       lines.append(_status(prof))
     else:
-      lines += [f"`{prof['config']}` ({prof.get('description')}); {prof['steps']} steps traced; {prof['source']}; busy "
-                f"{prof['busy_ms_per_step']:.1f} ms per step" + (f" of a {prof['step_ms']:.1f} ms step"
-                                                                 if prof.get("step_ms") else ""), "",
-                "| op | kind | ms / step | share | calls / step | kernel |", "|---|---|---|---|---|---|"]
+      lines += [
+          f"`{prof['config']}` ({prof.get('description')}); {prof['steps']} steps traced; {prof['source']}; busy "
+          f"{prof['busy_ms_per_step']:.1f} ms per step" +
+          (f" of a {prof['step_ms']:.1f} ms step" if prof.get("step_ms") else ""), "",
+          "| op | kind | ms / step | share | calls / step | kernel |", "|---|---|---|---|---|---|"
+      ]
       for o in prof["top_ops"]:
         lines.append(f"| `{o['op']}` | {o['category']} | {o['ms_per_step']:.2f} | {pct(o['share'])} | "
                      f"{o['calls_per_step']:.0f} | {o['kernel'][:60]} |")
@@ -236,6 +258,8 @@ def format_gpu_report(r: dict) -> str:
         lines.append(f"XLA cost analysis of the step: {si(cost['flops'], 'FLOP')}, "
                      f"{si(cost.get('bytes_accessed'), 'B')} accessed")
   skipped, errors = ", ".join(s.get("skipped", [])) or "none", ", ".join(s.get("errors", [])) or "none"
-  lines += ["", f"Skipped: {skipped}; errors: {errors}",
-            f"wall time {r['wall_s']:.0f} s (budget {r['settings']['budget_s']:.0f} s)"]
+  lines += [
+      "", f"Skipped: {skipped}; errors: {errors}",
+      f"wall time {r['wall_s']:.0f} s (budget {r['settings']['budget_s']:.0f} s)"
+  ]
   return "\n".join(lines)

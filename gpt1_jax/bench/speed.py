@@ -30,16 +30,30 @@ GPT1_DROPOUT = "GPT-1 dropout (attn 0.1)"
 # (name suffix, title, ModelConfig overrides, batch: "main" / "small" / "large", needs a GPU)
 VARIANTS = (
     ("xla", f"XLA attention, {GPT1_DROPOUT}", {}, "main", False),
-    ("cudnn", "cuDNN fused attention (attn dropout off)", {"attention": "cudnn", "attn_pdrop": 0.0}, "main", True),
-    ("xla_no_attn_dropout", "XLA attention, attn dropout off", {"attn_pdrop": 0.0}, "main", False),
-    ("xla_scan", f"XLA attention, {GPT1_DROPOUT}, scan_layers", {"scan_layers": True}, "main", False),
+    ("cudnn", "cuDNN fused attention (attn dropout off)", {
+        "attention": "cudnn",
+        "attn_pdrop": 0.0
+    }, "main", True),
+    ("xla_no_attn_dropout", "XLA attention, attn dropout off", {
+        "attn_pdrop": 0.0
+    }, "main", False),
+    ("xla_scan", f"XLA attention, {GPT1_DROPOUT}, scan_layers", {
+        "scan_layers": True
+    }, "main", False),
     ("xla_small", f"XLA attention, {GPT1_DROPOUT}", {}, "small", False),
     ("xla_large", f"XLA attention, {GPT1_DROPOUT}", {}, "large", False),
-    ("cudnn_scan_large", "cuDNN attention, scan_layers", {"attention": "cudnn", "attn_pdrop": 0.0,
-                                                         "scan_layers": True}, "large", True),
-    ("xla_remat", f"XLA attention, {GPT1_DROPOUT}, remat=full", {"remat": "full"}, "main", False),
-    ("dot_product", "jax.nn.dot_product_attention (XLA's choice, attn dropout off)",
-     {"attention": "dot_product", "attn_pdrop": 0.0}, "main", False),
+    ("cudnn_scan_large", "cuDNN attention, scan_layers", {
+        "attention": "cudnn",
+        "attn_pdrop": 0.0,
+        "scan_layers": True
+    }, "large", True),
+    ("xla_remat", f"XLA attention, {GPT1_DROPOUT}, remat=full", {
+        "remat": "full"
+    }, "main", False),
+    ("dot_product", "jax.nn.dot_product_attention (XLA's choice, attn dropout off)", {
+        "attention": "dot_product",
+        "attn_pdrop": 0.0
+    }, "main", False),
 )
 
 
@@ -61,8 +75,7 @@ def memory_stats() -> dict:
 
 def ours(ctx, name: str, batch: int, overrides: dict) -> dict:
   """One configuration of our step: set up, warmed up, timed; traced too if it is the fastest so far."""
-  shape = Shape(name, speed_model(ctx.quick, **overrides), batch, ctx.seq_len,
-                "quick" if ctx.quick else "GPT-1 117M")
+  shape = Shape(name, speed_model(ctx.quick, **overrides), batch, ctx.seq_len, "quick" if ctx.quick else "GPT-1 117M")
   t = time.perf_counter()
   runner = prepare_ours(shape, warmup=ctx.opts.warmup, total_steps=ctx.opts.warmup + ctx.opts.steps)
   setup_s = time.perf_counter() - t
@@ -97,18 +110,28 @@ def hugging_face(ctx, batch: int, *, compile: bool, timeout: float) -> dict:
   """Hugging Face's step at our shape (GPT-1's dropout everywhere, as its model applies it), in a subprocess."""
   cfg = speed_model(ctx.quick)
   tag = f"hf_b{batch}_{'compile' if compile else 'eager'}"
-  spec = {"name": tag, "model": dataclasses.asdict(cfg), "batch": batch, "seq_len": ctx.seq_len,
-          "warmup": ctx.opts.warmup + (1 if compile else 0), "steps": ctx.opts.steps, "dtype": "bfloat16",
-          "autocast": True, "compile": compile, "device": "cpu" if ctx.cpu else "cuda", "peak": ctx.peak,
-          "sheet_peak": ctx.sheet}
+  spec = {
+      "name": tag,
+      "model": dataclasses.asdict(cfg),
+      "batch": batch,
+      "seq_len": ctx.seq_len,
+      "warmup": ctx.opts.warmup + (1 if compile else 0),
+      "steps": ctx.opts.steps,
+      "dtype": "bfloat16",
+      "autocast": True,
+      "compile": compile,
+      "device": "cpu" if ctx.cpu else "cuda",
+      "peak": ctx.peak,
+      "sheet_peak": ctx.sheet
+  }
   spec_path, out_path = (os.path.join(ctx.work_dir, f"{tag}{ext}") for ext in (".spec.json", ".json"))
   with open(spec_path, "w") as f:
     json.dump(spec, f)
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["JAX_PLATFORMS"] = "cpu"  # the subprocess is torch's: JAX there must not touch the GPU
   try:
-    r = subprocess.run([sys.executable, "-m", "gpt1_jax.bench.hf_reference", spec_path, out_path], cwd=REPO,
-                       env=env, capture_output=True, text=True, timeout=max(timeout, 1.0))
+    r = subprocess.run([sys.executable, "-m", "gpt1_jax.bench.hf_reference", spec_path, out_path], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=max(timeout, 1.0))
   except subprocess.TimeoutExpired:
     raise SubprocessTimeout(f"Hugging Face's subprocess did not finish in {timeout:.0f} s (the rest of the "
                             f"budget)") from None

@@ -14,9 +14,8 @@ from gpt1_jax.bench.options import Shape
 
 # GPT-1's optimiser (Section 4.1) without the schedule, which costs nothing to evaluate:
 # the same update Hugging Face's side runs with torch.optim.AdamW + clip_grad_norm_.
-OPTIMIZER = dict(learning_rate=2.5e-4, warmup_steps=0, warmup_fraction=0.0, schedule="constant", b1=0.9,
-                 b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=1.0)
-
+OPTIMIZER = dict(learning_rate=2.5e-4, warmup_steps=0, warmup_fraction=0.0, schedule="constant", b1=0.9, b2=0.999,
+                 eps=1e-8, weight_decay=0.01, grad_clip=1.0)
 
 
 def synthetic_lm_batches(shape: Shape, count: int = 2, seed: int = 0) -> list[dict]:
@@ -24,8 +23,11 @@ def synthetic_lm_batches(shape: Shape, count: int = 2, seed: int = 0) -> list[di
   out = []
   for _ in range(count):
     x = rng.integers(0, shape.model.vocab_size, (shape.batch, shape.seq_len + 1), dtype=np.int32)
-    out.append({"inputs": x[:, :-1], "targets": x[:, 1:], "loss_mask": np.ones((shape.batch, shape.seq_len),
-                                                                                np.float32)})
+    out.append({
+        "inputs": x[:, :-1],
+        "targets": x[:, 1:],
+        "loss_mask": np.ones((shape.batch, shape.seq_len), np.float32)
+    })
   return out
 
 
@@ -58,7 +60,13 @@ def throughput(shape: Shape, times: list, warmup_times: list, peak, sheet_peak) 
   step_s = statistics.median(times)
   tokens = shape.batch * shape.seq_len
   fpt = perf.flops_per_token(shape.model, shape.seq_len)
-  return {"step_s": step_s, "step_times_s": list(times), "warmup_times_s": list(warmup_times),
-          "tokens_per_s": tokens / step_s, "flops_per_token": fpt, "achieved_flops": fpt * tokens / step_s,
-          "mfu_measured_peak": fpt * tokens / step_s / peak if peak else None,
-          "mfu_datasheet": fpt * tokens / step_s / sheet_peak if sheet_peak else None}
+  return {
+      "step_s": step_s,
+      "step_times_s": list(times),
+      "warmup_times_s": list(warmup_times),
+      "tokens_per_s": tokens / step_s,
+      "flops_per_token": fpt,
+      "achieved_flops": fpt * tokens / step_s,
+      "mfu_measured_peak": fpt * tokens / step_s / peak if peak else None,
+      "mfu_datasheet": fpt * tokens / step_s / sheet_peak if sheet_peak else None
+  }

@@ -19,8 +19,13 @@ from gpt1_jax.bench.train import COMPARISON_NOTES, FLOP_FORMULA, OPTIMIZER, trai
 
 def header(command: str) -> dict:
   """What every result starts with: the command, the date, the machine and the library versions."""
-  return {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "machine": machine_info(), "versions": versions(), "load_average_start": load_average()}
+  return {
+      "command": command,
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "machine": machine_info(),
+      "versions": versions(),
+      "load_average_start": load_average()
+  }
 
 
 def run(opts: Options, command: str = "") -> dict:
@@ -30,8 +35,12 @@ def run(opts: Options, command: str = "") -> dict:
   t_start = time.perf_counter()
   result: dict[str, Any] = {
       **header(command),
-      "settings": {k: v for k, v in dataclasses.asdict(opts).items() if k not in ("shapes", "inference_model")},
-      "optimizer": OPTIMIZER, "flop_formula": FLOP_FORMULA, "comparison_notes": COMPARISON_NOTES,
+      "settings": {
+          k: v for k, v in dataclasses.asdict(opts).items() if k not in ("shapes", "inference_model")
+      },
+      "optimizer": OPTIMIZER,
+      "flop_formula": FLOP_FORMULA,
+      "comparison_notes": COMPARISON_NOTES,
   }
   ids = None
   if "tokenizer" in opts.suites:
@@ -43,10 +52,13 @@ def run(opts: Options, command: str = "") -> dict:
   if "train" in opts.suites:
     n = opts.peak_n or (8192 if not on_cpu() else 2048)
     sheet = perf.device_peak_flops(opts.dtype)
-    result["peak"] = {"measured_matmul_flops": perf.measure_matmul_peak(opts.dtype, n=opts.peak_n),
-                      "measured_matmul": f"{n}x{n} @ {n}x{n} {opts.dtype}, best of 5", "datasheet_flops": sheet,
-                      "note": "measured at the start of the run; each train shape measures it again just before "
-                              "and after its timed steps and its MFU uses the larger of those two"}
+    result["peak"] = {
+        "measured_matmul_flops": perf.measure_matmul_peak(opts.dtype, n=opts.peak_n),
+        "measured_matmul": f"{n}x{n} @ {n}x{n} {opts.dtype}, best of 5",
+        "datasheet_flops": sheet,
+        "note": "measured at the start of the run; each train shape measures it again just before "
+                "and after its timed steps and its MFU uses the larger of those two"
+    }
     rows = train_suite(opts, sheet)
     result["train"] = rows
   if "pipeline" in opts.suites:

@@ -30,12 +30,22 @@ def tokenizer_suite(opts: Options) -> tuple[dict, list[list[int]]]:
   ours.encode_batch(lines)
   warm_s = time.perf_counter() - t
   n_ours = sum(map(len, ids))
-  result = {"corpus": os.path.relpath(opts.corpus, REPO) if opts.corpus.startswith(REPO) else opts.corpus,
-            "lines": len(lines), "chars": chars,
-            "ours": {"impl": "gpt1_jax.tokenizer.GPT1Tokenizer.encode_batch (fresh instance)", "tokens": n_ours,
-                     "setup_s": setup_s, "seconds": cold_s, "tokens_per_s": n_ours / cold_s,
-                     "lines_per_s": len(lines) / cold_s, "tokens_per_s_with_setup": n_ours / (cold_s + setup_s),
-                     "warm_seconds": warm_s, "warm_tokens_per_s": n_ours / warm_s}}
+  result = {
+      "corpus": os.path.relpath(opts.corpus, REPO) if opts.corpus.startswith(REPO) else opts.corpus,
+      "lines": len(lines),
+      "chars": chars,
+      "ours": {
+          "impl": "gpt1_jax.tokenizer.GPT1Tokenizer.encode_batch (fresh instance)",
+          "tokens": n_ours,
+          "setup_s": setup_s,
+          "seconds": cold_s,
+          "tokens_per_s": n_ours / cold_s,
+          "lines_per_s": len(lines) / cold_s,
+          "tokens_per_s_with_setup": n_ours / (cold_s + setup_s),
+          "warm_seconds": warm_s,
+          "warm_tokens_per_s": n_ours / warm_s
+      }
+  }
   try:
     from gpt1_jax.bench import hf_reference  # torch and transformers: only for the comparison
   except ImportError as e:
@@ -49,11 +59,16 @@ def tokenizer_suite(opts: Options) -> tuple[dict, list[list[int]]]:
   hf_ids = hf(lines, add_special_tokens=False)["input_ids"]
   hf_s = time.perf_counter() - t
   n_hf = sum(map(len, hf_ids))
-  result["hf"] = {"impl": f"transformers.{type(hf).__name__} (vocab=, merges=) batch call", "tokens": n_hf,
-                  "setup_s": hf_setup_s, "seconds": hf_s, "tokens_per_s": n_hf / hf_s,
-                  "lines_per_s": len(lines) / hf_s,
-                  "vocab_size": hf.vocab_size,
-                  "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "unset (Rust default: on)")}
+  result["hf"] = {
+      "impl": f"transformers.{type(hf).__name__} (vocab=, merges=) batch call",
+      "tokens": n_hf,
+      "setup_s": hf_setup_s,
+      "seconds": hf_s,
+      "tokens_per_s": n_hf / hf_s,
+      "lines_per_s": len(lines) / hf_s,
+      "vocab_size": hf.vocab_size,
+      "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "unset (Rust default: on)")
+  }
   result["ours_over_hf"] = result["ours"]["tokens_per_s"] / result["hf"]["tokens_per_s"]
   result["identical_lines_fraction"] = sum(a == b for a, b in zip(ids, hf_ids)) / max(len(lines), 1)
   result["note"] = ("Hugging Face's tokenizer skips ftfy, GPT-1's text standardisation and spaCy (it splits on "

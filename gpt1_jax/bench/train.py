@@ -43,6 +43,7 @@ COMPARISON_NOTES = (
     "all cores (XLA's thread pool; torch.set_num_threads). Step times are medians after warmup; ours is the "
     "AOT-compiled, state-donating step of gpt1_jax.loop, timed to block_until_ready of state and metrics.")
 
+
 def single_device_mesh():
   return sharding.make_mesh(config_lib.Mesh(data=1), jax.devices()[:1])
 
@@ -83,9 +84,15 @@ def prepare_ours(shape: Shape, *, warmup: int, total_steps: int = 100, breakdown
   def finish(times, peak, sheet_peak):
     if not all(math.isfinite(x) for x in losses):
       raise RuntimeError(f"{shape.name}: non-finite loss in the benchmark steps: {losses}")
-    out = {"impl": "gpt1_jax", **throughput(shape, times, warmup_times, peak, sheet_peak), "compile_s": compile_s,
-           "memory_compiled": perf.compiled_memory(compiled), "memory_rss_delta": rss.delta,
-           "loss_first": losses[0], "loss_last": losses[-1], "params": cfg.num_params()}
+    out = {
+        "impl": "gpt1_jax",
+        **throughput(shape, times, warmup_times, peak, sheet_peak), "compile_s": compile_s,
+        "memory_compiled": perf.compiled_memory(compiled),
+        "memory_rss_delta": rss.delta,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "params": cfg.num_params()
+    }
     if not on_cpu():
       out["memory_device_peak"] = device_memory_stats().get("peak_bytes_in_use")
     if breakdown:
@@ -168,14 +175,21 @@ def train_suite(opts: Options, sheet_peak: Optional[float]) -> list[dict]:
   rows = []
   for shape in opts.shapes:
     log(f"train {shape.describe()}")
-    row = {"shape": shape.name, "description": shape.describe(), "model": dataclasses.asdict(shape.model),
-           "batch": shape.batch, "seq_len": shape.seq_len, "tokens_per_step": shape.batch * shape.seq_len,
-           "load_average_before": load_average()}
-    runners = {"ours": prepare_ours(shape, warmup=opts.warmup, total_steps=opts.warmup + opts.steps,
-                                    breakdown=opts.breakdown)}
+    row = {
+        "shape": shape.name,
+        "description": shape.describe(),
+        "model": dataclasses.asdict(shape.model),
+        "batch": shape.batch,
+        "seq_len": shape.seq_len,
+        "tokens_per_step": shape.batch * shape.seq_len,
+        "load_average_before": load_average()
+    }
+    runners = {
+        "ours": prepare_ours(shape, warmup=opts.warmup, total_steps=opts.warmup + opts.steps, breakdown=opts.breakdown)
+    }
     if hf_reference is not None:
-      runners["hf"] = hf_reference.prepare_hf(shape, warmup=opts.warmup, dtype=opts.dtype,
-                                              threads=opts.hf_threads or None)
+      runners["hf"] = hf_reference.prepare_hf(shape, warmup=opts.warmup, dtype=opts.dtype, threads=opts.hf_threads or
+                                              None)
     elif opts.hf:
       row["hf_skipped"] = why_not_hf
     before = perf.measure_matmul_peak(opts.dtype, n=opts.peak_n)
@@ -210,6 +224,9 @@ def speed_ratios(ours: list, hf: list) -> dict:
     raise ValueError(f"paired step times must have the same, non-zero length (got {len(ours)} and {len(hf)})")
   paired = sorted(h / o for o, h in zip(ours, hf))
   q = lambda f: float(np.quantile(paired, f))  # noqa: E731
-  return {"ours_over_hf": statistics.median(hf) / statistics.median(ours),
-          "ours_over_hf_paired": q(0.5), "ours_over_hf_paired_quartiles": [q(0.25), q(0.75)],
-          "ours_over_hf_fastest": min(hf) / min(ours)}
+  return {
+      "ours_over_hf": statistics.median(hf) / statistics.median(ours),
+      "ours_over_hf_paired": q(0.5),
+      "ours_over_hf_paired_quartiles": [q(0.25), q(0.75)],
+      "ours_over_hf_fastest": min(hf) / min(ours)
+  }

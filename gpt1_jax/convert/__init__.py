@@ -36,8 +36,10 @@ from gpt1_jax.convert.mapping import (LAYER_KEYS, N_SPECIAL, RELEASE_VOCAB_SIZE,
 from gpt1_jax.convert.openai import (ARRAYS_PER_LAYER, NUM_SHARDS, from_openai_release, read_openai_release,
                                      read_params_shapes)
 
-__all__ = ["ARRAYS_PER_LAYER", "DEFAULT_MAX_SHARD_BYTES", "FOLD_TOLERANCE", "HF_HEAD_FILE", "HF_RECORD_KEY",
-           "LAYER_KEYS", "NUM_SHARDS", "N_SPECIAL", "PROG", "RELEASE_VOCAB_SIZE", "SPECIAL_INIT_STD",
-           "UNMAPPED_HEADS", "ConversionError", "check_out_dir", "fold_bias_into_score", "from_hf",
-           "from_hf_double_heads", "from_hf_pretrained", "from_openai_release", "hf_architecture",
-           "load_hf_state_dict", "main", "read_openai_release", "read_params_shapes", "task_of", "to_hf", "write_hf"]
+__all__ = [
+    "ARRAYS_PER_LAYER", "DEFAULT_MAX_SHARD_BYTES", "FOLD_TOLERANCE", "HF_HEAD_FILE", "HF_RECORD_KEY", "LAYER_KEYS",
+    "NUM_SHARDS", "N_SPECIAL", "PROG", "RELEASE_VOCAB_SIZE", "SPECIAL_INIT_STD", "UNMAPPED_HEADS", "ConversionError",
+    "check_out_dir", "fold_bias_into_score", "from_hf", "from_hf_double_heads", "from_hf_pretrained",
+    "from_openai_release", "hf_architecture", "load_hf_state_dict", "main", "read_openai_release", "read_params_shapes",
+    "task_of", "to_hf", "write_hf"
+]

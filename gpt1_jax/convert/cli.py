@@ -16,7 +16,6 @@ from gpt1_jax.convert.mapping import ConversionError
 from gpt1_jax.convert.openai import from_openai_release
 
 
-
 def _parse_size(text: str) -> int:
   m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", text.upper())
   if not m:
@@ -59,6 +58,7 @@ def define_flags(flag_values=None) -> None:
       return "size"
 
   class SizeSerializer(flags.ArgumentSerializer):
+
     def serialize(self, value):
       return _format_size(value)
 
@@ -101,8 +101,9 @@ def _run(F, argv=(PROG,)) -> None:
                        record={"source": os.path.abspath(F.checkpoint)})
     except ConversionError as e:
       raise SystemExit(f"error: {e}") from None
-    print(f"wrote {hf_architecture(task)} ({config.num_params():,} parameters) to {os.path.abspath(F.out)}: "
-          f"{', '.join(files)}", file=sys.stderr)
+    print(
+        f"wrote {hf_architecture(task)} ({config.num_params():,} parameters) to {os.path.abspath(F.out)}: "
+        f"{', '.join(files)}", file=sys.stderr)
     return
 
   extra = {}
@@ -125,10 +126,15 @@ def _run(F, argv=(PROG,)) -> None:
     config, params = from_openai_release(F.openai_dir, n_head=F.n_head or 12, seed=F.seed)
     origin = os.path.abspath(F.openai_dir)
 
-  save_params(F.out, config, params, extra_meta={"converted_from": source, "source": origin,
-                                                 "special_rows_seed": F.seed, **extra})
-  print(f"wrote {config.num_params():,} parameters ({config.n_layer} layers, d={config.n_embd}, "
-        f"vocab {config.vocab_size}) to {os.path.abspath(F.out)}", file=sys.stderr)
+  save_params(F.out, config, params, extra_meta={
+      "converted_from": source,
+      "source": origin,
+      "special_rows_seed": F.seed,
+      **extra
+  })
+  print(
+      f"wrote {config.num_params():,} parameters ({config.n_layer} layers, d={config.n_embd}, "
+      f"vocab {config.vocab_size}) to {os.path.abspath(F.out)}", file=sys.stderr)
 
 
 def main(argv=None) -> None:

@@ -22,12 +22,12 @@ from gpt1_jax.convert.mapping import (MC_HEAD, N_SPECIAL, RELEASE_VOCAB_SIZE, SC
 from gpt1_jax.model import ModelConfig, stack_layers
 
 
-
 def load_hf_state_dict(path: str) -> tuple[dict, Optional[dict]]:
   """A saved model (directory, ``*.safetensors`` or ``*.bin``) -> ``(state_dict, config.json or None)``.
 
   Directories may hold one file or a sharded checkpoint with an ``*.index.json``.
   """
+
   def read(file):
     if file.endswith(".safetensors"):
       from safetensors.numpy import load_file
@@ -43,8 +43,8 @@ def load_hf_state_dict(path: str) -> tuple[dict, Optional[dict]]:
   if os.path.isfile(os.path.join(path, "config.json")):
     with open(os.path.join(path, "config.json")) as f:
       config = json.load(f)
-  for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                        ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+  for single, index in (("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin",
+                                                                                "pytorch_model.bin.index.json")):
     if os.path.isfile(os.path.join(path, single)):
       return read(os.path.join(path, single)), config
     if os.path.isfile(os.path.join(path, index)):
@@ -77,8 +77,8 @@ def from_hf_pretrained(path: str, *, n_head: Optional[int] = None, seed: int = 0
     config_overrides.setdefault("layer_norm_epsilon", float(hf_config["layer_norm_epsilon"]))
   recorded = (hf_config.get(HF_RECORD_KEY) or {}).get("model") or {}
   # Fields that do not change what the weights compute; the shapes come from the weights themselves.
-  for key in ("embd_pdrop", "attn_pdrop", "resid_pdrop", "initializer_range", "activation", "dtype",
-              "param_dtype", "attention", "remat", "vocab_pad_multiple"):
+  for key in ("embd_pdrop", "attn_pdrop", "resid_pdrop", "initializer_range", "activation", "dtype", "param_dtype",
+              "attention", "remat", "vocab_pad_multiple"):
     if key in recorded:
       config_overrides.setdefault(key, recorded[key])
   scan = bool(config_overrides.pop("scan_layers", recorded.get("scan_layers", False)))
@@ -106,8 +106,11 @@ HF_RECORD_KEY = "gpt1_jax"  # config.json key with our ModelConfig and task; tra
 HF_CLASSES = {"first": "OpenAIGPTForSequenceClassification", "each": "OpenAIGPTDoubleHeadsModel"}
 # Task types whose heads sum the states of several sequences before the linear layer (Section 3.3):
 # one Hugging Face forward pass scores one sequence, so no class computes them.
-UNMAPPED_HEADS = {t.name: "sums the _classify_ states of both sentence orderings before its linear layer"
-                  for t in task_types.TYPES.values() if t.pooling not in HF_CLASSES}
+UNMAPPED_HEADS = {
+    t.name: "sums the _classify_ states of both sentence orderings before its linear layer"
+    for t in task_types.TYPES.values()
+    if t.pooling not in HF_CLASSES
+}
 # Fold the bias only when the folded score reproduces ours to this (the checks compare at 1e-4).
 FOLD_TOLERANCE = 1e-5
 
@@ -153,22 +156,41 @@ def fold_bias_into_score(config: ModelConfig, params: Mapping[str, Any]) -> np.n
 def _hf_config(config: ModelConfig, architecture: str, record: dict, *, task=None, clf_pdrop: float = 0.1) -> dict:
   """``config.json`` for transformers' OpenAIGPTConfig (names as its ``__init__`` takes them)."""
   out = {
-      "architectures": [architecture], "model_type": "openai-gpt", "dtype": "float32",
-      "vocab_size": config.vocab_size, "n_positions": config.n_ctx, "n_embd": config.n_embd,
-      "n_layer": config.n_layer, "n_head": config.n_head, "afn": "gelu",  # transformers' "gelu" is the tanh form
-      "resid_pdrop": config.resid_pdrop, "embd_pdrop": config.embd_pdrop, "attn_pdrop": config.attn_pdrop,
-      "layer_norm_epsilon": config.layer_norm_epsilon, "initializer_range": config.initializer_range,
+      "architectures": [architecture],
+      "model_type": "openai-gpt",
+      "dtype": "float32",
+      "vocab_size": config.vocab_size,
+      "n_positions": config.n_ctx,
+      "n_embd": config.n_embd,
+      "n_layer": config.n_layer,
+      "n_head": config.n_head,
+      "afn": "gelu",  # transformers' "gelu" is the tanh form
+      "resid_pdrop": config.resid_pdrop,
+      "embd_pdrop": config.embd_pdrop,
+      "attn_pdrop": config.attn_pdrop,
+      "layer_norm_epsilon": config.layer_norm_epsilon,
+      "initializer_range": config.initializer_range,
       # The double-heads summary: a linear layer on the state at mc_token_ids, one score per candidate.
-      "summary_type": "cls_index", "summary_use_proj": True, "summary_activation": None,
-      "summary_proj_to_labels": True, "summary_first_dropout": clf_pdrop,
-      "tie_word_embeddings": True, HF_RECORD_KEY: record,
+      "summary_type": "cls_index",
+      "summary_use_proj": True,
+      "summary_activation": None,
+      "summary_proj_to_labels": True,
+      "summary_first_dropout": clf_pdrop,
+      "tie_word_embeddings": True,
+      HF_RECORD_KEY: record,
   }
   if architecture == "OpenAIGPTForSequenceClassification":
     labels = list(task.labels)
-    out.update(id2label={str(i): n for i, n in enumerate(labels)}, label2id={n: i for i, n in enumerate(labels)},
-               # Pools at the last token that is not pad_token_id: with our right padding by id 0 that is
-               # the final _classify_, the token our head reads.
-               pad_token_id=0)
+    out.update(
+        id2label={
+            str(i): n for i, n in enumerate(labels)
+        },
+        label2id={
+            n: i for i, n in enumerate(labels)
+        },
+        # Pools at the last token that is not pad_token_id: with our right padding by id 0 that is
+        # the final _classify_, the token our head reads.
+        pad_token_id=0)
   return out
 
 
@@ -213,13 +235,28 @@ def _write_tokenizer(directory: str, n_ctx: int) -> list[str]:
     f.write(assets.joinpath("vocab_40000.bpe").read_text(encoding="utf-8"))
 
   def added(content):
-    return {"content": content, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False,
-            "special": True}
+    return {
+        "content": content,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "single_word": False,
+        "special": True
+    }
+
   # Id 0 (<unk>) is also our padding id; special tokens are matched whole, before the BPE.
   tokenizer_config = {
-      "tokenizer_class": "OpenAIGPTTokenizer", "unk_token": "<unk>", "pad_token": "<unk>",
-      "model_max_length": n_ctx, "padding_side": "right",
-      "added_tokens_decoder": {"0": added("<unk>"), **{str(i): added(t) for t, i in special_ids.items()}},
+      "tokenizer_class": "OpenAIGPTTokenizer",
+      "unk_token": "<unk>",
+      "pad_token": "<unk>",
+      "model_max_length": n_ctx,
+      "padding_side": "right",
+      "added_tokens_decoder": {
+          "0": added("<unk>"),
+          **{
+              str(i): added(t) for t, i in special_ids.items()
+          }
+      },
   }
   with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
     json.dump(tokenizer_config, f, indent=2)
@@ -282,8 +319,12 @@ def write_hf(out: str, config: ModelConfig, params: Mapping[str, Any], *, task=N
     # The folded score is exact as a function, not as bits: the head as trained rides along (transformers
     # ignores the file) so that --from=hf gives back our parameters exactly.
     head_file = {"kernel": np.array(head["kernel"], np.float32), "bias": np.array(head["bias"], np.float32)}
-  record = {"model": dataclasses.asdict(config), "task": None if task is None else task.name,
-            "task_type": None if task is None else task.type, **(record or {})}
+  record = {
+      "model": dataclasses.asdict(config),
+      "task": None if task is None else task.name,
+      "task_type": None if task is None else task.type,
+      **(record or {})
+  }
 
   out = os.path.abspath(out)
   parent = os.path.dirname(out)
@@ -331,4 +372,3 @@ def _trained_head(path: str, config: ModelConfig, params: Mapping[str, Any]) -> 
   except (ConversionError, KeyError, ValueError):
     return None
   return head if np.array_equal(folded, params["head"]["kernel"].T) else None
-

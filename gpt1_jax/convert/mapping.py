@@ -23,9 +23,9 @@ SPECIAL_INIT_STD = 0.02
 
 # The original's per-layer array order (`model.py` of openai/finetune-transformer-lm
 # builds its variables in this order), named as Hugging Face names them.
-LAYER_KEYS = ("attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
-               "ln_1.weight", "ln_1.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight",
-               "mlp.c_proj.bias", "ln_2.weight", "ln_2.bias")
+LAYER_KEYS = ("attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias", "ln_1.weight",
+              "ln_1.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias", "ln_2.weight",
+              "ln_2.bias")
 
 # Buffers some transformers versions saved with the weights (the causal mask,
 # position ids): derived data, not parameters.
@@ -138,14 +138,20 @@ def from_hf(state_dict: Mapping[str, Any], *, n_head: int = 12, seed: int = 0, t
             "out_kernel": get(i, "attn.c_proj.weight", (h, dh, d)),
             "out_bias": get(i, "attn.c_proj.bias", (d,)),
         },
-        "ln_1": {"scale": get(i, "ln_1.weight", (d,)), "bias": get(i, "ln_1.bias", (d,))},
+        "ln_1": {
+            "scale": get(i, "ln_1.weight", (d,)),
+            "bias": get(i, "ln_1.bias", (d,))
+        },
         "mlp": {
             "fc_kernel": get(i, "mlp.c_fc.weight", (d, 4 * d)),
             "fc_bias": get(i, "mlp.c_fc.bias", (4 * d,)),
             "proj_kernel": get(i, "mlp.c_proj.weight", (4 * d, d)),
             "proj_bias": get(i, "mlp.c_proj.bias", (d,)),
         },
-        "ln_2": {"scale": get(i, "ln_2.weight", (d,)), "bias": get(i, "ln_2.bias", (d,))},
+        "ln_2": {
+            "scale": get(i, "ln_2.weight", (d,)),
+            "bias": get(i, "ln_2.bias", (d,))
+        },
     }
   params = {"transformer": {"embed": {"tokens": tokens, "positions": positions}, "decoder": decoder}}
 
@@ -200,9 +206,9 @@ def to_hf(config: ModelConfig, params: Mapping[str, Any], *, vocab_size: Optiona
   for i in range(config.n_layer):
     layer = tree["decoder"][f"h_{i}"]
     a, m = layer["attn"], layer["mlp"]
-    arrays = (a["qkv_kernel"], a["qkv_bias"], a["out_kernel"], a["out_bias"],
-              layer["ln_1"]["scale"], layer["ln_1"]["bias"], m["fc_kernel"], m["fc_bias"], m["proj_kernel"],
-              m["proj_bias"], layer["ln_2"]["scale"], layer["ln_2"]["bias"])
+    arrays = (a["qkv_kernel"], a["qkv_bias"], a["out_kernel"], a["out_bias"], layer["ln_1"]["scale"],
+              layer["ln_1"]["bias"], m["fc_kernel"], m["fc_bias"], m["proj_kernel"], m["proj_bias"],
+              layer["ln_2"]["scale"], layer["ln_2"]["bias"])
     shapes = ((d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,), (d,), (d,))
     for key, x, shape in zip(LAYER_KEYS, arrays, shapes):
       out[f"transformer.h.{i}.{key}"] = np.array(x, np.float32).reshape(shape)
@@ -212,4 +218,3 @@ def to_hf(config: ModelConfig, params: Mapping[str, Any], *, vocab_size: Optiona
     out[MC_HEAD[0]] = np.array(head["kernel"], np.float32).T.reshape(1, d)
     out[MC_HEAD[1]] = np.array(head["bias"], np.float32).reshape(1)
   return out
-

@@ -15,7 +15,6 @@ NUM_SHARDS = 10  # params_0.npy ... params_9.npy
 ARRAYS_PER_LAYER = len(LAYER_KEYS)
 
 
-
 def read_params_shapes(path: str) -> list[tuple[int, ...]]:
   """The shapes in ``params_shapes.json``, checked to be GPT-1's layout: positions, tokens, 12 per layer."""
   if not os.path.isfile(path):
@@ -29,8 +28,8 @@ def read_params_shapes(path: str) -> list[tuple[int, ...]]:
     raise ConversionError(f"{path}: {len(shapes)} arrays; expected 2 embedding tables + "
                           f"{ARRAYS_PER_LAYER} per layer")
   (_, d), (_, d_tok) = shapes[0], shapes[1]
-  expected = [(1, d, 3 * d), (3 * d,), (1, d, d), (d,), (d,), (d,), (1, d, 4 * d), (4 * d,), (1, 4 * d, d), (d,),
-              (d,), (d,)]
+  expected = [(1, d, 3 * d), (3 * d,), (1, d, d), (d,), (d,), (d,), (1, d, 4 * d), (4 * d,), (1, 4 * d, d), (d,), (d,),
+              (d,)]
   if d_tok != d or len(shapes[0]) != 2 or len(shapes[1]) != 2:
     raise ConversionError(f"{path}: embedding shapes {shapes[0]}, {shapes[1]} are not [n_ctx, d], [vocab, d]")
   for j, shape in enumerate(shapes[2:]):
@@ -85,4 +84,3 @@ def from_openai_release(model_dir: str, *, n_head: int = 12, seed: int = 0,
                         **config_overrides) -> tuple[ModelConfig, dict]:
   """OpenAI's ``params_shapes.json`` + ``params_{0..9}.npy`` -> ``(ModelConfig, params)``."""
   return from_hf(read_openai_release(model_dir), n_head=n_head, seed=seed, **config_overrides)
-

@@ -83,6 +83,7 @@ def tensorflow_available() -> bool:
 
 
 class _LazyTensorFlow(types.ModuleType):
+
   def __getattr__(self, name):
     return getattr(import_tensorflow(), name)
 

@@ -113,8 +113,14 @@ class Source:
 def file_source(patterns: Sequence[str]) -> Source:
   files = resolve_inputs(patterns)
   stats = [tf.io.gfile.stat(p) for p in files]
-  description = {"input": list(patterns),
-                 "files": [{"path": p, "bytes": s.length, "mtime_ns": s.mtime_nsec} for p, s in zip(files, stats)]}
+  description = {
+      "input": list(patterns),
+      "files": [{
+          "path": p,
+          "bytes": s.length,
+          "mtime_ns": s.mtime_nsec
+      } for p, s in zip(files, stats)]
+  }
 
   def items(doc_split, errors, replaced):
     for path, stat in zip(files, stats):

@@ -108,8 +108,9 @@ def _size_errors(data_dir: str, manifest: dict, split: str, shard: dict) -> list
       errors.append(ValueError(f"{file_path}: {what} of split {split!r} is empty (0 bytes)"))
     elif not f.has_size(expected):
       got = f"{actual} bytes" if actual >= 0 else "a different size"
-      errors.append(ValueError(f"{file_path}: {got}, but {manifest_path} records {expected} (truncated or "
-                               f"replaced){_ADVICE}"))
+      errors.append(
+          ValueError(f"{file_path}: {got}, but {manifest_path} records {expected} (truncated or "
+                     f"replaced){_ADVICE}"))
   return errors
 
 
@@ -135,14 +136,15 @@ def _read_shard(data_dir: str, shard: dict, start_id: int) -> np.ndarray:
     raise _corrupt(path, "its bytes differ from the sha256 in the manifest")
   tokens = np.frombuffer(raw, TOKEN_DTYPE)
   if tokens.size != shard["tokens"] + shard["documents"]:
-    raise _corrupt(path, f"{tokens.size} stream tokens, but the manifest records {shard['documents']} documents "
-                         f"/ {shard['tokens']} tokens")
+    raise _corrupt(
+        path, f"{tokens.size} stream tokens, but the manifest records {shard['documents']} documents "
+        f"/ {shard['tokens']} tokens")
   raw_index = store.read_bytes(store.join(data_dir, shard["index"]))
   if "index_sha256" in shard and hashlib.sha256(raw_index).hexdigest() != shard["index_sha256"]:
     raise _corrupt(path, f"its index {shard['index']} differs from the sha256 in the manifest")
   offsets = np.frombuffer(raw_index, store.INDEX_DTYPE)
-  if (offsets.size != shard["documents"] + 1 or offsets[-1] != tokens.size or offsets[0] != 0
-      or np.any(np.diff(offsets) < 2) or np.any(tokens[offsets[:-1]] != start_id)):
+  if (offsets.size != shard["documents"] + 1 or offsets[-1] != tokens.size or offsets[0] != 0 or
+      np.any(np.diff(offsets) < 2) or np.any(tokens[offsets[:-1]] != start_id)):
     raise _corrupt(path, f"its index {shard['index']} does not match its documents")
   return tokens
 
@@ -194,9 +196,10 @@ def open_tokens(data_dir: str, split: str, manifest: dict):
   format-1 directory, the stream loaded into memory through TensorFlow."""
   shards = _split_shards(data_dir, split, manifest)
   if manifest["format_version"] == 1:
-    logging.warning("%s is a format-1 (TFRecord) data directory: loading split %r into memory with TensorFlow. "
-                    "`python -m gpt1_jax.data.prepare --migrate=%s` converts it to the token store in place "
-                    "(same batches, same fingerprint)", data_dir, split, data_dir)
+    logging.warning(
+        "%s is a format-1 (TFRecord) data directory: loading split %r into memory with TensorFlow. "
+        "`python -m gpt1_jax.data.prepare --migrate=%s` converts it to the token store in place "
+        "(same batches, same fingerprint)", data_dir, split, data_dir)
     return store.ArrayTokens(_load_tfrecord_tokens(data_dir, split, shards, manifest["start_id"]))
   size = sum(s["bytes"] for s in shards)
   if not store.is_url(data_dir) and size <= VERIFY_BELOW_BYTES:
@@ -216,8 +219,10 @@ def data_fingerprint(manifest: dict, split: str) -> str:
   if split in migrated:
     return migrated[split]
   shards = manifest["splits"][split]["shards"]
-  key = [manifest["format_version"], manifest["tokenizer_fingerprint"], manifest["start_id"], split,
-         [s["sha256"] for s in shards]]
+  key = [
+      manifest["format_version"], manifest["tokenizer_fingerprint"], manifest["start_id"], split,
+      [s["sha256"] for s in shards]
+  ]
   return hashlib.sha256(json.dumps(key).encode()).hexdigest()
 
 
@@ -249,14 +254,15 @@ def _tfrecord_streams(paths: list[str], start_id: int):
 
   def read(path):
     records = tf.data.TFRecordDataset(path, buffer_size=16 << 20).batch(1 << 62)
-    return records.map(lambda r: (tf.size(r, tf.int64), tf.io.decode_raw(
-        tf.strings.reduce_join(tf.strings.join([marker, r])), tf.uint16, little_endian=True)))
+    return records.map(lambda r: (tf.size(r, tf.int64),
+                                  tf.io.decode_raw(tf.strings.reduce_join(tf.strings.join([marker, r])), tf.uint16,
+                                                   little_endian=True)))
 
   parallel = max(1, min(len(paths), 8))
   # Each shard yields exactly one element, so a deterministic interleave returns them in
   # shard order while reading up to `parallel` shards at once.
-  return tf.data.Dataset.from_tensor_slices(paths).interleave(
-      read, cycle_length=parallel, block_length=1, num_parallel_calls=parallel, deterministic=True)
+  return tf.data.Dataset.from_tensor_slices(paths).interleave(read, cycle_length=parallel, block_length=1,
+                                                              num_parallel_calls=parallel, deterministic=True)
 
 
 def _first_unreadable(paths: list[str], start_id: int) -> str | None:
@@ -348,8 +354,10 @@ class LMData:
 
   def data_state(self, global_batch_size: int, seed: int) -> dict:
     """What a checkpoint records so a resume can check it continues the same batches."""
-    return {**pipeline.state_dict(self.num_windows, global_batch_size, seed), "n_ctx": self.n_ctx,
-            "data_fingerprint": self.fingerprint}
+    return {
+        **pipeline.state_dict(self.num_windows, global_batch_size, seed), "n_ctx": self.n_ctx,
+        "data_fingerprint": self.fingerprint
+    }
 
   def close(self):
     self._tokens.close()

@@ -110,8 +110,7 @@ def _round_keys(words: np.ndarray, w: int, rounds: int) -> list:
   keys = [words[..., i] & u(mask) for i in range(3)]
   z = _SIMON_Z & mask
   for i in range(3, rounds):
-    keys.append(u(_SIMON_C & mask) ^ u((z >> (i - 3)) & 1) ^ keys[i - 3] ^ rotr(keys[i - 1], 3)
-                ^ rotr(keys[i - 1], 4))
+    keys.append(u(_SIMON_C & mask) ^ u((z >> (i - 3)) & 1) ^ keys[i - 3] ^ rotr(keys[i - 1], 3) ^ rotr(keys[i - 1], 4))
   return keys
 
 
@@ -197,6 +196,7 @@ class Prefetch:
 
   @staticmethod
   def _work(make, steps, out: queue.Queue, stop: threading.Event):
+
     def put(item):
       while not stop.is_set():
         try:
@@ -259,8 +259,8 @@ def eval_batches_np(fetch: Fetch, num_examples: int, rows: Rows, prefetch: int =
   return Prefetch(make, range(-(-num_examples // rows.global_batch_size)), prefetch)
 
 
-def train_dataset(fetch: Fetch, num_examples: int, rows: Rows, *, seed: int, start_step: int = 0,
-                  shuffle: bool = True, prefetch: int = 4) -> tf.data.Dataset:
+def train_dataset(fetch: Fetch, num_examples: int, rows: Rows, *, seed: int, start_step: int = 0, shuffle: bool = True,
+                  prefetch: int = 4) -> tf.data.Dataset:
   """Endless batches for steps ``start_step, start_step+1, ...`` (this host's rows)."""
   if num_examples <= 0:
     raise ValueError("the dataset has no examples")

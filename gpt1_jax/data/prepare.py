@@ -59,12 +59,22 @@ import tqdm
 from gpt1_jax.data import lm, store_writer
 from gpt1_jax.data.store_writer import existing_manifest, identity, migrate, RECORD, SPLITS, synthetic, write_output
 from gpt1_jax.tokenizer import GPT1Tokenizer
-from gpt1_jax.data.corpus import (DOC_SPLIT_ALIASES, DOC_SPLITS, ERRORS, Chunk, PrepareError,  # noqa: F401
-                                  chunks, decode, file_source, heldout, read_bytes, resolve_inputs,
-                                  split_documents, tfds_source)
+from gpt1_jax.data.corpus import (
+    DOC_SPLIT_ALIASES,
+    DOC_SPLITS,
+    ERRORS,
+    Chunk,
+    PrepareError,  # noqa: F401
+    chunks,
+    decode,
+    file_source,
+    heldout,
+    read_bytes,
+    resolve_inputs,  # noqa: F401 - re-exported
+    split_documents,  # noqa: F401 - re-exported
+    tfds_source)
 
 _BYTES_PER_WORKER = 4 << 20  # default --workers: at most one per this much input text
-
 
 # ----------------------------------------------------------------------------- tokenising
 _worker_tokenizer = None
@@ -132,7 +142,6 @@ class _SplitTokens:
     return sum(int(x.sum()) for x in self.lengths)
 
 
-
 def _tokenised_splits(data: dict, num_shards: int, valid_fraction: float, start_id: int):
   split_shards = {"train": num_shards, "valid": max(1, int(np.ceil(num_shards * valid_fraction)))}
 
@@ -150,11 +159,10 @@ def _default_tokenizer():
 
 
 # ----------------------------------------------------------------------------- main
-def prepare(output: str, *, inputs: Sequence[str] = (), tfds_name: str | None = None,
-            tfds_text_key: str | None = None, tfds_data_dir: str | None = None, doc_split: str = "file",
-            valid_fraction: float = 0.01, num_shards: int = 16, errors: str = "strict",
-            workers: int | None = None, force: bool = False, tokenizer_factory: Callable | None = None,
-            progress: bool = True) -> dict:
+def prepare(output: str, *, inputs: Sequence[str] = (), tfds_name: str | None = None, tfds_text_key: str | None = None,
+            tfds_data_dir: str | None = None, doc_split: str = "file", valid_fraction: float = 0.01,
+            num_shards: int = 16, errors: str = "strict", workers: int | None = None, force: bool = False,
+            tokenizer_factory: Callable | None = None, progress: bool = True) -> dict:
   """Tokenises the corpus into ``output`` (see the module docstring); returns the manifest.
 
   ``tokenizer_factory`` builds the tokenizer in each worker (default ``GPT1Tokenizer``).
@@ -197,12 +205,16 @@ def prepare(output: str, *, inputs: Sequence[str] = (), tfds_name: str | None = 
         "doc_split": doc_split,
         "valid_fraction": valid_fraction,
         "num_shards": num_shards,
-        "errors": {"mode": errors, "replacements": 0},
+        "errors": {
+            "mode": errors,
+            "replacements": 0
+        },
     }
     del tokenizer  # the workers build their own
     old = existing_manifest(output)
-    if (old is not None and not force and old.get("format_version") == 1
-        and identity(old) == identity({**manifest, "format_version": 1})):
+    if (old is not None and not force and old.get("format_version") == 1 and identity(old) == identity({
+        **manifest, "format_version": 1
+    })):
       logging.info("%s holds these inputs in format 1 (TFRecord): migrating it instead of re-tokenising", output)
       return migrate(output)
     if old is not None and not force and identity(old) == identity(manifest):
@@ -229,8 +241,8 @@ def prepare(output: str, *, inputs: Sequence[str] = (), tfds_name: str | None = 
                     disable=None if progress else True)
     tokenising = time.time()
     with bar:
-      for chunk, (flat, lengths, unk) in _tokenise(chunks(source.items(doc_split, errors, replaced)),
-                                                    tokenizer_factory, workers):
+      for chunk, (flat, lengths, unk) in _tokenise(chunks(source.items(doc_split, errors, replaced)), tokenizer_factory,
+                                                   workers):
         valid = heldout(np.arange(chunk.first, chunk.first + len(lengths)), valid_fraction)
         nonempty = lengths > 0
         data["train"].add(flat, lengths, nonempty & ~valid)
@@ -246,8 +258,8 @@ def prepare(output: str, *, inputs: Sequence[str] = (), tfds_name: str | None = 
     if not data["train"].documents:
       raise PrepareError(f"all {documents - empty} documents were held out for valid; lower --valid_fraction")
     if valid_fraction > 0 and not data["valid"].documents:
-      logging.warning("no document was held out for valid (%d documents, --valid_fraction=%g)",
-                      documents - empty, valid_fraction)
+      logging.warning("no document was held out for valid (%d documents, --valid_fraction=%g)", documents - empty,
+                      valid_fraction)
     if empty:
       logging.warning("skipped %d empty documents (no tokens) of %d", empty, documents)
     for where, n in replaced.most_common(10):
@@ -263,9 +275,10 @@ def prepare(output: str, *, inputs: Sequence[str] = (), tfds_name: str | None = 
       info = manifest["splits"][split]
       logging.info("%s: %d documents, %d tokens, %d shards", split, info["documents"], info["tokens"],
                    len(info["shards"]))
-    logging.info("wrote %s in %.1f s: %d tokens, tokenised at %.0f tokens/s by %d workers; %d unknown pieces, "
-                 "%d replacements", output, seconds, total, total / max(tokenising, 1e-9), workers, unknown,
-                 manifest["errors"]["replacements"])
+    logging.info(
+        "wrote %s in %.1f s: %d tokens, tokenised at %.0f tokens/s by %d workers; %d unknown pieces, "
+        "%d replacements", output, seconds, total, total / max(tokenising, 1e-9), workers, unknown,
+        manifest["errors"]["replacements"])
     return manifest
 
 
@@ -275,15 +288,19 @@ def define_flags():
   flags.DEFINE_string("tfds_text_key", None, "Feature holding the text (default: 'text', or the only *text* one).")
   flags.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets data_dir.")
   flags.DEFINE_string("output", None, "Directory for the shards and manifest.json.")
-  flags.DEFINE_string("migrate", None, "Rewrite this format-1 (TFRecord) data directory as a token store in "
-                      "place (no re-tokenising; batches and data fingerprint unchanged), then exit.")
-  flags.DEFINE_float("synthetic_tokens", 0, "Instead of a corpus: write a token store of this many random ids "
-                     "to --output (documents of ~1,000 tokens), for measuring the input path at scale.")
-  flags.DEFINE_string("verify", None, "Check every shard of this data directory against its manifest "
-                      "(sha256, counts, document index), then exit.")
-  flags.DEFINE_enum("doc_split", "file", DOC_SPLITS + tuple(DOC_SPLIT_ALIASES),
-                    "What one document is: a whole file, each non-empty line, or blank-line separated paragraphs "
-                    "(blank_line, alias paragraph).")
+  flags.DEFINE_string(
+      "migrate", None, "Rewrite this format-1 (TFRecord) data directory as a token store in "
+      "place (no re-tokenising; batches and data fingerprint unchanged), then exit.")
+  flags.DEFINE_float(
+      "synthetic_tokens", 0, "Instead of a corpus: write a token store of this many random ids "
+      "to --output (documents of ~1,000 tokens), for measuring the input path at scale.")
+  flags.DEFINE_string(
+      "verify", None, "Check every shard of this data directory against its manifest "
+      "(sha256, counts, document index), then exit.")
+  flags.DEFINE_enum(
+      "doc_split", "file", DOC_SPLITS + tuple(DOC_SPLIT_ALIASES),
+      "What one document is: a whole file, each non-empty line, or blank-line separated paragraphs "
+      "(blank_line, alias paragraph).")
   flags.DEFINE_float("valid_fraction", 0.01, "Fraction of documents held out for the valid split.")
   flags.DEFINE_integer("num_shards", 16, "Train shards; valid gets max(1, ceil(num_shards * valid_fraction)).")
   flags.DEFINE_enum("errors", "strict", ERRORS, "Invalid UTF-8: fail naming file and offset, or replace by U+FFFD.")
@@ -299,8 +316,8 @@ def main(argv):
   modes = [name for name in ("output", "migrate", "verify") if getattr(f, name)]
   try:
     if len(modes) != 1:
-      raise PrepareError("give exactly one of --output (prepare a corpus), --migrate=DIR and --verify=DIR"
-                         + (f" (got {', '.join('--' + m for m in modes)})" if modes else ""))
+      raise PrepareError("give exactly one of --output (prepare a corpus), --migrate=DIR and --verify=DIR" +
+                         (f" (got {', '.join('--' + m for m in modes)})" if modes else ""))
     if f.migrate:
       migrate(f.migrate)
     elif f.synthetic_tokens:
@@ -312,9 +329,9 @@ def main(argv):
         raise PrepareError(str(e)) from None
       print(f"{f.verify}: every shard matches its manifest ({', '.join(f'{s}: {n}' for s, n in checked.items())})")
     else:
-      prepare(f.output, inputs=f.input, tfds_name=f.tfds, tfds_text_key=f.tfds_text_key,
-              tfds_data_dir=f.tfds_data_dir, doc_split=f.doc_split, valid_fraction=f.valid_fraction,
-              num_shards=f.num_shards, errors=f.errors, workers=f.workers, force=f.force)
+      prepare(f.output, inputs=f.input, tfds_name=f.tfds, tfds_text_key=f.tfds_text_key, tfds_data_dir=f.tfds_data_dir,
+              doc_split=f.doc_split, valid_fraction=f.valid_fraction, num_shards=f.num_shards, errors=f.errors,
+              workers=f.workers, force=f.force)
   except PrepareError as e:
     sys.exit(f"error: {e}")
 

@@ -52,6 +52,7 @@ def join(directory: str, name: str) -> str:
 
 # ----------------------------------------------------------------------------- files
 class _LocalFile:
+
   def __init__(self, path: str):
     self.path = path
     self._fd = None
@@ -102,11 +103,13 @@ class _RemoteFile:
 
   def has_size(self, n: int) -> bool:
     """True when the object is exactly ``n`` bytes: byte ``n - 1`` exists and byte ``n`` does not."""
+
     def exists(i):
       try:
         return self._kv.read(self._key, byte_range=slice(i, i + 1)).result().state == "value"
       except ValueError:  # OUT_OF_RANGE: the object ends before byte i
         return False
+
     return (n == 0 or exists(n - 1)) and not exists(n)
 
   def read_async(self, offset: int, length: int):

@@ -96,18 +96,24 @@ def write_split(split: str, data, num_shards: int, tmp_dir: str, start_id: int) 
 
 def shard_entry(split: str, i: int, count: int, tmp: str, documents: int, tokens: int) -> dict:
   name = store.shard_name(split, i, count)
-  return {"file": name, "index": store.index_name(name), "documents": documents, "tokens": tokens,
-          "bytes": tf.io.gfile.stat(tmp + ".bin").length, "sha256": _sha256(tmp + ".bin"),
-          "index_bytes": tf.io.gfile.stat(tmp + ".idx").length, "index_sha256": _sha256(tmp + ".idx"),
-          "tmp": tmp}
+  return {
+      "file": name,
+      "index": store.index_name(name),
+      "documents": documents,
+      "tokens": tokens,
+      "bytes": tf.io.gfile.stat(tmp + ".bin").length,
+      "sha256": _sha256(tmp + ".bin"),
+      "index_bytes": tf.io.gfile.stat(tmp + ".idx").length,
+      "index_sha256": _sha256(tmp + ".idx"),
+      "tmp": tmp
+  }
 
 
 def identity(manifest: dict) -> dict:
   """The parts of a manifest that determine its shards."""
   keys = ("format_version", "tokenizer_fingerprint", "doc_split", "valid_fraction", "num_shards")
   sources = {k: v for k, v in manifest.get("sources", {}).items() if k != "input"}
-  return {**{k: manifest.get(k) for k in keys}, "sources": sources,
-          "errors": manifest.get("errors", {}).get("mode")}
+  return {**{k: manifest.get(k) for k in keys}, "sources": sources, "errors": manifest.get("errors", {}).get("mode")}
 
 
 _locked: set[str] = set()  # outputs this process holds (prepare migrates under its own lock)
@@ -127,9 +133,10 @@ def locked(output: str):
     yield
     return
   created = not store.is_url(output) and not os.path.exists(output)
-  lock = workdir.Lock(output, what="output", multihost=False,
-                      advice="Two prepare runs on one --output would delete each other's shards: wait for it "
-                             "to finish, stop it, or use another --output")
+  lock = workdir.Lock(
+      output, what="output", multihost=False,
+      advice="Two prepare runs on one --output would delete each other's shards: wait for it "
+      "to finish, stop it, or use another --output")
   try:
     lock.__enter__()
   except workdir.WorkdirError as e:
@@ -238,11 +245,27 @@ def synthetic(output: str, num_tokens: int, *, mean_document: int = 1000, num_sh
     tokenizer_fingerprint = GPT1Tokenizer().fingerprint
   vocab, start_id = 40478 + len(SPECIAL_TOKENS), 40478
   rng = np.random.default_rng(seed)
-  manifest = {"format_version": lm.FORMAT_VERSION, "tokenizer_fingerprint": tokenizer_fingerprint,
-              "vocab_size": vocab, "start_id": start_id, "record": RECORD,
-              "sources": {"synthetic": {"tokens": int(num_tokens), "mean_document": mean_document, "seed": seed}},
-              "doc_split": "synthetic", "valid_fraction": valid_fraction, "num_shards": num_shards,
-              "errors": {"mode": "strict", "replacements": 0}}
+  manifest = {
+      "format_version": lm.FORMAT_VERSION,
+      "tokenizer_fingerprint": tokenizer_fingerprint,
+      "vocab_size": vocab,
+      "start_id": start_id,
+      "record": RECORD,
+      "sources": {
+          "synthetic": {
+              "tokens": int(num_tokens),
+              "mean_document": mean_document,
+              "seed": seed
+          }
+      },
+      "doc_split": "synthetic",
+      "valid_fraction": valid_fraction,
+      "num_shards": num_shards,
+      "errors": {
+          "mode": "strict",
+          "replacements": 0
+      }
+  }
   counts = {"valid": max(2, int(num_tokens * valid_fraction)) if valid_fraction else 0}
   counts["train"] = int(num_tokens) - counts["valid"]
   block = 32 << 20
@@ -289,9 +312,14 @@ def migrate(data_dir: str) -> dict:
     logging.info("%s is already a format-%d token store: nothing to migrate", data_dir, lm.FORMAT_VERSION)
     return old
   manifest = {k: v for k, v in old.items() if k not in ("splits", "created")}
-  manifest.update(format_version=lm.FORMAT_VERSION, record=RECORD,
-                  migrated_from={"format_version": old["format_version"], "created": old.get("created"),
-                                 "data_fingerprints": {s: lm.data_fingerprint(old, s) for s in old["splits"]}})
+  manifest.update(
+      format_version=lm.FORMAT_VERSION, record=RECORD, migrated_from={
+          "format_version": old["format_version"],
+          "created": old.get("created"),
+          "data_fingerprints": {
+              s: lm.data_fingerprint(old, s) for s in old["splits"]
+          }
+      })
 
   def write_split(split, tmp_dir):
     info = old["splits"].get(split, {"documents": 0, "tokens": 0, "shards": []})

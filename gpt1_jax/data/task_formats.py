@@ -32,7 +32,8 @@ class Task(Protocol):
   num_choices: int
   label_range: Optional[tuple]
 
-  def is_labelled(self, split: str) -> bool: ...
+  def is_labelled(self, split: str) -> bool:
+    ...
 
 
 log = logging.getLogger("gpt1_jax.data.tasks")  # the name these messages have always been logged under
@@ -99,7 +100,6 @@ class NoGold(Exception):
 LocalReader = Callable[["Task", str, str, bool], SplitData]
 # One tfds record -> examples (several for RACE, one question each). Raises Malformed/NoGold.
 TfdsMapper = Callable[["Task", dict, str, str], list]
-
 
 # ----------------------------------------------------------------------------
 # Labels and example checks, shared by every reader.
@@ -168,6 +168,7 @@ def _parse_label(task: Task, raw, no_gold: tuple = ()):
 # ----------------------------------------------------------------------------
 # Bytes -> lines, keeping 1-based line numbers and naming bad bytes.
 
+
 def _lines(path: str) -> Iterator[tuple[int, Union[str, Malformed]]]:
   """``(lineno, text)`` per line (split on ``\\n`` only, ``\\r\\n`` tolerated), or a ``Malformed`` for bad UTF-8.
 
@@ -214,6 +215,7 @@ class Collector:
 
 # ----------------------------------------------------------------------------
 # Local readers: GLUE-style TSVs, the Story Cloze CSV, RACE JSON folders.
+
 
 @dataclasses.dataclass(frozen=True)
 class TsvFormat:
@@ -348,8 +350,8 @@ def _race_examples(task: Task, record: dict, name: str, where: str) -> list:
     # questions can be a bare blank; the options carry the text).
     _check_texts(task, (record["article"],), choices)
     label = _choice_label(answer, len(choices), "A")
-    examples.append(Example((record["article"], question), label, choices=choices, id=f"{name}-{q}",
-                            source=f"{where}#q{q}"))
+    examples.append(
+        Example((record["article"], question), label, choices=choices, id=f"{name}-{q}", source=f"{where}#q{q}"))
   return examples
 
 
@@ -367,8 +369,8 @@ def read_race(task: Task, path: str, split: str, skip_malformed: bool) -> SplitD
       folder = os.path.join(path, level)
       if not os.path.isdir(folder):
         raise ValueError(f"{task.name}: no folder {folder} (RACE keeps each split in middle/ and high/)")
-      files += sorted(glob.glob(os.path.join(folder, "*.txt")) + glob.glob(os.path.join(folder, "*.json")),
-                      key=_natural_key)
+      files += sorted(
+          glob.glob(os.path.join(folder, "*.txt")) + glob.glob(os.path.join(folder, "*.json")), key=_natural_key)
   out = Collector(task, split, path, skip_malformed)
   for file in files:
     lines = list(_lines(file))
@@ -397,6 +399,7 @@ def _natural_key(path: str):
 # ----------------------------------------------------------------------------
 # tensorflow-datasets mappers: one tfds record -> Examples (the same checks).
 
+
 def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -417,20 +420,24 @@ def _tfds_label(task: Task, record: dict, split: str):
 
 
 def tfds_pair_or_single(features: tuple[str, ...]) -> TfdsMapper:
+
   def mapper(task: Task, record: dict, split: str, where: str) -> list:
     texts = tuple(_text(record[f]) for f in features)
     _check_texts(task, texts)
     label = _tfds_label(task, record, split)
     ident = str(int(record["idx"])) if "idx" in record else where.rsplit("#", 1)[-1]
     return [Example(texts, label, id=ident, source=where)]
+
   return mapper
 
 
 def tfds_race(task: Task, record: dict, split: str, where: str) -> list:
-  rec = {"article": _text(record["article"]),
-         "questions": [_text(q) for q in record["questions"]],
-         "options": [[_text(o) for o in opts] for opts in record["options"]],
-         "answers": [_text(a) for a in record["answers"]]}
+  rec = {
+      "article": _text(record["article"]),
+      "questions": [_text(q) for q in record["questions"]],
+      "options": [[_text(o) for o in opts] for opts in record["options"]],
+      "answers": [_text(a) for a in record["answers"]]
+  }
   return _race_examples(task, rec, _text(record.get("example_id", where)), where)
 
 
@@ -457,13 +464,14 @@ def rocstories_select(split: str, examples: list) -> list:
   chosen = order[:held_out] if split == "validation" else order[held_out:]
   return [examples[i] for i in chosen]
 
+
 def report(data: SplitData) -> SplitData:
   if data.num_skipped:
-    log.warning("%s/%s: skipped %d malformed row(s) of %s (first: %s)", data.task.name, data.split,
-                data.num_skipped, data.origin, data.skipped[0])
+    log.warning("%s/%s: skipped %d malformed row(s) of %s (first: %s)", data.task.name, data.split, data.num_skipped,
+                data.origin, data.skipped[0])
   if data.num_no_gold:
-    log.info("%s/%s: excluded %d example(s) without a gold label from %s", data.task.name, data.split,
-             data.num_no_gold, data.origin)
+    log.info("%s/%s: excluded %d example(s) without a gold label from %s", data.task.name, data.split, data.num_no_gold,
+             data.origin)
   return data
 
 

@@ -45,17 +45,35 @@ from typing import Callable, Mapping, Optional
 
 from gpt1_jax import extras
 from gpt1_jax import task_types
-from gpt1_jax.data.task_formats import (RACE_LEVELS, ROCSTORIES_SEED, Collector, Example, LocalReader,  # noqa: F401
-                                        Malformed, SplitData, TfdsMapper, TsvFormat, is_race_split_dir, read_race,
-                                        read_story_cloze, read_tsv, report, rocstories_select, tfds_pair_or_single,
-                                        tfds_race, tfds_story_cloze)
+from gpt1_jax.data.task_formats import (
+    RACE_LEVELS,
+    ROCSTORIES_SEED,  # noqa: F401 - re-exported
+    Collector,
+    Example,  # noqa: F401 - re-exported
+    LocalReader,  # noqa: F401
+    Malformed,  # noqa: F401 - re-exported
+    SplitData,
+    TfdsMapper,
+    TsvFormat,
+    is_race_split_dir,
+    read_race,
+    read_story_cloze,
+    read_tsv,
+    report,
+    rocstories_select,
+    tfds_pair_or_single,
+    tfds_race,
+    tfds_story_cloze)
 
 log = logging.getLogger(__name__)
 
 TASK_TYPES = task_types.NAMES
 
-SPLIT_ALIASES = MappingProxyType({"dev": "validation", "dev_matched": "validation_matched",
-                                  "dev_mismatched": "validation_mismatched"})
+SPLIT_ALIASES = MappingProxyType({
+    "dev": "validation",
+    "dev_matched": "validation_matched",
+    "dev_mismatched": "validation_mismatched"
+})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -120,6 +138,7 @@ class Task:
 # ----------------------------------------------------------------------------
 # The registry.
 
+
 def _glue_tsv(texts, label, ids=("index",), no_gold=()):
   return TsvFormat(tuple(texts), label, tuple(ids), no_gold=tuple(no_gold))
 
@@ -143,72 +162,100 @@ def _make_tasks() -> dict[str, Task]:
   mnli_splits = ("train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched")
   tasks = [
       Task("sst2", "classification", ("sentence",), ("negative", "positive"), acc, _GLUE_SPLITS, _GLUE_FILES,
-           _tsv_reader(_glue_tsv(("sentence",), "label")), _glue_tfds("glue/sst2"),
-           tfds_pair_or_single(("sentence",))),
-      Task("cola", "classification", ("sentence",), ("unacceptable", "acceptable"), ("accuracy", "mcc"),
-           _GLUE_SPLITS, _GLUE_FILES,
-           # train/dev: no header, ``source  label  star  sentence``; test: header ``index  sentence``.
-           _tsv_reader(_glue_tsv(("sentence",), "label"),
-                       TsvFormat((3,), 1, header=False, num_columns=4)),
-           _glue_tfds("glue/cola"), tfds_pair_or_single(("sentence",))),
-      Task("mnli", "entailment", ("premise", "hypothesis"), _NLI, acc, mnli_splits,
-           {"train": ("train.tsv", "multinli_1.0_train.txt"),
-            "validation_matched": ("dev_matched.tsv", "multinli_1.0_dev_matched.txt"),
-            "validation_mismatched": ("dev_mismatched.tsv", "multinli_1.0_dev_mismatched.txt"),
-            "test_matched": ("test_matched.tsv",), "test_mismatched": ("test_mismatched.tsv",)},
-           nli_tsv, _glue_tfds("glue/mnli", mnli_splits), tfds_pair_or_single(("premise", "hypothesis"))),
-      Task("snli", "entailment", ("premise", "hypothesis"), _NLI, acc, _GLUE_SPLITS,
-           {"train": ("train.tsv", "snli_1.0_train.txt"), "validation": ("dev.tsv", "snli_1.0_dev.txt"),
-            "test": ("test.tsv", "snli_1.0_test.txt")},
-           nli_tsv, _glue_tfds("snli"), tfds_pair_or_single(("premise", "hypothesis")), labelled_test=True),
+           _tsv_reader(_glue_tsv(("sentence",), "label")), _glue_tfds("glue/sst2"), tfds_pair_or_single(("sentence",))),
+      Task(
+          "cola",
+          "classification",
+          ("sentence",),
+          ("unacceptable", "acceptable"),
+          ("accuracy", "mcc"),
+          _GLUE_SPLITS,
+          _GLUE_FILES,
+          # train/dev: no header, ``source  label  star  sentence``; test: header ``index  sentence``.
+          _tsv_reader(_glue_tsv(("sentence",), "label"), TsvFormat((3,), 1, header=False, num_columns=4)),
+          _glue_tfds("glue/cola"),
+          tfds_pair_or_single(("sentence",))),
+      Task(
+          "mnli", "entailment", ("premise", "hypothesis"), _NLI, acc, mnli_splits, {
+              "train": ("train.tsv", "multinli_1.0_train.txt"),
+              "validation_matched": ("dev_matched.tsv", "multinli_1.0_dev_matched.txt"),
+              "validation_mismatched": ("dev_mismatched.tsv", "multinli_1.0_dev_mismatched.txt"),
+              "test_matched": ("test_matched.tsv",),
+              "test_mismatched": ("test_mismatched.tsv",)
+          }, nli_tsv, _glue_tfds("glue/mnli", mnli_splits), tfds_pair_or_single(("premise", "hypothesis"))),
+      Task(
+          "snli", "entailment", ("premise", "hypothesis"), _NLI, acc, _GLUE_SPLITS, {
+              "train": ("train.tsv", "snli_1.0_train.txt"),
+              "validation": ("dev.tsv", "snli_1.0_dev.txt"),
+              "test": ("test.tsv", "snli_1.0_test.txt")
+          }, nli_tsv, _glue_tfds("snli"), tfds_pair_or_single(("premise", "hypothesis")), labelled_test=True),
       Task("qnli", "entailment", ("question", "sentence"), ("entailment", "not_entailment"), acc, _GLUE_SPLITS,
            _GLUE_FILES, _tsv_reader(_glue_tsv(("question", "sentence"), "label")), _glue_tfds("glue/qnli"),
            tfds_pair_or_single(("question", "sentence"))),
       Task("rte", "entailment", ("premise", "hypothesis"), ("entailment", "not_entailment"), acc, _GLUE_SPLITS,
            _GLUE_FILES, _tsv_reader(_glue_tsv(("sentence1", "sentence2"), "label")), _glue_tfds("glue/rte"),
            tfds_pair_or_single(("sentence1", "sentence2"))),
-      Task("scitail", "entailment", ("premise", "hypothesis"), ("entails", "neutral"), acc, _GLUE_SPLITS,
-           {"train": ("scitail_1.0_train.tsv", "train.tsv"), "validation": ("scitail_1.0_dev.tsv", "dev.tsv"),
-            "test": ("scitail_1.0_test.tsv", "test.tsv")},
-           # SciTail's tsv_format has no header: ``premise  hypothesis  label``.
-           _tsv_reader(_glue_tsv(("sentence1", "sentence2"), "label"), _glue_tsv(("premise", "hypothesis"), "label"),
-                       TsvFormat((0, 1), 2, header=False, num_columns=3)),
-           _glue_tfds("sci_tail"), tfds_pair_or_single(("premise", "hypothesis")), labelled_test=True),
-      Task("mrpc", "similarity", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), ("accuracy", "f1"),
-           _GLUE_SPLITS,
-           {"train": ("train.tsv", "msr_paraphrase_train.txt"), "validation": ("dev.tsv",),
-            "test": ("test.tsv", "msr_paraphrase_test.txt")},
-           _tsv_reader(_glue_tsv(("#1 String", "#2 String"), "Quality")), _glue_tfds("glue/mrpc"),
-           tfds_pair_or_single(("sentence1", "sentence2"))),
+      Task(
+          "scitail",
+          "entailment",
+          ("premise", "hypothesis"),
+          ("entails", "neutral"),
+          acc,
+          _GLUE_SPLITS,
+          {
+              "train": ("scitail_1.0_train.tsv", "train.tsv"),
+              "validation": ("scitail_1.0_dev.tsv", "dev.tsv"),
+              "test": ("scitail_1.0_test.tsv", "test.tsv")
+          },
+          # SciTail's tsv_format has no header: ``premise  hypothesis  label``.
+          _tsv_reader(_glue_tsv(("sentence1", "sentence2"), "label"), _glue_tsv(("premise", "hypothesis"), "label"),
+                      TsvFormat((0, 1), 2, header=False, num_columns=3)),
+          _glue_tfds("sci_tail"),
+          tfds_pair_or_single(("premise", "hypothesis")),
+          labelled_test=True),
+      Task(
+          "mrpc", "similarity", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), ("accuracy", "f1"),
+          _GLUE_SPLITS, {
+              "train": ("train.tsv", "msr_paraphrase_train.txt"),
+              "validation": ("dev.tsv",),
+              "test": ("test.tsv", "msr_paraphrase_test.txt")
+          }, _tsv_reader(_glue_tsv(("#1 String", "#2 String"), "Quality")), _glue_tfds("glue/mrpc"),
+          tfds_pair_or_single(("sentence1", "sentence2"))),
       Task("qqp", "similarity", ("question1", "question2"), ("not_duplicate", "duplicate"), ("accuracy", "f1"),
            _GLUE_SPLITS, _GLUE_FILES, _tsv_reader(_glue_tsv(("question1", "question2"), "is_duplicate", ("id",))),
            _glue_tfds("glue/qqp"), tfds_pair_or_single(("question1", "question2"))),
-      Task("stsb", "regression", ("sentence1", "sentence2"), None, ("pearson", "spearman"), _GLUE_SPLITS,
-           _GLUE_FILES, _tsv_reader(_glue_tsv(("sentence1", "sentence2"), "score")), _glue_tfds("glue/stsb"),
+      Task("stsb", "regression", ("sentence1", "sentence2"), None, ("pearson", "spearman"), _GLUE_SPLITS, _GLUE_FILES,
+           _tsv_reader(_glue_tsv(("sentence1", "sentence2"), "score")), _glue_tfds("glue/stsb"),
            tfds_pair_or_single(("sentence1", "sentence2")), label_range=(0.0, 5.0)),
   ]
   race_dirs = {"train": ("train",), "validation": ("dev",), "test": ("test",)}
   for name, levels in RACE_LEVELS.items():
-    tfds_splits = {s: tuple((f"race/{lv}", t) for lv in levels)
-                   for s, t in (("train", "train"), ("validation", "dev"), ("test", "test"))}
-    tasks.append(Task(name, "multiple_choice", ("article", "question"), ("A", "B", "C", "D"), acc, _GLUE_SPLITS,
-                      race_dirs, read_race, tfds_splits, tfds_race, num_choices=4, labelled_test=True))
+    tfds_splits = {
+        s: tuple((f"race/{lv}", t) for lv in levels)
+        for s, t in (("train", "train"), ("validation", "dev"), ("test", "test"))
+    }
+    tasks.append(
+        Task(name, "multiple_choice", ("article", "question"), ("A", "B", "C", "D"), acc, _GLUE_SPLITS, race_dirs,
+             read_race, tfds_splits, tfds_race, num_choices=4, labelled_test=True))
   val = ("cloze_test_val__spring2016.csv", "cloze_test_val__spring2016 - cloze_test_ALL_val.csv",
          "cloze_test_val__spring2016*.csv")
-  tasks.append(Task(
-      "story_cloze", "multiple_choice", ("story",), ("1", "2"), acc, _GLUE_SPLITS,
-      {"train": val, "validation": val,
-       "test": ("cloze_test_test__spring2016.csv", "cloze_test_test__spring2016 - cloze_test_ALL_test.csv",
-                "cloze_test_test__spring2016*.csv")},
-      read_story_cloze,
-      {"train": (("story_cloze/2016", "validation"),), "validation": (("story_cloze/2016", "validation"),),
-       "test": (("story_cloze/2016", "test"),)},
-      tfds_story_cloze, num_choices=2, labelled_test=True, select=rocstories_select,
-      tfds_manual=("tfds 'story_cloze' needs a manual download: request the Story Cloze Test files at "
-                   "https://www.cs.rochester.edu/nlp/rocstories/, save them as cloze_test_val__spring2016.csv and "
-                   "cloze_test_test__spring2016.csv in <data_dir>/downloads/manual/, or skip tfds and pass the "
-                   "folder holding the CSVs as task.source (fine-tuning: --config.task.source=DIR; zeroshot: "
-                   "--source=story_cloze=DIR)")))
+  tasks.append(
+      Task(
+          "story_cloze", "multiple_choice", ("story",), ("1", "2"), acc, _GLUE_SPLITS, {
+              "train": val,
+              "validation": val,
+              "test": ("cloze_test_test__spring2016.csv", "cloze_test_test__spring2016 - cloze_test_ALL_test.csv",
+                       "cloze_test_test__spring2016*.csv")
+          }, read_story_cloze, {
+              "train": (("story_cloze/2016", "validation"),),
+              "validation": (("story_cloze/2016", "validation"),),
+              "test": (("story_cloze/2016", "test"),)
+          }, tfds_story_cloze, num_choices=2, labelled_test=True, select=rocstories_select,
+          tfds_manual=("tfds 'story_cloze' needs a manual download: request the Story Cloze Test files at "
+                       "https://www.cs.rochester.edu/nlp/rocstories/, save them as cloze_test_val__spring2016.csv and "
+                       "cloze_test_test__spring2016.csv in <data_dir>/downloads/manual/, or skip tfds and pass the "
+                       "folder holding the CSVs as task.source (fine-tuning: --config.task.source=DIR; zeroshot: "
+                       "--source=story_cloze=DIR)")))
   return {t.name: t for t in tasks}
 
 
@@ -231,7 +278,6 @@ def resolve(task_or_name: Task | str) -> Task:
 
 # ----------------------------------------------------------------------------
 # Entry points.
-
 
 
 def find_file(task: Task, split: str, folder: str) -> str:

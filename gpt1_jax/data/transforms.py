@@ -126,6 +126,7 @@ def _answer_cap(answer_len: int, other_len: int, budget: int) -> int:
 # The layouts of ``task_types.TaskType.layout``: ``(texts, choices, max_len, s, d, c)`` -> the
 # example's sequences; ``max_len=None``: no truncation. A pair's text budget is ``max_len - 3``.
 
+
 def _single(texts, choices, max_len, s, d, c):
   (text,) = texts
   if max_len is not None:
@@ -201,11 +202,16 @@ def truncation(task: Task, examples: Sequence[Example], tokenizer, max_len: int)
   tok = memoized(tokenizer)
   texts, choices = _tokenize(task, list(examples), tok)
   s, d, c = tok.start_id, tok.delimiter_id, tok.classify_id
-  cut = np.array([max(len(q) for q in transform(task, t, ch, None, s, d, c)) - max_len
-                  for t, ch in zip(texts, choices)], np.int64).clip(min=0)
+  cut = np.array([
+      max(len(q) for q in transform(task, t, ch, None, s, d, c)) - max_len for t, ch in zip(texts, choices)
+  ], np.int64).clip(min=0)
   hit = cut[cut > 0]
-  return {"examples": len(cut), "truncated": int(hit.size), "mean_tokens_cut": float(hit.mean()) if hit.size else 0.0,
-          "max_tokens_cut": int(hit.max()) if hit.size else 0}
+  return {
+      "examples": len(cut),
+      "truncated": int(hit.size),
+      "mean_tokens_cut": float(hit.mean()) if hit.size else 0.0,
+      "max_tokens_cut": int(hit.max()) if hit.size else 0
+  }
 
 
 def encode_examples(task: Task, examples: Sequence[Example], tokenizer,
@@ -239,8 +245,14 @@ def encode_examples(task: Task, examples: Sequence[Example], tokenizer,
       choice_mask[i, j] = 1.0
   kind = task.kind
   label = np.array([kind.missing_label if ex.label is None else ex.label for ex in examples], kind.label_dtype)
-  return {"input_ids": input_ids, "attention_mask": attention_mask, "cls_index": cls_index,
-          "choice_mask": choice_mask, "label": label.reshape(n), "example_index": np.arange(n, dtype=np.int32)}
+  return {
+      "input_ids": input_ids,
+      "attention_mask": attention_mask,
+      "cls_index": cls_index,
+      "choice_mask": choice_mask,
+      "label": label.reshape(n),
+      "example_index": np.arange(n, dtype=np.int32)
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -256,11 +268,10 @@ def task_train_dataset(arrays: dict[str, np.ndarray], rows: pipeline.Rows, *, se
                        shuffle: bool = True) -> tf.data.Dataset:
   """Endless shuffled batches of encoded examples for steps ``start_step, ...`` (this host's rows):
   the ``TRAIN_KEYS`` of ``arrays``."""
-  return pipeline.train_dataset(pipeline.gather_fetch({k: arrays[k] for k in TRAIN_KEYS}), len(arrays["label"]),
-                                rows, seed=seed, start_step=start_step, shuffle=shuffle)
+  return pipeline.train_dataset(pipeline.gather_fetch({k: arrays[k] for k in TRAIN_KEYS}), len(arrays["label"]), rows,
+                                seed=seed, start_step=start_step, shuffle=shuffle)
 
 
 def task_eval_dataset(arrays: dict[str, np.ndarray], rows: pipeline.Rows) -> tf.data.Dataset:
   """One ordered pass (the ``EVAL_KEYS``); padded rows of the last batch carry ``example_mask == 0``."""
-  return pipeline.eval_dataset(pipeline.gather_fetch({k: arrays[k] for k in EVAL_KEYS}), len(arrays["label"]),
-                               rows)
+  return pipeline.eval_dataset(pipeline.gather_fetch({k: arrays[k] for k in EVAL_KEYS}), len(arrays["label"]), rows)

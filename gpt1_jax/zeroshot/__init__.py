@@ -63,7 +63,7 @@ heuristic from its data, running and reporting a suite), ``curve`` (the
 pretraining curve), ``cli`` (the flags and ``main``; ``__main__`` runs it).
 """
 
-from gpt1_jax.zeroshot.cli import define_flags, main
+from gpt1_jax.zeroshot.cli import define_flags, main  # noqa: F401 - re-exported
 from gpt1_jax.zeroshot.curve import CURVE_JSON, CURVE_PNG, checkpoint_steps, curve, markdown_table, plot_curve
 from gpt1_jax.zeroshot.heuristics import (WINOGRAD, WINOGRAD_SCORING, Acceptability, MultipleChoice, Sentiment,
                                           Winograd, WinogradExample, fit_threshold, read_winograd)
@@ -71,7 +71,9 @@ from gpt1_jax.zeroshot.scoring import BUCKET, Scorer, fit_context
 from gpt1_jax.zeroshot.suite import (build, default_source, evaluate, load_model, summary, supported_tasks,
                                      write_predictions)
 
-__all__ = ["BUCKET", "CURVE_JSON", "CURVE_PNG", "WINOGRAD", "WINOGRAD_SCORING", "Acceptability", "MultipleChoice",
-           "Scorer", "Sentiment", "Winograd", "WinogradExample", "build", "checkpoint_steps", "curve",
-           "default_source", "evaluate", "fit_context", "fit_threshold", "load_model", "main", "markdown_table",
-           "plot_curve", "read_winograd", "summary", "supported_tasks", "write_predictions"]
+__all__ = [
+    "BUCKET", "CURVE_JSON", "CURVE_PNG", "WINOGRAD", "WINOGRAD_SCORING", "Acceptability", "MultipleChoice", "Scorer",
+    "Sentiment", "Winograd", "WinogradExample", "build", "checkpoint_steps", "curve", "default_source", "evaluate",
+    "fit_context", "fit_threshold", "load_model", "main", "markdown_table", "plot_curve", "read_winograd", "summary",
+    "supported_tasks", "write_predictions"
+]

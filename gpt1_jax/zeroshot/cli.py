@@ -42,8 +42,9 @@ def define_flags():
   flags.DEFINE_string("run", None, "A pretraining workdir: evaluate every checkpoint step (the curve).")
   flags.DEFINE_string("task", None, f"One task: {', '.join(supported_tasks())}.")
   flags.DEFINE_list("tasks", [], "Several tasks, comma-separated (with --task: both).")
-  flags.DEFINE_multi_string("source", [], "Data source: a folder / file / 'tfds' for the one task, or TASK=SOURCE "
-                            "(repeat). Default: data/<task> of the repo if present, else tfds.")
+  flags.DEFINE_multi_string(
+      "source", [], "Data source: a folder / file / 'tfds' for the one task, or TASK=SOURCE "
+      "(repeat). Default: data/<task> of the repo if present, else tfds.")
   flags.DEFINE_string("split", "dev", "Split to evaluate (dev = validation).")
   flags.DEFINE_integer("max_examples", 0, "Evaluate the first N examples only (0: all).")
   flags.DEFINE_integer("batch_size", 32, "Sequences per scoring batch.")
@@ -54,8 +55,9 @@ def define_flags():
                     "Winograd: score the words after the blank (partial, the paper's) or the whole sentence.")
   flags.DEFINE_string("curve_out", None, "With --run: where zeroshot_curve.json/.png go (default: the run dir).")
   flags.DEFINE_bool("progress", True, "Show progress bars.")
-  flags.DEFINE_string("predictions_out", None, "Write one JSON line per example (id, source line, label, prediction, "
-                      "scores) to this file, so results can be audited.")
+  flags.DEFINE_string(
+      "predictions_out", None, "Write one JSON line per example (id, source line, label, prediction, "
+      "scores) to this file, so results can be audited.")
 
 
 def main(argv):
@@ -85,10 +87,11 @@ def main(argv):
   if sum(bool(x) for x in (F.checkpoint, F.from_hf, F.from_openai)) != 1:
     raise app.UsageError("give one of --checkpoint, --from_hf, --from_openai (or --run for a curve)")
   tokenizer = GPT1Tokenizer()
-  heuristics = [build(t, tokenizer, source=sources.get(t), split=F.split, max_examples=F.max_examples, **options)
-                for t in tasks]
-  config, params = load_model(F.checkpoint or None, step=F.step, from_hf=F.from_hf or None,
-                              from_openai=F.from_openai or None)
+  heuristics = [
+      build(t, tokenizer, source=sources.get(t), split=F.split, max_examples=F.max_examples, **options) for t in tasks
+  ]
+  config, params = load_model(F.checkpoint or None, step=F.step, from_hf=F.from_hf or None, from_openai=F.from_openai or
+                              None)
   scorer = Scorer(config, params, batch_size=F.batch_size, dtype=F.dtype or None, tokenizer=tokenizer,
                   progress=F.progress)
   results = evaluate(scorer, heuristics)

@@ -32,8 +32,9 @@ def checkpoint_steps(run_dir: str) -> list[int]:
 def markdown_table(scores: dict, tasks: Sequence[str], metrics: dict) -> str:
   head = "| step | " + " | ".join(f"{t} ({metrics[t]})" for t in tasks) + " |"
   rule = "|---:|" + "---:|" * len(tasks)
-  rows = [f"| {step} | " + " | ".join(_fmt(scores[step].get(t)) for t in tasks) + " |"
-          for step in sorted(scores, key=int)]
+  rows = [
+      f"| {step} | " + " | ".join(_fmt(scores[step].get(t)) for t in tasks) + " |" for step in sorted(scores, key=int)
+  ]
   return "\n".join([head, rule, *rows])
 
 
@@ -70,10 +71,9 @@ def _json_safe(v):
   return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def curve(run_dir: str, tasks: Sequence[str], *, out_dir: Optional[str] = None,
-          sources: Optional[dict] = None, split: str = "validation", max_examples: int = 0,
-          batch_size: int = 32, dtype: Optional[str] = "float32", steps: Optional[Sequence[int]] = None,
-          tokenizer=None, progress: bool = True, **options) -> dict:
+def curve(run_dir: str, tasks: Sequence[str], *, out_dir: Optional[str] = None, sources: Optional[dict] = None,
+          split: str = "validation", max_examples: int = 0, batch_size: int = 32, dtype: Optional[str] = "float32",
+          steps: Optional[Sequence[int]] = None, tokenizer=None, progress: bool = True, **options) -> dict:
   """Every task's zero-shot score at every checkpoint step of a pretraining run.
 
   Writes ``out_dir/zeroshot_curve.json`` after each step, so an interrupted
@@ -95,11 +95,18 @@ def curve(run_dir: str, tasks: Sequence[str], *, out_dir: Optional[str] = None,
   sources = {t: s if s == "tfds" or s.startswith("tfds:") else os.path.abspath(s) for t, s in sources.items()}
   if tokenizer is None:
     tokenizer = GPT1Tokenizer()
-  heuristics = [build(t, tokenizer, source=sources[t], split=split, max_examples=max_examples, **options)
-                for t in tasks]
+  heuristics = [
+      build(t, tokenizer, source=sources[t], split=split, max_examples=max_examples, **options) for t in tasks
+  ]
   steps = sorted(checkpoint_steps(run_dir) if steps is None else steps)
-  settings = json.loads(json.dumps({"run": os.path.abspath(run_dir), "split": split, "max_examples": max_examples,
-                                    "dtype": dtype, "options": dict(sorted(options.items()))}))
+  settings = json.loads(
+      json.dumps({
+          "run": os.path.abspath(run_dir),
+          "split": split,
+          "max_examples": max_examples,
+          "dtype": dtype,
+          "options": dict(sorted(options.items()))
+      }))
   doc = {"settings": settings, "sources": {}, "metric": {}, "chance": {}, "scores": {}}
   if os.path.isfile(json_path):
     with open(json_path) as f:
@@ -128,5 +135,17 @@ def curve(run_dir: str, tasks: Sequence[str], *, out_dir: Optional[str] = None,
   table = markdown_table(table_scores, tasks, doc["metric"])
   print(table, flush=True)
   png = plot_curve(table_scores, tasks, doc["metric"], doc["chance"], os.path.join(out_dir, CURVE_PNG))
-  return {"steps": steps, "tasks": tasks, "scores": table_scores, "metric": {t: doc["metric"][t] for t in tasks},
-          "chance": {t: doc["chance"][t] for t in tasks}, "markdown": table, "json": json_path, "png": png}
+  return {
+      "steps": steps,
+      "tasks": tasks,
+      "scores": table_scores,
+      "metric": {
+          t: doc["metric"][t] for t in tasks
+      },
+      "chance": {
+          t: doc["chance"][t] for t in tasks
+      },
+      "markdown": table,
+      "json": json_path,
+      "png": png
+  }

@@ -31,8 +31,14 @@ def _labels(examples) -> np.ndarray:
 
 
 def _result(h, metrics: dict, **arrays) -> dict:
-  return {"task": h.name, "split": h.split, "metric": h.metric, "score": metrics.get(h.metric, math.nan), **metrics,
-          **arrays}
+  return {
+      "task": h.name,
+      "split": h.split,
+      "metric": h.metric,
+      "score": metrics.get(h.metric, math.nan),
+      **metrics,
+      **arrays
+  }
 
 
 class Sentiment:
@@ -189,8 +195,7 @@ class Winograd:
 
   name, metric, chance = WINOGRAD, "accuracy", 0.5
 
-  def __init__(self, examples: Sequence[WinogradExample], tokenizer, *, scoring: str = "partial",
-               split: str = "file"):
+  def __init__(self, examples: Sequence[WinogradExample], tokenizer, *, scoring: str = "partial", split: str = "file"):
     if scoring not in WINOGRAD_SCORING:
       raise ValueError(f"winograd scoring {scoring!r}, expected one of {WINOGRAD_SCORING}")
     self.split = split
@@ -211,6 +216,5 @@ class Winograd:
     scores = scorer.mean_logprobs(self.pairs, desc=self.name).reshape(-1, 2)
     predictions = scores.argmax(-1)
     keep = self.labels >= 0
-    metrics = {"accuracy": metrics_lib.accuracy(predictions[keep], self.labels[keep]),
-               "num_examples": int(keep.sum())}
+    metrics = {"accuracy": metrics_lib.accuracy(predictions[keep], self.labels[keep]), "num_examples": int(keep.sum())}
     return _result(self, metrics, scores=scores, predictions=predictions, labels=self.labels)

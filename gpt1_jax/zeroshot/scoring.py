@@ -116,7 +116,8 @@ class Scorer:
     groups: dict[int, list[int]] = {}
     for i in order:
       groups.setdefault(min(-(-lengths[i] // BUCKET) * BUCKET, n_ctx), []).append(i)
-    batches = [(rows[k:k + self.batch_size], length) for length, rows in groups.items()
+    batches = [(rows[k:k + self.batch_size], length)
+               for length, rows in groups.items()
                for k in range(0, len(rows), self.batch_size)]
     from tqdm.auto import tqdm
     # disable=None: tqdm's own test, a bar only on a terminal (a log file gets no carriage returns)
@@ -131,8 +132,8 @@ class Scorer:
       mask[r, :len(seqs[i])] = 1
     return jnp.asarray(ids), jnp.asarray(mask)
 
-  def token_logprobs(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], desc: str = "scoring"
-                     ) -> list[np.ndarray]:
+  def token_logprobs(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+                     desc: str = "scoring") -> list[np.ndarray]:
     """``log p(target_j | prefix, target_<j)`` per target token, for each ``(prefix, target)`` pair.
 
     Sequences longer than ``n_ctx`` are cut by :func:`fit_context`; an array
@@ -141,8 +142,7 @@ class Scorer:
     layouts = [fit_context(p, t, self.config.n_ctx) for p, t in pairs]
     cut = sum(len(ids) - start < len(t) for (ids, start), (_, t) in zip(layouts, pairs))
     if cut:
-      log.warning("%d scored span(s) longer than the context of %d tokens lost their ends", cut,
-                  self.config.n_ctx)
+      log.warning("%d scored span(s) longer than the context of %d tokens lost their ends", cut, self.config.n_ctx)
     seqs = [ids for ids, _ in layouts]
     out: list[Optional[np.ndarray]] = [None] * len(seqs)
     for rows, length in self._batches([len(s) for s in seqs], desc):
@@ -152,8 +152,7 @@ class Scorer:
         out[i] = lp[r, layouts[i][1]:len(seqs[i])].astype(np.float64)
     return out
 
-  def mean_logprobs(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], desc: str = "scoring"
-                    ) -> np.ndarray:
+  def mean_logprobs(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], desc: str = "scoring") -> np.ndarray:
     """The average token log-probability of each pair's target (``-inf`` for an empty target)."""
     return np.array([lp.mean() if lp.size else -np.inf for lp in self.token_logprobs(pairs, desc)])
 

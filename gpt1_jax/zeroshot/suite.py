@@ -11,8 +11,7 @@ import numpy as np
 from gpt1_jax import project, weights
 from gpt1_jax.data.tasks import TASKS, get_task, load_split
 from gpt1_jax.model import ModelConfig
-from gpt1_jax.zeroshot.heuristics import (WINOGRAD, Acceptability, MultipleChoice, Sentiment, Winograd,
-                                          read_winograd)
+from gpt1_jax.zeroshot.heuristics import (WINOGRAD, Acceptability, MultipleChoice, Sentiment, Winograd, read_winograd)
 from gpt1_jax.zeroshot.scoring import Scorer
 
 # The tasks whose default data is a sample shipped in the checkout's data/<task> (data/README.md),
@@ -50,8 +49,9 @@ def build(task: str, tokenizer, *, source: Optional[str] = None, split: str = "v
     raise ValueError("give a CoLA threshold or a split to fit it on, not both")
   source = source or default_source(task)
   if task == WINOGRAD:
-    return Winograd(read_winograd(source)[:max_examples or None], tokenizer, scoring=winograd_scoring,
-                    split=os.path.basename(source))
+    return Winograd(
+        read_winograd(source)[:max_examples or None], tokenizer, scoring=winograd_scoring,
+        split=os.path.basename(source))
   t = get_task(task)
   data = load_split(t, split, source)
   data.examples = data.examples[:max_examples or None]
@@ -81,9 +81,16 @@ def write_predictions(results: dict[str, dict], heuristics: Sequence, path: str)
       sources = getattr(h, "example_sources", None) or [""] * n
       for i in range(n):
         score = np.asarray(r["scores"][i], np.float64)
-        row = {"task": h.name, "split": h.split, "position": i, "id": ids[i], "source": sources[i],
-               "label": int(r["labels"][i]), "prediction": int(r["predictions"][i]),
-               "scores": [None if not np.isfinite(v) else float(v) for v in np.atleast_1d(score)]}
+        row = {
+            "task": h.name,
+            "split": h.split,
+            "position": i,
+            "id": ids[i],
+            "source": sources[i],
+            "label": int(r["labels"][i]),
+            "prediction": int(r["predictions"][i]),
+            "scores": [None if not np.isfinite(v) else float(v) for v in np.atleast_1d(score)]
+        }
         f.write(json.dumps(row) + "\n")
   os.replace(path + ".tmp", path)
 
