@@ -49,8 +49,8 @@ RUN = {
 TEST_COVERS_IT = "tests/test_launch.py runs it with a fake gcloud and --dry_run"
 # substring of the unit -> why it is not run here
 EXEMPT = {
-    "pip install -q -e '.[demo]' && .venv/bin/python -m gpt1_jax.demo": "the demo: a venv, an install and ~18 minutes; tests/test_demo.py runs the demo at --budget=30",
-    "pip install -q -e '.[test]' && .venv/bin/python -m pytest -q": "the whole suite (~20 minutes), this test included; .ci/run runs exactly this line in CI",
+    "pip install -q -e '.[demo]' -c constraints.txt && .venv/bin/python -m gpt1_jax.demo": "the demo: a venv, an install and ~18 minutes; tests/test_demo.py runs the demo at --budget=30",
+    "pip install -q -e '.[test]' -c constraints.txt && .venv/bin/python -m pytest -q": "the whole suite (~20 minutes), this test included; .ci/run runs exactly this line in CI",
     'python -m pytest -q -m "not slow"': "the unit tests (~5 minutes), run in CI as part of the whole suite",
     "pip install -e '.[aot]'": "installs libtpu from PyPI; the test extra already has it",
     "python -m gpt1_jax.aot --topology=v5e-8 --config=configs/pretrain.py:gpt1 --config.mesh.data=1": "minutes of XLA:TPU compiling: tests/test_aot.py runs this exact command (slow) and micro models",
