@@ -45,7 +45,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gpt1_jax import convert, errors
+from gpt1_jax.checkpoint import load_params
+from gpt1_jax.convert import N_SPECIAL
 from gpt1_jax.model import GPT1ForTask, GPT1LM, ModelConfig, stack_layers, unstack_layers
+from gpt1_jax.tokenizer import SPECIAL_TOKENS
 
 # Lowered for every platform JAX serves from; the artifact runs on whichever the loader has.
 DEFAULT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -107,8 +111,6 @@ def export_model(config: ModelConfig, params: Mapping[str, Any], task=None, *,
 
 
 def signature(config: ModelConfig, task=None) -> dict:
-  from gpt1_jax.convert import N_SPECIAL
-  from gpt1_jax.tokenizer import SPECIAL_TOKENS
   first = config.vocab_size - N_SPECIAL
   out = {
       "inputs": {
@@ -190,7 +192,6 @@ def define_flags(flag_values=None) -> None:
 
 def _run(args, argv=(PROG,)) -> None:
   """The command, on parsed flags ``args``; ``argv``: what ``app.run`` leaves (positional arguments)."""
-  from gpt1_jax import errors
   errors.no_arguments(argv)
   for path in (args.out, args.out + ".json"):
     if os.path.exists(path):
@@ -202,8 +203,6 @@ def _run(args, argv=(PROG,)) -> None:
   if unknown or not platforms:
     raise SystemExit(f"error: --platforms={args.platforms}: expected some of {', '.join(DEFAULT_PLATFORMS)}")
 
-  from gpt1_jax import convert
-  from gpt1_jax.checkpoint import load_params
   config, params, meta = load_params(args.checkpoint, with_meta=True)
   try:
     task = None if args.lm else convert.task_of(meta, params, os.path.abspath(args.checkpoint))
@@ -244,7 +243,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   ``argv``: the flags, as on the command line (default ``sys.argv[1:]``), parsed into a ``FlagValues``
   of their own. Mistakes raise ``SystemExit("error: ...")`` before anything is written.
   """
-  from gpt1_jax import errors
   _run(*errors.parse_own_flags(define_flags, PROG, argv))
 
 

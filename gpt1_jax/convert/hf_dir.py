@@ -17,9 +17,11 @@ import numpy as np
 import jax
 
 from gpt1_jax import task_types
+from gpt1_jax.data import tasks
+from gpt1_jax.model import ModelConfig, stack_layers
+from gpt1_jax.tokenizer import SPECIAL_TOKENS
 from gpt1_jax.convert.mapping import (MC_HEAD, N_SPECIAL, RELEASE_VOCAB_SIZE, SCORE_KEY, ConversionError, from_hf,
                                       to_hf)
-from gpt1_jax.model import ModelConfig, stack_layers
 
 
 def load_hf_state_dict(path: str) -> tuple[dict, Optional[dict]]:
@@ -222,7 +224,6 @@ def _write_safetensors(directory: str, tensors: dict[str, np.ndarray], max_shard
 def _write_tokenizer(directory: str, n_ctx: int) -> list[str]:
   """GPT-1's BPE files as OpenAIGPTTokenizer reads them, with our three special tokens after the 40,478."""
   import importlib.resources
-  from gpt1_jax.tokenizer import SPECIAL_TOKENS
   assets = importlib.resources.files("gpt1_jax").joinpath("assets")
   encoder = json.loads(assets.joinpath("encoder_bpe_40000.json").read_text(encoding="utf-8"))
   if len(encoder) != RELEASE_VOCAB_SIZE:
@@ -274,7 +275,6 @@ def task_of(meta: Mapping[str, Any], params: Mapping[str, Any], where: str):
     return None
   if not name or name == "lm":
     raise ConversionError(f"{where}: the weights have a task head but the checkpoint's metadata names no task")
-  from gpt1_jax.data import tasks
   try:
     return tasks.get_task(name)
   except ValueError as e:
