@@ -45,24 +45,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt1_jax import convert, errors
+from gpt1_jax import convert, errors, weights
 from gpt1_jax.checkpoint import load_params
 from gpt1_jax.convert import N_SPECIAL
-from gpt1_jax.model import GPT1ForTask, GPT1LM, ModelConfig, stack_layers, unstack_layers
+from gpt1_jax.model import GPT1ForTask, GPT1LM, ModelConfig
 from gpt1_jax.tokenizer import SPECIAL_TOKENS
 
 # Lowered for every platform JAX serves from; the artifact runs on whichever the loader has.
 DEFAULT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
-
-
-def _layout(config: ModelConfig, tree: dict) -> dict:
-  """Layers stacked or not, as ``config.scan_layers`` compiles them (checkpoints may hold either)."""
-  scanned = "h" in tree["decoder"]
-  if config.scan_layers and not scanned:
-    return stack_layers(tree, config.n_layer)
-  if scanned and not config.scan_layers:
-    return unstack_layers(tree)
-  return tree
 
 
 def inference_fn(config: ModelConfig, params: Mapping[str, Any], task=None):
@@ -74,7 +64,7 @@ def inference_fn(config: ModelConfig, params: Mapping[str, Any], task=None):
   position whose mask is 1.
   """
   params = jax.tree.map(jnp.asarray, dict(params))
-  params["transformer"] = _layout(config, params["transformer"])
+  params["transformer"] = weights.restack(params["transformer"], config)
   if task is None:
     model = GPT1LM(config)
     variables = {"params": {"transformer": params["transformer"]}}

@@ -41,6 +41,8 @@ import shutil
 import socket
 import sys
 
+from gpt1_jax.data.store import is_url  # a URL workdir (gs://...): no locks, no layout check
+
 LOCK_NAME = ".lock"
 
 
@@ -142,13 +144,9 @@ class WorkdirError(RuntimeError):
   pass
 
 
-def is_remote(path: str) -> bool:
-  return "://" in path
-
-
 def check(workdir: str) -> None:
   """Raises ``WorkdirError`` naming the first entry of ``workdir`` that a run could not write."""
-  if is_remote(workdir):
+  if is_url(workdir):
     return
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"--workdir={workdir} is a file, not a directory")
@@ -216,7 +214,7 @@ class Lock:
     return error
 
   def _acquire(self) -> str:
-    if is_remote(self.workdir):
+    if is_url(self.workdir):
       logging.warning(
           "%s is on an object store, which has no locks: nothing stops a second run from using "
           "this %s at the same time", self.workdir, self.what)
