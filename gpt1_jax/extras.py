@@ -26,12 +26,13 @@ def install_hint(extra: str) -> str:
   return f"pip install -e '.[{extra}]' (from a clone; or pip install 'gpt1_jax[{extra}]')"
 
 
-def require(module: str, extra: str, what: str):
-  """``importlib.import_module(module)``, or an ImportError naming ``what`` needs it and the extra."""
+def require(module: str, extra: str, what: str, name: str = ""):
+  """``importlib.import_module(module)``, or an ImportError naming ``what`` needs it (``name``, e.g.
+  "spaCy", else the module's) and the extra."""
   try:
     return importlib.import_module(module)
   except ImportError as e:
-    raise ImportError(f"{what} needs {module.split('.')[0]}, which is not installed ({e}): "
+    raise ImportError(f"{what} needs {name or module.split('.')[0]}, which is not installed ({e}): "
                       f"{install_hint(extra)}") from None
 
 

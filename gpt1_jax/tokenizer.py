@@ -284,7 +284,7 @@ class GPT1Tokenizer:
   def _load_spacy(self):
     if self._nlp is None:
       # ids, decoding and the fingerprint work without spaCy: only encoding text needs it.
-      spacy = extras.require("spacy", "tokenizer", "encoding text")
+      spacy = extras.require("spacy", "tokenizer", "encoding text", name="spaCy")
 
       nlp = spacy.blank("en")
       self._ends, self._inner = _cross_space_tables(nlp.tokenizer)

@@ -98,4 +98,4 @@ def test_encoding_text_without_the_tokenizer_extra_names_it(tmp_path):
                           "tok = GPT1Tokenizer()\nprint(tok.decode([tok.encoder['hello</w>']]))\n"
                           "tok.encode('hello world')\n", tmp_path)
   assert p.returncode == 1 and p.stdout.strip() == "hello"  # ids and decoding need no extra
-  assert "encoding text needs spacy, which is not installed" in p.stderr and "'.[tokenizer]'" in p.stderr
+  assert "encoding text needs spaCy, which is not installed" in p.stderr and "'.[tokenizer]'" in p.stderr
