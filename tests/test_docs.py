@@ -77,6 +77,9 @@ EXEMPT = {
         "a minute of fine-tuning whose expected numbers are one machine's; tests/test_reproducibility.py "
         "checks the batch order it depends on",
     "grep '\"step\": 10,' /tmp/repro_check/metrics.jsonl": "reads the run of the line above",
+    "--workdir=W --config.task.source=$PWD/data/sst2":
+        "the measurement's template (W, S and WORKDIR are placeholders for each row's run); "
+        "tests/test_reproducibility.py checks the data order it depends on",
     "python -m gpt1_jax.zeroshot --run=workdirs/gpt1":
         "tests/test_zeroshot.py runs this curve (--run, --tasks=sst2,cola, --curve_out) on a micro run; "
         "--checkpoint runs here",
