@@ -35,6 +35,16 @@ def is_user_error(e: BaseException) -> bool:
 
 def exit_with(message: str, code: int = 1):
   print(f"error: {message}", file=sys.stderr, flush=True)
+  # The error line is the last thing the user sees: background threads of libraries still winding
+  # down at exit (TensorStore's writers after a failed save print "Event loop is closed"
+  # tracebacks straight to the stream) would otherwise bury it. GPT1_JAX_TRACEBACK=1 keeps them.
+  # Only a command's own process: code calling main() in-process (a test, a notebook) keeps its stream.
+  if not os.environ.get("GPT1_JAX_TRACEBACK") and sys.stderr is sys.__stderr__:
+    try:
+      devnull = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(devnull, sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):  # no descriptor behind the stream: nothing to guard
+      pass
   sys.exit(code)
 
 

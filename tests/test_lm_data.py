@@ -104,7 +104,7 @@ def test_prepare_counts_and_streams_match_an_independent_retokenisation(sst2_pre
   tokens = [s["tokens"] for s in manifest["splits"]["train"]["shards"]]
   assert max(tokens) - min(tokens) < 0.05 * sum(tokens)
   assert json.loads((out / "manifest.json").read_text()) == manifest
-  assert sorted(p.name for p in out.iterdir()) == sorted(
+  assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == sorted(  # .lock: prepare's output lock
       ["manifest.json"] +
       [s[k] for split in ("train", "valid") for s in manifest["splits"][split]["shards"] for k in ("file", "index")])
 
@@ -157,12 +157,13 @@ def test_rerun_is_idempotent_and_input_changes_rebuild(tmp_path, sst2_lines, cap
   out = tmp_path / "out"
   kwargs = dict(inputs=[str(corpus)], doc_split="line", num_shards=2, workers=1, progress=False)
   first = prepare.prepare(str(out), **kwargs)
-  mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+  # The output's lock (.lock) records each run's owner; everything else must stay untouched.
+  mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".lock"}
   caplog.set_level(logging.INFO)
   again = prepare.prepare(str(out), **kwargs)
   assert "is up to date" in caplog.text
   assert again == first
-  assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes  # nothing rewritten
+  assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".lock"} == mtimes  # nothing rewritten
 
   # Other settings or changed inputs rebuild; shards of the old manifest are removed.
   fewer = prepare.prepare(str(out), **{**kwargs, "num_shards": 1})
