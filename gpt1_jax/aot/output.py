@@ -86,8 +86,7 @@ def write_sweep(rows: list, best_flags: list, meta: dict, out: str) -> list[str]
   lines = [
       f"# Sweep: {meta['config']} on {meta['topology']} x {meta['num_slices']} slice(s)", "",
       f"{len(rows)} candidates, {sum(r['status'] == 'compiled' for r in rows)} compiled in "
-      f"{meta['elapsed_s']:.0f} s (budget {meta['budget_s']} s). Tokens/s are estimates (not measured): "
-      f"{ESTIMATE_NOTE}.", "",
+      f"{meta['elapsed_s']:.0f} s (budget {meta['budget_s']} s). Tokens/s and MFU are an {ESTIMATE_NOTE}.", "",
       "| mesh (data x fsdp x tensor) | grad_accum | remat | scan | status | fits | memory/chip | est. tokens/s "
       "| est. MFU | bound |", "|---|---|---|---|---|---|---|---|---|---|"
   ]
