@@ -52,10 +52,11 @@ class LMEvaluator:
   objective: Any
   batches: Callable  # (Rows) -> iterator over one pass of this host's rows
   compiled: Any = dataclasses.field(default=None, init=False)
+  with_index = False  # each row's example index in the batch (tasks: predictions in example order)
 
   def compile(self, setup, batch_size: int):
     self._setup, self._batch_size = setup, batch_size
-    self.compiled = compile_eval(self.objective, setup, batch_size)
+    self.compiled = compile_eval(self.objective, setup, batch_size, with_index=self.with_index)
 
   def _pass(self, params, keep=()):
     """Sums over one pass, and the listed per-row outputs gathered on every host."""
@@ -93,10 +94,7 @@ class TaskEvaluator(LMEvaluator):
   model_config: Any = None
   best_value: float = dataclasses.field(default=-math.inf, init=False)
   best_step: Optional[int] = dataclasses.field(default=None, init=False)
-
-  def compile(self, setup, batch_size: int):
-    self._setup, self._batch_size = setup, batch_size
-    self.compiled = compile_eval(self.objective, setup, batch_size, with_index=True)
+  with_index = True
 
   def run(self, params, step: int, workdir: str) -> dict:
     sums, kept = self._pass(params, keep=("predictions", "example_index", "example_mask"))

@@ -55,7 +55,7 @@ def shapes_job(run: Run) -> Job:
   """
   model_cfg = run.model
   if run.task.is_lm:
-    n_ctx = run.data.seq_len or model_cfg.n_ctx
+    n_ctx = run.max_seq_len
     proposal = None
     if run.train.softmax_samples:
       proposal = np.full(model_cfg.vocab_size, -np.log(model_cfg.vocab_size), np.float32)
@@ -64,7 +64,7 @@ def shapes_job(run: Run) -> Job:
                batch_spec=objective.batch_spec(n_ctx), tokens_per_example=n_ctx, train_batches=None,
                evaluator=LMEvaluator(objective, no_data) if run.eval.every_steps else None, data_state={})
   task = tasks.get_task(run.task.name)
-  seq_len = min(run.task.max_len or model_cfg.n_ctx, model_cfg.n_ctx)
+  seq_len = run.max_seq_len
   objective = task_objective(run, task)
   num_seqs = task.num_sequences
   return Job(objective=objective, num_steps=max(run.train.num_steps, 1), seq_len=seq_len,
@@ -91,7 +91,7 @@ def task_objective(run: Run, task) -> TaskObjective:
 def lm_job(run: Run) -> Job:
   model_cfg = run.model
   fingerprint = GPT1Tokenizer().fingerprint if run.data.check_tokenizer else None
-  n_ctx = run.data.seq_len or model_cfg.n_ctx
+  n_ctx = run.max_seq_len
   if not run.data.dir:
     raise ValueError("data.dir is empty: point it at the output of `python -m gpt1_jax.data.prepare`")
   manifest = lm.load_manifest(run.data.dir, fingerprint)
@@ -130,7 +130,7 @@ def task_job(run: Run) -> Job:
   eval_ex = tasks.load_split(task, tc.eval_split, tc.source, skip_malformed=tc.skip_malformed).examples
   if tc.max_train_examples:
     train_ex = train_ex[:tc.max_train_examples]
-  cap = min(tc.max_len or model_cfg.n_ctx, model_cfg.n_ctx)
+  cap = run.max_seq_len
   seq_len = transforms.fit_length(task, tok, train_ex, eval_ex, cap=cap)
   for split, examples in ((tc.train_split, train_ex), (tc.eval_split, eval_ex)):
     t = transforms.truncation(task, examples, tok, seq_len)

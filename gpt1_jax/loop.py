@@ -191,9 +191,9 @@ def _train(run: config_lib.Run, job: jobs.Job, setup: state_lib.Setup, ck, compi
   writer = MetricWriter(workdir, start_step, tensorboard=run.log.tensorboard)
   progress = Progress(job.num_steps, start_step, desc=os.path.basename(os.path.normpath(workdir)))
   flops = job.objective.flops_per_token(job.seq_len) * job.tokens_per_example * gb
-  peak_per_device = perf.peak_flops(run.model.dtype, run.log.peak_flops_per_device, run.log.measure_peak)
+  peak_per_device, peak_source = perf.peak_flops(run.model.dtype, run.log.peak_flops_per_device, run.log.measure_peak)
   peak = peak_per_device * jax.device_count()
-  logging.info("MFU divides by a peak of %.4g FLOP/s per device (%s)", peak_per_device, _peak_source(run))
+  logging.info("MFU divides by a peak of %.4g FLOP/s per device (%s)", peak_per_device, peak_source)
   peak_row = {"perf/peak_flops_per_device": peak_per_device}  # in this process's first logged row
   model_dict = ckpt_lib.model_config_to_dict(run.model)
   last_ckpt_time = time.monotonic()
@@ -337,17 +337,6 @@ def _log_scalars(pending: _Pending, job, run, ck, last_saved: Optional[int], flo
   out["perf/steps_per_sec"] = steps / elapsed
   out["perf/mfu"] = flops * steps / elapsed / peak if peak else float("nan")
   return out
-
-
-def _peak_source(run) -> str:
-  """Where ``perf.peak_flops``'s figure came from, in its order of preference."""
-  if run.log.peak_flops_per_device:
-    return "log.peak_flops_per_device"
-  if perf.device_peak_flops(run.model.dtype):
-    return f"datasheet for {jax.devices()[0].device_kind}, {run.model.dtype}"
-  if run.log.measure_peak:
-    return f"measured at start with a {run.model.dtype} matmul: it varies with the machine's load"
-  return "none: MFU not reported; set log.peak_flops_per_device"
 
 
 def _check_finite(host, run, ck, last_saved):

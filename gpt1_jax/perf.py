@@ -124,12 +124,15 @@ def fmt_bytes(n: float) -> str:
   return f"{n:.1f} TiB"
 
 
-def peak_flops(dtype: str, given: float = 0.0, measure: bool = True) -> float:
-  """Per-device peak for MFU: ``given`` (``log.peak_flops_per_device``), else the datasheet's for
-  this device, else measured with a matmul (``log.measure_peak``), else 0 (MFU not reported)."""
+def peak_flops(dtype: str, given: float = 0.0, measure: bool = True) -> tuple[float, str]:
+  """``(per-device peak for MFU, where it came from)``: ``given`` (``log.peak_flops_per_device``),
+  else the datasheet's for this device, else measured with a matmul (``log.measure_peak``), else 0
+  (MFU not reported)."""
   if given:
-    return given
+    return given, "log.peak_flops_per_device"
   sheet = device_peak_flops(dtype)
   if sheet:
-    return sheet
-  return measure_matmul_peak(dtype) if measure else 0.0
+    return sheet, f"datasheet for {jax.devices()[0].device_kind}, {dtype}"
+  if measure:
+    return measure_matmul_peak(dtype), f"measured at start with a {dtype} matmul: it varies with the machine's load"
+  return 0.0, "none: MFU not reported; set log.peak_flops_per_device"
