@@ -34,17 +34,29 @@ def is_user_error(e: BaseException) -> bool:
 
 
 def exit_with(message: str, code: int = 1):
-  print(f"error: {message}", file=sys.stderr, flush=True)
+  line = f"error: {message}"
   # The error line is the last thing the user sees: background threads of libraries still winding
   # down at exit (TensorStore's writers after a failed save print "Event loop is closed"
-  # tracebacks straight to the stream) would otherwise bury it. GPT1_JAX_TRACEBACK=1 keeps them.
-  # Only a command's own process: code calling main() in-process (a test, a notebook) keeps its stream.
+  # tracebacks to the stream, a few writes per line) would otherwise bury it or split it. So the
+  # stream is silenced first and the line written after, in one write to the saved descriptor,
+  # which nothing else holds. GPT1_JAX_TRACEBACK=1 keeps the echoes. Only a command's own process:
+  # code calling main() in-process (a test, a notebook) keeps its stream.
   if not os.environ.get("GPT1_JAX_TRACEBACK") and sys.stderr is sys.__stderr__:
     try:
+      fd = sys.stderr.fileno()
+      saved = os.dup(fd)
       devnull = os.open(os.devnull, os.O_WRONLY)
-      os.dup2(devnull, sys.stderr.fileno())
+      os.dup2(devnull, fd)
+      os.close(devnull)
     except (OSError, ValueError, AttributeError):  # no descriptor behind the stream: nothing to guard
       pass
+    else:
+      data = f"{line}\n".encode("utf-8", "replace")
+      while data:
+        data = data[os.write(saved, data):]
+      os.close(saved)
+      sys.exit(code)
+  print(line, file=sys.stderr, flush=True)
   sys.exit(code)
 
 
