@@ -36,11 +36,10 @@ def is_user_error(e: BaseException) -> bool:
 def exit_with(message: str, code: int = 1):
   line = f"error: {message}"
   # The error line is the last thing the user sees: background threads of libraries still winding
-  # down at exit (TensorStore's writers after a failed save print "Event loop is closed"
-  # tracebacks to the stream, a few writes per line) would otherwise bury it or split it. So the
-  # stream is silenced first and the line written after, in one write to the saved descriptor,
-  # which nothing else holds. GPT1_JAX_TRACEBACK=1 keeps the echoes. Only a command's own process:
-  # code calling main() in-process (a test, a notebook) keeps its stream.
+  # down at exit, writing to the stream a few writes per line, would otherwise bury it or split it
+  # mid-line. So the stream is silenced first and the line written after, in one write to the saved
+  # descriptor, which nothing else holds. GPT1_JAX_TRACEBACK=1 keeps what they print. Only a
+  # command's own process: code calling main() in-process (a test, a notebook) keeps its stream.
   if not os.environ.get("GPT1_JAX_TRACEBACK") and sys.stderr is sys.__stderr__:
     try:
       fd = sys.stderr.fileno()
@@ -60,11 +59,36 @@ def exit_with(message: str, code: int = 1):
   sys.exit(code)
 
 
+def _is_closed_loop_echo(unraisable) -> bool:
+  """TensorStore's writes still in flight when a failed checkpoint save made Orbax close its event
+  loop finish later on TensorStore's threads, and reporting each to the closed loop raises this,
+  which nobody can catch; the failed save itself is reported by the checkpoint code."""
+  e = unraisable.exc_value
+  return unraisable.object is None and type(e) is RuntimeError and str(e) == "Event loop is closed"
+
+
+def _quiet_closed_loop_echoes():
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _is_closed_loop_echo(unraisable):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+
+
 def cli(main):
-  """Wraps a command's ``main``: user errors become ``error: MESSAGE`` and exit status 1."""
+  """Wraps a command's ``main``: user errors become ``error: MESSAGE`` and exit status 1.
+
+  In the command's own process it also drops the closed-event-loop echoes of a failed checkpoint
+  save (dozens of identical tracebacks, by timing, around the one error line that says what failed);
+  ``GPT1_JAX_TRACEBACK=1`` keeps them.
+  """
 
   @functools.wraps(main)
   def wrapped(*args, **kwargs):
+    if not os.environ.get("GPT1_JAX_TRACEBACK") and sys.stderr is sys.__stderr__:
+      _quiet_closed_loop_echoes()
     try:
       return main(*args, **kwargs)
     except Exception as e:  # noqa: BLE001 - re-raised unless it is a user error

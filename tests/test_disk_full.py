@@ -10,7 +10,6 @@ the checkpoint's metadata item (Orbax's background commit for async saves), as
 
 import errno
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -61,26 +60,14 @@ def logged_steps(wd):
   return [r["step"] for r in metrics(wd)]
 
 
-# TensorStore, finishing the writes still in flight when Orbax closed its event loop at the first
-# failed one, prints this traceback from its own threads (0 to ~50 times, by timing), past Python's
-# hooks, a few writes per line: other threads' lines (the training log) may land inside one, and
-# the last one may be cut short where the command silenced the stream to print its error line.
-# So its lines are taken out one by one; any other traceback leaves a frame of another file behind.
-_CLOSED_LOOP_ECHO = re.compile(r"^(Traceback \(most recent call last\):"
-                               r'|  File ".*/asyncio/base_events\.py", line \d+, in \w+'
-                               r"|    self\._check_closed\(\)"
-                               r"|    raise RuntimeError\('Event loop is closed'\)"
-                               r"|RuntimeError: Event loop is closed)$")
-_TRACEBACK_FRAME = re.compile(r'^ *File "')
-
-
 def check_one_error_line(out, wd, step, intact):
   errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
   print(f"exit {out.returncode}, {len(out.stderr.splitlines())} lines of stderr; {errors[-1] if errors else ''}")
   assert out.returncode == 1
   assert len(errors) == 1 and out.stderr.strip().splitlines()[-1] == errors[0], out.stderr[-3000:]
-  rest = [l for l in out.stderr.splitlines() if not _CLOSED_LOOP_ECHO.match(l)]
-  assert not [l for l in rest if _TRACEBACK_FRAME.match(l)], out.stderr[-3000:]
+  # TensorStore's writes still in flight reach Orbax's closed event loop and raise, dozens of times
+  # by timing (errors.cli drops those echoes): no traceback of any kind.
+  assert "Traceback" not in out.stderr and "Event loop is closed" not in out.stderr, out.stderr[-3000:]
   ck = os.path.join(wd, "checkpoints")
   assert f"error: saving checkpoint step {step} failed: no space left on device in {ck} (" in errors[0]
   assert "the training state is 15.1 MiB" in errors[0] and "is free there now" in errors[0]
