@@ -13,12 +13,14 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from typing import Sequence
 
 import jax
 
+from gpt1_jax.data.store import is_url
 from gpt1_jax.workdir import RunDir
 
 
@@ -75,9 +77,39 @@ def log_to_file(path: str) -> str:
   return _log_file
 
 
+class _LocalEventFile:
+  """A TensorBoard event file in a local directory, written by TensorBoard's own ``RecordWriter``.
+
+  TensorBoard's ``EventFileWriter`` opens its file through ``tensorboard.compat.tf``, which imports
+  all of TensorFlow wherever it is installed (the ``tasks`` extra): seconds of start-up, hundreds of
+  MB and TensorFlow's C++ notices on the console of a pretraining run that never uses it, for one
+  ``makedirs`` and one ``open``. Same file name and first event as ``EventFileWriter``; written
+  synchronously, a few hundred bytes per logged step.
+  """
+
+  def __init__(self, logdir: str):
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    os.makedirs(logdir, exist_ok=True)
+    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.0"
+    self._records = RecordWriter(open(os.path.join(logdir, name), "wb"))
+    self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+    self.flush()
+
+  def add_event(self, event):
+    self._records.write(event.SerializeToString())
+
+  def flush(self):
+    self._records.flush()
+
+  def close(self):
+    self._records.close()
+
+
 def _tensorboard_writer(logdir: str):
-  """TensorBoard's own event writer (the ``tensorboard`` package; no TensorFlow needed), or None
-  with a one-line notice where the package is missing."""
+  """An event writer for ``logdir`` (the ``tensorboard`` package; no TensorFlow needed), or None
+  with a one-line notice where the package is missing. A URL goes through TensorBoard's
+  ``EventFileWriter`` and its filesystems (TensorFlow's where installed, else fsspec's)."""
   try:
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
   except ImportError as e:
@@ -85,7 +117,7 @@ def _tensorboard_writer(logdir: str):
         "TensorBoard output off: the tensorboard package is not importable (%s); "
         "metrics.jsonl has every logged value", e)
     return None
-  return EventFileWriter(logdir)
+  return EventFileWriter(logdir) if is_url(logdir) else _LocalEventFile(logdir)
 
 
 class MetricWriter:

@@ -191,6 +191,34 @@ def test_the_old_init_from_flag_is_init_weights():
   assert config_lib.renamed_flags(["prog", "--", "--config.init.from=x"]) == ["prog", "--", "--config.init.from=x"]
 
 
+def test_tensorboard_events_without_importing_tensorflow(tmp_path):
+  """TensorBoard's own writer imports TensorFlow where it is installed (as in this environment); ours
+  does not, and TensorBoard's reader (which may import it) reads back exactly the logged scalars."""
+  script = f"""
+import sys
+from gpt1_jax.report import MetricWriter
+w = MetricWriter({str(tmp_path)!r})
+for step in (5, 10, 15):
+  w.write(step, {{"train/loss": 3.0 / step, "train/lr": 0.25, "task": "lm", "train/grad_norm": float("nan")}})
+w.close()
+print("tensorflow" in sys.modules)
+"""
+  out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300, env={
+      **os.environ, "JAX_PLATFORMS": "cpu"
+  })
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.split() == ["False"]
+  assert "oneDNN" not in out.stderr and "absl::InitializeLog" not in out.stderr, out.stderr[-3000:]
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  events = EventAccumulator(str(tmp_path / "tensorboard"))
+  events.Reload()
+  assert sorted(events.Tags()["scalars"]) == ["train/loss", "train/lr"]  # strings and NaN are not scalars
+  loss = events.Scalars("train/loss")  # float32 in the event proto
+  assert [e.step for e in loss] == [5, 10, 15] and [e.value for e in loss] == pytest.approx([0.6, 0.3, 0.2], rel=1e-6)
+  assert [e.value for e in events.Scalars("train/lr")] == [0.25] * 3
+  assert events.file_version == 2.0
+
+
 def test_metrics_jsonl_is_standard_json_with_non_finite_values_as_null(tmp_path):
   from gpt1_jax.report import MetricWriter
   w = MetricWriter(str(tmp_path), tensorboard=False)
