@@ -134,3 +134,43 @@ def test_a_really_full_tmpfs(lm_data_dir, reference, tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   params_equal(roomy, reference)
   assert metrics(roomy) == metrics(reference)
+
+
+# A command's own process: the closed-loop echo (an unraisable with no object, as TensorStore's
+# threads report it) is dropped, any other unraisable still reaches the console, and
+# GPT1_JAX_TRACEBACK=1 keeps both.
+_UNRAISABLES = """
+import gc, sys
+from gpt1_jax import errors
+seen = []
+class Probe:
+  def __del__(self):
+    raise KeyError("probe")
+sys.unraisablehook, default = seen.append, sys.unraisablehook
+Probe(); gc.collect()
+sys.unraisablehook = default
+Args = type(seen[0])  # sys.UnraisableHookArgs: not importable, built like its instances
+
+@errors.cli
+def main():
+  sys.unraisablehook(Args((RuntimeError, RuntimeError("Event loop is closed"), None, None, None)))
+  sys.unraisablehook(Args((RuntimeError, RuntimeError("a different failure"), None, None, None)))
+  sys.unraisablehook(Args((RuntimeError, RuntimeError("Event loop is closed"), None, None, main)))
+main()
+"""
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_only_the_closed_loop_echo_is_dropped(keep):
+  env = {k: v for k, v in os.environ.items() if k != "GPT1_JAX_TRACEBACK"}
+  out = subprocess.run([sys.executable, "-c", _UNRAISABLES], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={
+                           **env,
+                           **({
+                               "GPT1_JAX_TRACEBACK": "1"
+                           } if keep else {})
+                       })
+  assert out.returncode == 0, out.stderr
+  assert "RuntimeError: a different failure" in out.stderr
+  # The same message from an object's finaliser is not TensorStore's echo: it is kept.
+  assert out.stderr.count("RuntimeError: Event loop is closed") == (2 if keep else 1), out.stderr
