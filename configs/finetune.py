@@ -24,20 +24,21 @@ _spec = importlib.util.spec_from_file_location("_gpt1_pretrain_config",
 pretrain = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pretrain)
 
-# name -> (default local source, max_len). RACE and Story Cloze need long contexts.
+# name -> default source: a shipped directory, or tfds. Every task runs at task.max_len = 0,
+# i.e. the model's n_ctx (RACE and Story Cloze need the long contexts).
 TASKS = {
-    "sst2": ("data/sst2", 0),
-    "cola": ("data/cola", 0),
-    "mnli": ("tfds", 0),
-    "snli": ("tfds", 0),
-    "qnli": ("tfds", 0),
-    "rte": ("data/rte", 0),
-    "scitail": ("tfds", 0),
-    "mrpc": ("tfds", 0),
-    "qqp": ("tfds", 0),
-    "stsb": ("data/stsb", 0),
-    "race": ("tfds", 0),
-    "story_cloze": ("tfds", 0),
+    "sst2": "data/sst2",
+    "cola": "data/cola",
+    "mnli": "tfds",
+    "snli": "tfds",
+    "qnli": "tfds",
+    "rte": "data/rte",
+    "scitail": "tfds",
+    "mrpc": "tfds",
+    "qqp": "tfds",
+    "stsb": "data/stsb",
+    "race": "tfds",
+    "story_cloze": "tfds",
 }
 
 
@@ -45,9 +46,8 @@ def finetune(task: str) -> ml_collections.ConfigDict:
   """GPT-1 as pretrained (``pretrain.py:gpt1``) with the paper's fine-tuning; task.* at the defaults of
   gpt1_jax/config.py's ``Task`` (lambda, classifier dropout) but for the task's name and files."""
   c = pretrain.gpt1()
-  source, max_len = TASKS[task]
   c.task = config.defaults().task
-  c.task.update(name=task, source=source, max_len=max_len)
+  c.task.update(name=task, source=TASKS[task])
   c.train.update(num_steps=0, num_epochs=3.0, batch_size=32, learning_rate=6.25e-5, warmup_steps=0,
                  warmup_fraction=0.002, schedule="linear")
   c.checkpoint.update(every_steps=500, keep=2)
