@@ -130,14 +130,15 @@ class MetricWriter:
 
   def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True):
     self.active = jax.process_index() == 0
-    self.path = RunDir(workdir).metrics_file
+    rd = RunDir(workdir)
+    self.path = rd.metrics_file
     self._tb = None
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
     self._truncate_after(resume_step)
     if tensorboard:
-      self._tb = _tensorboard_writer(os.path.join(workdir, "tensorboard"))
+      self._tb = _tensorboard_writer(rd.tensorboard)
 
   def _truncate_after(self, step: int):
     if not os.path.exists(self.path):

@@ -125,6 +125,19 @@ def _hbm_error(e: Exception, s: topology.Slice, run: config_lib.Run, what: str) 
                   f"a smaller train.batch_size (now {gb}), or model.dtype=bfloat16; `--sweep` tries these")
 
 
+@contextlib.contextmanager
+def compiling(s: topology.Slice, run: config_lib.Run, what: str):
+  """Compiles ``what`` quietly (:func:`quiet_stderr`); the compiler's out-of-memory refusal becomes
+  one ``HBMError`` saying what to change, every other error stays as it is."""
+  try:
+    with quiet_stderr():
+      yield
+  except Exception as e:  # noqa: BLE001 - only the compiler's out-of-memory refusal is ours to explain
+    if "RESOURCE_EXHAUSTED" in str(e) or "Ran out of memory" in str(e):
+      raise _hbm_error(e, s, run, what) from None
+    raise
+
+
 def resolve_slices(run: config_lib.Run, num_slices: int) -> config_lib.Run:
   """``--num_slices`` against the config's ``mesh.dcn_*``: equal when set, else data-parallel."""
   m = run.mesh
@@ -156,14 +169,9 @@ def compile_for(config, accelerator_type: str, num_slices: int = 1, with_eval: b
   setup = state_lib.setup(job.objective, tx, job.batch_spec, run.train.batch_size, mesh, rules)
   hbm = hbm_available(s.accelerator_type)
   state_lib.check_memory_plan(setup, hbm)
-  try:
-    with quiet_stderr():
-      lowered = setup.lower(loop.train_step_fn(run, job, tx, schedule))
-      compiled = lowered.compile()
-  except Exception as e:  # noqa: BLE001 - only the compiler's out-of-memory refusal is ours to explain
-    if "RESOURCE_EXHAUSTED" in str(e) or "Ran out of memory" in str(e):
-      raise _hbm_error(e, s, run, "the train step") from None
-    raise
+  with compiling(s, run, "the train step"):
+    lowered = setup.lower(loop.train_step_fn(run, job, tx, schedule))
+    compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   if hlo_path:
     with open(hlo_path, "w") as f:
@@ -171,14 +179,9 @@ def compile_for(config, accelerator_type: str, num_slices: int = 1, with_eval: b
   eval_report = None
   if with_eval and job.evaluator is not None:
     t1 = time.perf_counter()
-    try:
-      with quiet_stderr():
-        job.evaluator.compile(setup, loop.eval_batch_size(run))
-        ev = job.evaluator.compiled
-    except Exception as e:  # noqa: BLE001
-      if "RESOURCE_EXHAUSTED" in str(e) or "Ran out of memory" in str(e):
-        raise _hbm_error(e, s, run, "the eval step") from None
-      raise
+    with compiling(s, run, "the eval step"):
+      job.evaluator.compile(setup, loop.eval_batch_size(run))
+      ev = job.evaluator.compiled
     eval_report = {
         "batch_size": loop.eval_batch_size(run),
         "memory_per_chip": _memory(ev),

@@ -47,6 +47,7 @@ from gpt1_jax.bench.report import format_gpu_report, write_json
 from gpt1_jax.bench.suite import header
 from gpt1_jax.bench.train import FLOP_FORMULA, OPTIMIZER
 from gpt1_jax.model import ModelConfig
+from gpt1_jax.workdir import RunDir
 
 NEEDS_GPU = "skipped: needs a GPU"
 GRACE_S = 15.0  # a row may overrun the budget by this much before it is interrupted
@@ -199,7 +200,7 @@ def start_twin(ctx: Context):
 
 
 def _drop_checkpoints(workdir: str):
-  shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)  # ~100 MB each; the curve is kept
+  shutil.rmtree(RunDir(workdir).checkpoints, ignore_errors=True)  # ~100 MB each; the curve is kept
 
 
 def speed_rows(ctx: Context) -> list[Row]:
